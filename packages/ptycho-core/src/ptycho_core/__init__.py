@@ -1,0 +1,26 @@
+"""ptycho-core: the framework-neutral core of ptycho.
+
+Importing this package never imports a deep-learning framework (a test checks it).
+Submodules: ``config``, ``errors``, ``io`` (NPZ and Ptychodus product files), ``grouping``,
+``physics``, ``simulation``, ``stitching``, ``metrics``, ``bundle``, ``backends``, ``workflow``.
+"""
+
+from ptycho_core.__about__ import __version__
+from ptycho_core.errors import (
+    BackendUnavailableError,
+    BundleBackendMismatchError,
+    BundleError,
+    ConfigError,
+    DataContractError,
+    PtychoError,
+)
+
+__all__ = [
+    "__version__",
+    "PtychoError",
+    "ConfigError",
+    "DataContractError",
+    "BundleError",
+    "BundleBackendMismatchError",
+    "BackendUnavailableError",
+]

@@ -1,0 +1,66 @@
+"""The ptycho exception hierarchy (SPEC §1, §2.2, §8).
+
+Every error raised on purpose by ptycho derives from :class:`PtychoError`, and
+also from the builtin that callers would naturally catch (``ValueError`` for bad
+input, ``RuntimeError`` for a missing backend), so ``except ValueError`` keeps
+working for code that does not know about ptycho.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PtychoError",
+    "ConfigError",
+    "DataContractError",
+    "BundleError",
+    "BundleBackendMismatchError",
+    "BackendUnavailableError",
+]
+
+
+class PtychoError(Exception):
+    """Base class of every error ptycho raises on purpose."""
+
+
+class ConfigError(PtychoError, ValueError):
+    """An invalid configuration value (names the field, the value and what is allowed)."""
+
+
+class DataContractError(PtychoError, ValueError):
+    """An input file breaks the data contract (names the file, the key, expected and actual)."""
+
+
+class BundleError(PtychoError, ValueError):
+    """A model bundle is missing, truncated, tampered with or of an unknown schema."""
+
+
+class BundleBackendMismatchError(BundleError):
+    """A bundle written by one backend was given to the other."""
+
+    def __init__(self, path: object, archived: str, active: str) -> None:
+        self.path = path
+        self.archived = archived
+        self.active = active
+        super().__init__(
+            f"{path}: bundle was written by the {archived!r} backend but the active backend is "
+            f"{active!r}; reconstruct it with --backend {archived} (cross-backend conversion "
+            "does not exist yet)"
+        )
+
+
+_PIP_NAMES = {"pytorch": ("PyTorch", "ptycho-torch"), "tensorflow": ("TensorFlow", "ptycho-tf")}
+
+
+class BackendUnavailableError(PtychoError, RuntimeError):
+    """The selected backend is not installed (message carries the pip command)."""
+
+    def __init__(self, backend: str, reason: str | None = None) -> None:
+        label, dist = _PIP_NAMES.get(backend, (backend, f"ptycho-{backend}"))
+        self.backend = backend
+        msg = (
+            f"{label} backend selected, but it is not installed or cannot be imported. "
+            f"Install it with: pip install {dist}"
+        )
+        if reason:
+            msg += f" ({reason})"
+        super().__init__(msg)
