@@ -19,9 +19,8 @@ if [[ "${1:-}" != "--no-setup" ]]; then
     || { echo "test set-up failed"; exit 1; }
   # Ptychodus, headless, only for the conformance test (its full dependency set is a GUI stack).
   python -m pip install -q --no-deps ptychodus || echo "warning: ptychodus not installed"
-else
-  [[ -x "$VENV/bin/python" ]] && . "$VENV/bin/activate"
 fi
+# With --no-setup the caller's environment (e.g. `hatch run test`) is used as it is.
 
 export PYTHONHASHSEED=0 TF_CPP_MIN_LOG_LEVEL=2 MPLBACKEND=Agg
 status=0
