@@ -1,0 +1,238 @@
+"""Model bundles (SPEC §8): manifest, atomic archive, and every rejection path."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import io
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from ptycho_core.bundle import (
+    BUNDLE_FORMAT,
+    BUNDLE_NAME,
+    SCHEMA_VERSION,
+    BundleNotFoundError,
+    load_npy_bytes,
+    make_manifest,
+    npy_bytes,
+    read_bundle,
+    read_manifest,
+    write_bundle,
+)
+from ptycho_core.errors import BundleBackendMismatchError, BundleError
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+    N: int = 64
+    gridsize: int = 2
+
+    def to_dict(self):
+        return {"N": self.N, "gridsize": self.gridsize, "via": "to_dict"}
+
+
+def _manifest(backend="pytorch"):
+    return make_manifest(backend, _Cfg(), {"nepochs": 3, "batch_size": 16}, 12.5,
+                         {"norm_factor": np.float32(0.5), "nphotons": 1e9}, ["autoencoder"])
+
+
+def _files():
+    probe = (np.arange(16).reshape(4, 4) * (1 + 1j)).astype(np.complex64)
+    return {"probe.npy": npy_bytes(probe), "state_dict.pt": os.urandom(300) + b"\0" * 3000}
+
+
+def _good(tmp_path, backend="pytorch"):
+    path = tmp_path / BUNDLE_NAME
+    write_bundle(path, _manifest(backend), _files())
+    return path
+
+
+def test_constants():
+    assert (BUNDLE_FORMAT, SCHEMA_VERSION, BUNDLE_NAME) == ("ptycho-bundle", 1, "wts.h5.zip")
+
+
+def test_manifest_content():
+    m = _manifest()
+    assert m["format"] == "ptycho-bundle" and m["schema_version"] == 1
+    assert m["backend"] == "pytorch" and m["model_names"] == ["autoencoder"]
+    assert m["model_config"] == {"N": 64, "gridsize": 2, "via": "to_dict"}
+    assert m["training_config"]["nepochs"] == 3
+    assert m["intensity_scale"] == 12.5 and m["normalization"]["norm_factor"] == 0.5
+    assert m["creator"]["ptycho-core"] and m["creator"]["numpy"] == np.__version__
+    created = datetime.datetime.fromisoformat(m["created"])
+    assert created.tzinfo is not None
+    json.dumps(m, allow_nan=False)
+
+
+def test_manifest_rejects_bad_values():
+    with pytest.raises(ValueError, match="backend"):
+        make_manifest("jax", {}, {}, 1.0, {}, [])
+    with pytest.raises(ValueError, match="intensity_scale"):
+        make_manifest("pytorch", {}, {}, float("nan"), {}, [])
+    with pytest.raises(ValueError, match="shadow"):
+        make_manifest("pytorch", {}, {}, 1.0, {}, [], extra={"backend": "x"})
+    assert make_manifest("tensorflow", None, {}, 1.0, {}, [], extra={"N": 64})["N"] == 64
+
+
+def test_round_trip_and_manifest_first(tmp_path):
+    path = _good(tmp_path)
+    b = read_bundle(path, expected_backend="pytorch")
+    assert b.backend == "pytorch" and b.path == path
+    assert set(b.files) == {"probe.npy", "state_dict.pt"}
+    assert b.files["probe.npy"] == _files()["probe.npy"] and len(b.files["state_dict.pt"]) == 3300
+    np.testing.assert_array_equal(b.load_npy("probe.npy"),
+                                  (np.arange(16).reshape(4, 4) * (1 + 1j)).astype(np.complex64))
+    assert b.manifest["files"]["state_dict.pt"]["size"] == 3300
+    with zipfile.ZipFile(path) as zf:
+        assert zf.namelist()[0] == "manifest.json"
+    assert read_manifest(path)["backend"] == "pytorch"
+    with pytest.raises(BundleError, match="model.weights.h5"):
+        b.require("model.weights.h5")
+    assert os.listdir(tmp_path) == [BUNDLE_NAME]
+
+
+def test_backend_mismatch(tmp_path):
+    path = _good(tmp_path, "tensorflow")
+    with pytest.raises(BundleBackendMismatchError) as info:
+        read_bundle(path, expected_backend="pytorch")
+    assert "'tensorflow'" in str(info.value) and "'pytorch'" in str(info.value)
+    assert isinstance(info.value, BundleError)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(BundleNotFoundError, match="nope.zip") as info:
+        read_bundle(tmp_path / "nope.zip")
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, BundleError)
+
+
+def _raw_zip(path, entries, manifest=None):
+    """A zip written by hand (bypassing write_bundle's checks)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        if manifest is not None:
+            zf.writestr("manifest.json", manifest if isinstance(manifest, str) else json.dumps(manifest))
+        for name, data in entries:
+            zf.writestr(zipfile.ZipInfo(name), data)
+    return path
+
+
+def _bad(path, *fragments):
+    with pytest.raises(BundleError) as info:
+        read_bundle(path)
+    msg = str(info.value)
+    assert str(path) in msg, msg
+    for f in fragments:
+        assert f in msg, msg
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../evil.npy", "a/../../b", "C:/x.npy",
+                                  "a\\..\\b", "./probe.npy", "a//b"])
+def test_unsafe_names_rejected(tmp_path, name):
+    m = _manifest()
+    m["files"] = {name: {"size": 1, "sha256": "0" * 64}}
+    _bad(_raw_zip(tmp_path / "b.zip", [(name, b"x")], m), "unsafe entry name")
+
+
+def test_writer_refuses_unsafe_names(tmp_path):
+    with pytest.raises(BundleError, match="unsafe"):
+        write_bundle(tmp_path / "w.zip", _manifest(), {"../x": b""})
+    assert os.listdir(tmp_path) == []
+
+
+def test_duplicate_names_rejected(tmp_path):
+    import warnings
+    m = _manifest()
+    m["files"] = {"probe.npy": {"size": 1, "sha256": "0" * 64}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate we create on purpose
+        path = _raw_zip(tmp_path / "d.zip", [("probe.npy", b"a"), ("probe.npy", b"b")], m)
+    _bad(path, "duplicate")
+
+
+def test_missing_manifest(tmp_path):
+    _bad(_raw_zip(tmp_path / "m.zip", [("probe.npy", b"x")]), "missing manifest.json")
+
+
+def test_invalid_manifest_json(tmp_path):
+    _bad(_raw_zip(tmp_path / "j.zip", [], manifest="{not json"), "not valid JSON")
+
+
+def test_unknown_format(tmp_path):
+    m = dict(_manifest(), format="something-else")
+    _bad(_raw_zip(tmp_path / "f.zip", [], m), "unknown bundle format")
+
+
+@pytest.mark.parametrize("version", [2, "1", 0, None])
+def test_unknown_schema_version(tmp_path, version):
+    m = dict(_manifest(), schema_version=version)
+    _bad(_raw_zip(tmp_path / "s.zip", [], m), "schema_version")
+
+
+def test_not_a_zip_and_truncated(tmp_path):
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"PK\x03\x04 definitely not a zip" * 4)
+    _bad(junk, "not a valid zip")
+    good = _good(tmp_path)
+    data = good.read_bytes()
+    trunc = tmp_path / "trunc.zip"
+    trunc.write_bytes(data[: len(data) // 2])
+    _bad(trunc)
+
+
+def test_crc_error_detected(tmp_path):
+    path = tmp_path / "crc.zip"
+    m = _manifest()
+    payload = b"A" * 1000
+    import hashlib
+    m["files"] = {"w.bin": {"size": 1000, "sha256": hashlib.sha256(payload).hexdigest()}}
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("manifest.json", json.dumps(m))
+        zf.writestr("w.bin", payload)
+    raw = bytearray(path.read_bytes())
+    i = raw.find(payload)
+    raw[i + 500] = ord("B")  # flip one stored byte: sizes unchanged, CRC now wrong
+    path.write_bytes(bytes(raw))
+    _bad(path, "zip")
+
+
+def test_sha_mismatch_and_unlisted_entries(tmp_path):
+    m = _manifest()
+    m["files"] = {"w.bin": {"size": 3, "sha256": "0" * 64}}
+    _bad(_raw_zip(tmp_path / "sha.zip", [("w.bin", b"abc")], m), "checksum")
+    m["files"] = {}
+    _bad(_raw_zip(tmp_path / "extra.zip", [("w.bin", b"abc")], m), "not listed")
+    m["files"] = {"gone.bin": {"size": 3, "sha256": "0" * 64}}
+    _bad(_raw_zip(tmp_path / "gone.zip", [], m), "missing")
+
+
+def test_zip_bomb_guard(tmp_path):
+    path = tmp_path / BUNDLE_NAME
+    write_bundle(path, _manifest(), {"zeros.bin": b"\0" * 2_000_000})
+    assert path.stat().st_size < 50_000  # it really is a high-ratio archive
+    with pytest.raises(BundleError, match="zip bomb"):
+        read_bundle(path, max_total_bytes=1_000_000)
+    assert len(read_bundle(path).files["zeros.bin"]) == 2_000_000
+
+
+def test_npy_bytes_never_pickle():
+    a = np.linspace(0, 1, 7, dtype=np.float32)
+    np.testing.assert_array_equal(load_npy_bytes(npy_bytes(a)), a)
+    with pytest.raises(ValueError):
+        npy_bytes(np.array([{"a": 1}], dtype=object))
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(BundleError, match="non-pickled"):
+        load_npy_bytes(buf.getvalue())
+    with pytest.raises(BundleError):
+        load_npy_bytes(b"garbage")
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    path = tmp_path / BUNDLE_NAME
+    with pytest.raises(ValueError):
+        write_bundle(path, dict(_manifest(), bad=float("nan")), _files())
+    assert os.listdir(tmp_path) == []
