@@ -1,0 +1,313 @@
+"""Backend-neutral orchestration shared by both backends (SPEC §4.2, §6, §7).
+
+A backend's ``train`` calls :func:`prepare_training` and feeds ``prepared.train.diffraction``
+(``(G, C, N, N) float32`` = ``s·α·X``, photon-count amplitude; TF: ``.channels_last()``) and
+``prepared.train.offsets`` to its model, with ``prepared.probe`` (normalised) and
+``prepared.intensity_scale`` (``s``). Its ``reconstruct`` calls :func:`prepare_inference`, then
+:func:`run_inference` with a ``predict(batch) -> (B, C_out, N, N) complex`` function, which
+batches (:func:`iter_batches`), stitches chunk by chunk (bounded memory) and returns the shared
+result dict (:func:`make_result`, keys :data:`RESULT_KEYS`). Framework code stays out of here.
+
+Randomness: grouping and the train/validation split use one ``Generator(config.seed)``;
+subsampling uses ``Generator(subsample_seed)`` (default ``config.seed``); inference groups with
+the fixed seed :data:`INFERENCE_SEED`, so reconstructing twice gives identical results.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptycho_core import physics
+from ptycho_core.config import InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_core.errors import ConfigError, DataContractError
+from ptycho_core.grouping import GroupedData, group_scan, make_rng
+from ptycho_core.io import ScanData, atomic_write, load_npz
+from ptycho_core.stitching import Stitcher, StitchResult, default_stitch_crop
+
+__all__ = [
+    "INFERENCE_SEED", "RESULT_KEYS", "PreparedInference", "PreparedTraining", "iter_batches",
+    "make_result", "prepare_inference", "prepare_training", "run_inference", "write_history_csv",
+]
+
+logger = logging.getLogger(__name__)
+
+RESULT_KEYS: tuple[str, ...] = ("amplitude", "phase", "object", "coverage", "origin",
+                                "positions", "backend", "config", "timings")
+INFERENCE_SEED = 0
+
+
+def _load(data: ScanData | None, path: Path | None, field_name: str, owner: str) -> ScanData:
+    if data is not None:
+        return data
+    if path is None:
+        raise ConfigError(f"{owner}.{field_name} = None is invalid; allowed: a path to an NPZ "
+                          "scan when no data are passed in")
+    return load_npz(path)
+
+
+def _check_n(scan: ScanData, model: ModelConfig, owner: str) -> None:
+    if scan.N != model.N:
+        raise ConfigError(
+            f"{owner}.model.N = {model.N} is invalid for {scan.source or 'the scan'}: its "
+            f"patterns are {scan.N}x{scan.N}; allowed: N = {scan.N} (set N to the pattern size)"
+        )
+
+
+def _group(scan: ScanData, model: ModelConfig, owner: str, **kw: Any) -> GroupedData:
+    try:
+        return group_scan(scan, model.gridsize, **kw)
+    except DataContractError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"{owner}: cannot group {scan.M} positions: {exc}") from exc
+
+
+def _ground_truth(scan: ScanData) -> np.ndarray | None:
+    """Per-position truth patches ``(M, N, N) complex64``: ``Y``, else cut from ``objectGuess``."""
+    if scan.Y is not None:
+        return scan.Y
+    if scan.object is not None:
+        return physics.extract_patches(scan.object, scan.positions, scan.N).astype(np.complex64)
+    return None
+
+
+@dataclass(eq=False)
+class PreparedTraining:
+    """Everything a backend needs to train, framework-free.
+
+    ``train``/``val``: grouped data whose ``diffraction`` is the model input ``s·α·X``
+    ``(G, C, N, N) float32`` (photon-count amplitude); ``val`` may be None.
+    ``probe``: ``(N, N) complex64`` normalised probe. ``norm_factor`` α, ``nphotons`` (mean
+    photons per pattern), ``intensity_scale`` s = sqrt(nphotons)/(N/2).
+    """
+
+    config: TrainingConfig
+    scan: ScanData
+    train: GroupedData
+    val: GroupedData | None
+    probe: np.ndarray
+    norm_factor: float
+    nphotons: float
+    nphotons_source: str
+    intensity_scale: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def normalization(self) -> dict[str, Any]:
+        """JSON-safe normalisation facts for the bundle manifest."""
+        return {"norm_factor": self.norm_factor, "nphotons": self.nphotons,
+                "nphotons_source": self.nphotons_source,
+                "intensity_scale": self.intensity_scale,
+                "probe_scale": self.config.model.probe_scale}
+
+
+def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    n_val = 0 if fraction <= 0 or n < 2 else min(n - 1, max(1, round(fraction * n)))
+    perm = rng.permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def prepare_training(config: TrainingConfig, train_data: ScanData | None = None
+                     ) -> PreparedTraining:
+    """Load, normalise, group and split a training scan (see the module docstring).
+
+    Raises ConfigError when the patterns' N differs from ``config.model.N`` or the grouping
+    request cannot be met, DataContractError for bad or too small data and, for
+    ``model_type='supervised'``, when there is neither ``Y`` nor ``objectGuess``.
+    """
+    t0 = time.perf_counter()
+    owner = "TrainingConfig"
+    scan = _load(train_data, config.train_data_file, "train_data_file", owner)
+    model = config.model
+    _check_n(scan, model, owner)
+    if config.n_subsample is not None and config.n_subsample < scan.M:
+        sub_seed = config.seed if config.subsample_seed is None else config.subsample_seed
+        keep = np.sort(make_rng(sub_seed).choice(scan.M, config.n_subsample, replace=False))
+        logger.info("subsampled %d of %d positions (seed %d)", len(keep), scan.M, sub_seed)
+        scan = scan.subset(keep)
+
+    alpha = float(physics.diffraction_norm_factor(scan.diffraction))
+    if config.nphotons is not None:
+        nphotons, source = float(config.nphotons), "config"
+    else:
+        nphotons, source = float(physics.estimate_nphotons(scan.diffraction)), "estimated"
+        logger.info("nphotons not given: estimated %.6g mean photons per pattern from the data "
+                    "(assumes photon-unit amplitudes)", nphotons)
+    s = float(physics.intensity_scale(nphotons, model.N))
+    if not (math.isfinite(s) and s > 0 and math.isfinite(alpha) and alpha > 0):
+        raise DataContractError(f"{scan.source or '<in-memory scan>'}: key 'diffraction': "
+                                f"expected non-zero patterns, got α = {alpha}, s = {s}")
+
+    truth = _ground_truth(scan)
+    if model.model_type == "supervised" and truth is None:
+        raise DataContractError(
+            f"{scan.source or '<in-memory scan>'}: key 'Y': expected ground-truth patches "
+            "(or an 'objectGuess' to cut them from) for model_type='supervised', got neither"
+        )
+    rng = make_rng(config.seed)
+    grouped = _group(scan, model, owner, n_groups=config.n_groups,
+                     neighbor_count=config.neighbor_count, seed=rng,
+                     sequential=config.sequential_sampling, Y=truth).with_scale(s * alpha)
+    tr, va = _split(len(grouped), config.validation_fraction, rng)
+    probe = np.asarray(physics.normalize_probe(scan.probe, model.probe_scale), np.complex64)
+    logger.info("training data: %d groups (%d train, %d val) of C=%d, N=%d, α=%.6g, s=%.6g",
+                len(grouped), len(tr), len(va), model.C, model.N, alpha, s)
+    return PreparedTraining(
+        config=config, scan=scan, train=grouped.subset(tr),
+        val=grouped.subset(va) if len(va) else None, probe=probe, norm_factor=alpha,
+        nphotons=nphotons, nphotons_source=source, intensity_scale=s,
+        timings={"prepare_s": time.perf_counter() - t0},
+    )
+
+
+@dataclass(eq=False)
+class PreparedInference:
+    """A scan grouped for inference: every position, ``diffraction`` = ``s·α·X``.
+
+    ``model`` is the bundle's ModelConfig (gridsize from the manifest); ``stitch_crop`` in
+    pixels; ``object_shape`` the object frame ``(H, W)`` when the scan has an object.
+    """
+
+    config: InferenceConfig
+    model: ModelConfig
+    scan: ScanData
+    grouped: GroupedData
+    norm_factor: float
+    intensity_scale: float
+    stitch_crop: int
+    object_shape: tuple[int, int] | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def make_stitcher(self) -> Stitcher:
+        """A stitcher in the object frame (the scan's object, else the positions' bounding box)."""
+        return Stitcher(self.model.N, self.stitch_crop, object_shape=self.object_shape,
+                        positions=self.scan.positions)
+
+
+def prepare_inference(config: InferenceConfig, manifest: Mapping[str, Any],
+                      data: ScanData | None = None) -> PreparedInference:
+    """Group all positions of a scan for a trained bundle (``manifest`` = its manifest dict).
+
+    α comes from the data, ``s`` from ``manifest['intensity_scale']``; gridsize and N from
+    ``manifest['model_config']``. ``config.n_groups`` limits the groups (None: every position).
+    """
+    t0 = time.perf_counter()
+    owner = "InferenceConfig"
+    try:
+        model = ModelConfig.from_dict(manifest["model_config"])
+        s = float(manifest["intensity_scale"])
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"bundle manifest lacks a usable model_config/intensity_scale: {exc}"
+                          ) from exc
+    scan = _load(data, config.test_data_file, "test_data_file", owner)
+    _check_n(scan, model, owner)
+    alpha = float(physics.diffraction_norm_factor(scan.diffraction))
+    if config.neighbor_count < model.C - 1:
+        raise ConfigError(f"{owner}.neighbor_count = {config.neighbor_count} is invalid for the "
+                          f"bundle's gridsize {model.gridsize}; allowed: >= {model.C - 1}")
+    grouped = _group(scan, model, owner, n_groups=config.n_groups,
+                     neighbor_count=config.neighbor_count, seed=INFERENCE_SEED,
+                     sequential=True).with_scale(s * alpha)
+    crop = config.stitch_crop if config.stitch_crop is not None else \
+        int(default_stitch_crop(model.N))
+    if crop > model.N:
+        raise ConfigError(f"{owner}.stitch_crop = {crop} is invalid; allowed: <= N = {model.N}")
+    shape = None if scan.object is None else tuple(int(v) for v in scan.object.shape)
+    logger.info("inference data: %d groups of C=%d, N=%d, α=%.6g, s=%.6g", len(grouped),
+                model.C, model.N, alpha, s)
+    return PreparedInference(config=config, model=model, scan=scan, grouped=grouped,
+                             norm_factor=alpha, intensity_scale=s, stitch_crop=crop,
+                             object_shape=shape,  # type: ignore[arg-type]
+                             timings={"prepare_s": time.perf_counter() - t0})
+
+
+def iter_batches(grouped: GroupedData, batch_size: int) -> Iterator[GroupedData]:
+    """Consecutive groups in chunks of ``batch_size`` (the last may be shorter); lazy gathers."""
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size = {batch_size!r} is invalid; allowed: an integer >= 1")
+    for start in range(0, len(grouped), int(batch_size)):
+        yield grouped.subset(slice(start, start + int(batch_size)))
+
+
+def _stitch_inputs(patches: np.ndarray, batch: GroupedData) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(patches)
+    if p.ndim != 4 or p.shape[0] != len(batch) or p.shape[2:] != (batch.N, batch.N) \
+            or p.shape[1] not in (1, batch.C):
+        raise ValueError(f"predict returned shape {p.shape}; expected ({len(batch)}, C_out, "
+                         f"{batch.N}, {batch.N}) with C_out in (1, {batch.C})")
+    if p.shape[1] == batch.C:
+        return p.reshape(-1, batch.N, batch.N), batch.positions.reshape(-1, 2)
+    return p[:, 0], batch.centers  # one patch per group sits at the group centre
+
+
+def run_inference(prepared: PreparedInference,
+                  predict: Callable[[GroupedData], np.ndarray], batch_size: int,
+                  backend: str) -> dict[str, Any]:
+    """Chunked predict-and-stitch. ``predict(batch)`` maps a :class:`GroupedData` batch (use
+    ``batch.diffraction`` ``(B, C, N, N)`` = ``s·α·X`` and ``batch.offsets``) to complex object
+    patches ``(B, C_out, N, N)`` (``C_out`` = C, or 1: placed at the group centre)."""
+    t0 = time.perf_counter()
+    stitcher = prepared.make_stitcher()
+    t_pred = 0.0
+    for batch in iter_batches(prepared.grouped, batch_size):
+        t1 = time.perf_counter()
+        patches = predict(batch)
+        t_pred += time.perf_counter() - t1
+        stitcher.add(*_stitch_inputs(patches, batch))
+    stitched = stitcher.result()
+    timings = dict(prepared.timings, predict_s=t_pred,
+                   inference_s=time.perf_counter() - t0)
+    return make_result(stitched, positions=prepared.scan.positions, backend=backend,
+                       config=prepared.config, timings=timings,
+                       norm_factor=prepared.norm_factor,
+                       intensity_scale=prepared.intensity_scale)
+
+
+def make_result(stitched: StitchResult, *, positions: np.ndarray, backend: str,
+                config: Any, timings: Mapping[str, float], **extra: Any) -> dict[str, Any]:
+    """The shared result dict (:data:`RESULT_KEYS` plus ``extra``).
+
+    ``amplitude``/``phase`` ``(H, W) float32`` (phase in [−π, π]), ``object`` ``(H, W)
+    complex64``, ``coverage`` ``(H, W) float32``, ``origin`` ``(x0, y0)`` object pixels,
+    ``positions`` ``(M, 2)`` float64 ``(x, y)``, ``backend`` name, ``config`` a JSON-safe dict,
+    ``timings`` seconds.
+    """
+    obj = np.asarray(stitched.object, dtype=np.complex64)
+    cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+    result = {
+        "amplitude": np.abs(obj).astype(np.float32),
+        "phase": np.angle(obj).astype(np.float32),
+        "object": obj,
+        "coverage": np.asarray(stitched.coverage, dtype=np.float32),
+        "origin": tuple(float(v) for v in stitched.origin),
+        "positions": np.asarray(positions, dtype=np.float64),
+        "backend": str(backend),
+        "config": cfg,
+        "timings": {k: float(v) for k, v in timings.items()},
+    }
+    result.update(extra)
+    return result
+
+
+def write_history_csv(path: str | Path, history: Mapping[str, list[float]]) -> Path:
+    """Write a loss history (metric → per-epoch values) as CSV (``epoch`` first), atomically.
+
+    Shorter series are padded with empty cells.
+    """
+    p = Path(path)
+    names = list(history)
+    n = max((len(v) for v in history.values()), default=0)
+    with atomic_write(p, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["epoch", *names])
+        for e in range(n):
+            w.writerow([e, *(history[k][e] if e < len(history[k]) else "" for k in names)])
+    return p
