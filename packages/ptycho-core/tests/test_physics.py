@@ -1,0 +1,274 @@
+"""Properties of the NumPy reference physics (SPEC §2.1, §4): adjointness, Parseval, shifts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ptycho_core import physics as ph
+
+
+def _crandn(rng, *shape):
+    return rng.normal(size=shape) + 1j * rng.normal(size=shape)
+
+
+def _blob(h, w, cx, cy, sigma):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
+
+
+def _centroid(img):
+    yy, xx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    s = img.sum()
+    return (xx * img).sum() / s, (yy * img).sum() / s
+
+
+# ----------------------------------------------------------------------------- extract / place
+@pytest.mark.parametrize("n", [8, 16])
+def test_place_is_adjoint_of_extract(n):
+    rng = np.random.default_rng(1)
+    c = _crandn(rng, 40, 52)
+    # fractional positions, many near or beyond the border (partly / fully outside)
+    pos = np.concatenate([rng.uniform(-n, 52 + n, size=(60, 2)), [[0.0, 0.0], [51.5, 39.25]]])
+    q = _crandn(rng, len(pos), n, n)
+    lhs = np.vdot(ph.extract_patches(c, pos, n), q)
+    rhs = np.vdot(c, ph.place_patches(q, pos, c.shape))
+    assert abs(lhs - rhs) <= 1e-10 * abs(lhs)
+
+
+def test_adjoint_real_and_single_precision():
+    rng = np.random.default_rng(2)
+    c = rng.normal(size=(30, 30)).astype(np.float32)
+    pos = rng.uniform(-3, 33, size=(25, 2))
+    q = rng.normal(size=(25, 8, 8)).astype(np.float32)
+    lhs = float(np.sum(ph.extract_patches(c, pos, 8).astype(np.float64) * q))
+    rhs = float(np.sum(c * ph.place_patches(q, pos, c.shape)))
+    assert lhs == pytest.approx(rhs, rel=1e-5)
+
+
+def test_extract_integer_positions_equals_slicing():
+    rng = np.random.default_rng(3)
+    obj = _crandn(rng, 50, 60).astype(np.complex64)
+    n = 16
+    pos = np.array([[8, 8], [20, 30], [51, 41], [37.0, 12.0]])
+    patches = ph.extract_patches(obj, pos, n)
+    assert patches.dtype == np.complex64
+    for (x, y), p in zip(pos.astype(int), patches):
+        np.testing.assert_array_equal(p, obj[y - n // 2 : y + n // 2, x - n // 2 : x + n // 2])
+
+
+def test_extract_centre_pixel_and_zero_outside():
+    obj = np.arange(20 * 20, dtype=np.float64).reshape(20, 20)
+    p = ph.extract_patches(obj, np.array([[2.0, 3.0]]), 8)[0]
+    assert p[4, 4] == obj[3, 2]  # patch index (N/2, N/2) sits on p = (x, y)
+    # rows start at y - N/2 = -1, columns at x - N/2 = -2: those lie outside the object
+    assert np.all(p[:, :2] == 0) and np.all(p[0, :] == 0)
+    np.testing.assert_array_equal(p[1:, 2:], obj[0:7, 0:6])
+    far = ph.extract_patches(obj, np.array([[500.0, -400.0]]), 8)
+    assert np.all(far == 0)
+
+
+def test_extract_fractional_is_bilinear_of_a_plane():
+    # bilinear interpolation reproduces an affine function exactly
+    yy, xx = np.mgrid[0:40, 0:40]
+    obj = 0.3 * xx - 0.7 * yy + 2.0
+    pos = np.array([[20.25, 17.6], [15.5, 22.125]])
+    n = 8
+    patches = ph.extract_patches(obj, pos, n)
+    for (x, y), p in zip(pos, patches):
+        i, j = np.mgrid[0:n, 0:n]
+        expect = 0.3 * (x - n / 2 + j) - 0.7 * (y - n / 2 + i) + 2.0
+        np.testing.assert_allclose(p, expect, atol=1e-12)
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError):
+        ph.extract_patches(np.zeros((10, 10)), np.zeros((3, 3)), 4)
+    with pytest.raises(ValueError):
+        ph.extract_patches(np.zeros((10, 10)), np.zeros((3, 2)), 5)
+    with pytest.raises(ValueError):
+        ph.place_patches(np.zeros((2, 4, 4)), np.zeros((3, 2)), (10, 10))
+
+
+# ----------------------------------------------------------------------------- translate
+@pytest.mark.parametrize("tx,ty", [(2, -3), (0, 5), (-4, 0), (7, 7)])
+def test_integer_translate_is_roll_with_zero_fill(tx, ty):
+    rng = np.random.default_rng(4)
+    img = _crandn(rng, 2, 18, 21)
+    out = ph.translate(img, np.array([tx, ty], dtype=float))
+    expect = np.roll(img, (ty, tx), axis=(-2, -1))
+    if ty > 0:
+        expect[:, :ty] = 0
+    elif ty < 0:
+        expect[:, ty:] = 0
+    if tx > 0:
+        expect[:, :, :tx] = 0
+    elif tx < 0:
+        expect[:, :, tx:] = 0
+    np.testing.assert_allclose(out, expect, atol=1e-12)
+
+
+def test_subpixel_translate_moves_centroid_by_t():
+    img = _blob(48, 48, 20.0, 25.0, 3.0)
+    shifts = np.array([[2.3, -1.7], [-0.45, 0.8], [0.0, 0.0]])
+    out = ph.translate(img, shifts)  # batched: one image, three shifts
+    assert out.shape == (3, 48, 48)
+    for t, o in zip(shifts, out):
+        cx, cy = _centroid(o)
+        assert cx == pytest.approx(20.0 + t[0], abs=1e-6)
+        assert cy == pytest.approx(25.0 + t[1], abs=1e-6)
+
+
+def test_subpixel_translate_recovered_by_phase_correlation():
+    rng = np.random.default_rng(5)
+    from scipy import ndimage
+
+    img = ndimage.gaussian_filter(rng.normal(size=(64, 64)), 2.5)
+    img *= _blob(64, 64, 31.5, 31.5, 12.0)  # taper: no border effects
+    t = np.array([3.4, -2.6])
+    out = ph.translate(img, t)
+    cross = np.fft.ifft2(np.fft.fft2(out) * np.conj(np.fft.fft2(img)))
+    peak = np.unravel_index(np.argmax(np.abs(cross)), cross.shape)
+    dy, dx = [(p + 32) % 64 - 32 for p in peak]
+    # refine with a parabola through the peak and its neighbours
+    c = np.abs(cross)
+
+    def refine(a_m, a_0, a_p):
+        return 0.5 * (a_m - a_p) / (a_m - 2 * a_0 + a_p)
+
+    py, px = peak
+    fx = refine(c[py, (px - 1) % 64], c[py, px], c[py, (px + 1) % 64])
+    fy = refine(c[(py - 1) % 64, px], c[py, px], c[(py + 1) % 64, px])
+    assert dx + fx == pytest.approx(t[0], abs=0.15)
+    assert dy + fy == pytest.approx(t[1], abs=0.15)
+
+
+def test_translate_roundtrip_and_dtype():
+    img = _blob(32, 32, 16, 16, 4).astype(np.float32)
+    out = ph.translate(img, np.array([1.0, 2.0]))
+    assert out.dtype == np.float32
+    back = ph.translate(out, np.array([-1.0, -2.0]))
+    # content pushed past the last 2 rows / last column is lost (zeros entered on the way back)
+    np.testing.assert_allclose(back[:30, :31], img[:30, :31], atol=1e-6)
+    assert np.all(back[30:, :] == 0) and np.all(back[:, 31] == 0)
+    with pytest.raises(ValueError):
+        ph.translate(img, np.array([1.0, 2.0, 3.0]))
+
+
+# ----------------------------------------------------------------------------- probe, forward
+def test_disk_mask_radius_and_centre():
+    n = 32
+    m = ph.disk_mask(n)
+    assert m.dtype == np.float32 and m.shape == (n, n)
+    np.testing.assert_array_equal(m, m[::-1, :])  # centred at (N-1)/2
+    np.testing.assert_array_equal(m, m[:, ::-1])
+    np.testing.assert_array_equal(m, m.T)
+    # independent count of pixel centres within radius N/4 of ((N-1)/2, (N-1)/2)
+    c, r = (n - 1) / 2, n / 4
+    count = sum((i - c) ** 2 + (j - c) ** 2 <= r * r for i in range(n) for j in range(n))
+    assert m.sum() == count
+    assert abs(m.sum() - np.pi * r * r) < 2 * np.pi * r  # area ~ pi r^2
+    assert m[n // 2, n // 2] == 1 and m[0, 0] == 0
+    assert ph.disk_mask(16, radius=2).sum() == 12  # centre on a pixel corner: 4 + 8
+
+
+def test_normalize_probe_mean_masked_amplitude():
+    rng = np.random.default_rng(6)
+    p = _crandn(rng, 32, 32) * 7.5
+    for scale in (4.0, 2.5):
+        pn = ph.normalize_probe(p, scale)
+        assert pn.dtype == np.complex64
+        assert np.mean(np.abs(ph.disk_mask(32) * pn)) == pytest.approx(1 / scale, rel=1e-5)
+    with pytest.raises(ValueError):
+        ph.normalize_probe(np.zeros((8, 8)))
+
+
+def test_illuminate_smoothing_and_mask():
+    rng = np.random.default_rng(7)
+    p = _crandn(rng, 32, 32)
+    np.testing.assert_allclose(ph.illuminate(p), p.astype(np.complex64))
+    masked = ph.illuminate(p, probe_mask=True)
+    assert np.all(masked[ph.disk_mask(32) == 0] == 0)
+    # smoothing a delta gives the (outer product) Gaussian kernel, which sums to 1
+    delta = np.zeros((32, 32), complex)
+    delta[16, 16] = 1
+    sm = ph.illuminate(delta, gaussian_smoothing_sigma=1.5)
+    assert sm.sum() == pytest.approx(1.0, abs=1e-6)
+    x = np.arange(-6, 7)
+    g = np.exp(-(x**2) / (2 * 1.5**2))
+    np.testing.assert_allclose(sm[10:23, 10:23].real, np.outer(g, g) / g.sum() ** 2, atol=1e-7)
+    # smoothing lowers the high-frequency content of noise
+    assert np.abs(np.diff(ph.illuminate(p, 2.0), axis=0)).mean() < np.abs(np.diff(p, axis=0)).mean() / 3
+
+
+def test_forward_model_parseval():
+    rng = np.random.default_rng(8)
+    obj = _crandn(rng, 5, 32, 32)
+    probe = _crandn(rng, 32, 32)
+    a = ph.forward_model(obj, probe)
+    assert a.shape == (5, 32, 32) and a.dtype == np.float32
+    psi = probe * obj
+    np.testing.assert_allclose((a.astype(np.float64) ** 2).sum(axis=(1, 2)),
+                               (np.abs(psi) ** 2).sum(axis=(1, 2)), rtol=1e-5)
+
+
+def test_forward_model_dc_at_centre_for_flat_wave():
+    n = 16
+    a = ph.forward_model(np.ones((n, n), complex) * 0.5, np.ones((n, n)))
+    # a flat exit wave has all its energy at zero frequency, index (N/2, N/2)
+    assert a[n // 2, n // 2] == pytest.approx(0.5 * n, rel=1e-6)
+    a[n // 2, n // 2] = 0
+    assert np.abs(a).max() < 1e-5
+
+
+def test_forward_model_tilt_moves_peak():
+    # a phase ramp exp(2πi k x / N) puts the peak k pixels right of centre
+    n, k = 16, 3
+    xx = np.arange(n)[None, :] * np.ones((n, 1))
+    a = ph.forward_model(np.exp(2j * np.pi * k * xx / n), np.ones((n, n)))
+    assert np.unravel_index(np.argmax(a), a.shape) == (n // 2, n // 2 + k)
+
+
+def test_forward_model_smoothing_matches_illuminate():
+    rng = np.random.default_rng(9)
+    obj = _crandn(rng, 16, 16)
+    probe = _crandn(rng, 16, 16)
+    a = ph.forward_model(obj, probe, gaussian_smoothing_sigma=1.0, probe_mask=True)
+    psi = ph.illuminate(probe, 1.0, True) * obj
+    expect = np.abs(np.fft.fftshift(np.fft.fft2(psi))) / 16
+    np.testing.assert_allclose(a, expect, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- Poisson, scales
+def test_poisson_nll_minimised_at_observed():
+    obs = np.array([0.0, 1.0, 5.0, 40.0, 1234.0])
+    base = ph.poisson_nll(obs, obs)
+    for factor in (0.5, 0.9, 0.99, 1.01, 1.1, 2.0):
+        assert ph.poisson_nll(obs * factor + (obs == 0) * 0.1 * factor, obs) > base
+    # analytic: mean(I - k log I) for scalars
+    assert ph.poisson_nll(np.array([2.0]), np.array([3.0])) == pytest.approx(2 - 3 * np.log(2), rel=1e-9)
+
+
+def test_poisson_sample_mean_variance_and_seed():
+    lam = np.full(200_000, 7.3)
+    k1 = ph.poisson_sample(lam, np.random.default_rng(10))
+    k2 = ph.poisson_sample(lam, np.random.default_rng(10))
+    np.testing.assert_array_equal(k1, k2)
+    assert np.issubdtype(k1.dtype, np.integer)
+    se = np.sqrt(7.3 / lam.size)
+    assert abs(k1.mean() - 7.3) < 5 * se
+    assert abs(k1.var() - 7.3) < 5 * 7.3 * np.sqrt(2 / lam.size) + 5 * se
+    with pytest.raises(ValueError):
+        ph.poisson_sample(np.array([-1.0]), np.random.default_rng(0))
+
+
+def test_scales():
+    rng = np.random.default_rng(11)
+    x = rng.uniform(0, 3, size=(10, 16, 16))
+    energy = np.mean([np.sum(m**2) for m in x])
+    assert ph.estimate_nphotons(x) == pytest.approx(energy)
+    alpha = ph.diffraction_norm_factor(x)
+    assert np.mean(np.sum((alpha * x) ** 2, axis=(1, 2))) == pytest.approx(64.0)  # (N/2)^2
+    assert ph.intensity_scale(1e6, 64) == pytest.approx(1000 / 32)
+    with pytest.raises(ValueError):
+        ph.intensity_scale(0, 64)
