@@ -112,14 +112,20 @@ def grf_phase(size: int | tuple[int, int], seed: int | None = None, correlation_
 
 def procedural_object(size: int | tuple[int, int], seed: int | None = None,
                       amp_range: tuple[float, float] = (0.5, 1.0), max_phase: float = 1.0) -> np.ndarray:
-    """Complex test object: lines amplitude in ``amp_range``, GRF phase within ``±max_phase`` rad.
+    """Complex test object: absorbing lines, GRF phase within ``±max_phase`` rad.
+
+    The amplitude is a transmission: ``hi`` on the open background, down to ``lo`` on the lines
+    (``amp = hi − (hi − lo)·lines``). Bright lines on a dark background would make the object's
+    RMS amplitude far below its peak; since the data normalisation (SPEC §4.2) fixes the RMS of
+    the object the network must produce, such a peak would land above 1, out of reach of the
+    default sigmoid amplitude head (see specs/simulation.md).
 
     Returns (H, W) complex64.
     """
     ss = np.random.SeedSequence(seed)
     s_amp, s_phase = (int(c.generate_state(1)[0]) for c in ss.spawn(2))
     lo, hi = amp_range
-    amp = lo + (hi - lo) * lines_object(size, s_amp)
+    amp = hi - (hi - lo) * lines_object(size, s_amp)
     phase = grf_phase(size, s_phase, max_phase=max_phase)
     return (amp * np.exp(1j * phase)).astype(np.complex64)
 
