@@ -1,5 +1,14 @@
-"""ptycho-torch."""
+"""ptycho-torch: the PyTorch + Lightning backend of ptycho (SPEC §1, §5–8).
+
+Modules mirror ``ptycho_tf`` file by file: ``model`` (the network), ``physics`` (differentiable
+ops tested against ``ptycho_core.physics``), ``losses``, ``data`` (datasets, DataModule),
+``training`` (LightningModule, Trainer builders), ``bundle`` (``wts.h5.zip``), ``workflows`` and
+``backend`` (the registered entry point: ``NAME``, ``train``, ``reconstruct``).
+Importing the package itself imports no framework; submodules import torch / Lightning.
+"""
 
 from ptycho_torch.__about__ import __version__
 
-__all__ = ["__version__"]
+NAME = "pytorch"
+
+__all__ = ["__version__", "NAME"]

@@ -1,0 +1,278 @@
+"""The PtychoPINN network in PyTorch (SPEC §5, ADR-002 ``specs/model.md``).
+
+One plain ``nn.Module`` holds exactly the layers of ADR-002, registered with the ADR's names in
+the ADR's row order (amp before phase), so ``state_dict()`` keys are ``enc0_conv1.weight``,
+``amp_dec0_conv1.bias``, …, ``log_intensity_scale``, ``probe_real``, ``probe_imag`` and map
+one-to-one onto the Keras model's weights. Data layout is ``(B, C, N, N)``.
+
+Two entry points:
+
+* :meth:`PtychoModel.forward` — the *training* ("autoencoder") model: returns the complex object
+  patches, the predicted amplitude ``s·A`` and the predicted intensity ``(s·A)²``.
+* :meth:`PtychoModel.diffraction_to_obj` — the *inference* model: complex object patches only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptycho_torch import physics
+
+__all__ = ["SUPPORTED_N", "ModelOutput", "PtychoModel", "conv_layer_specs", "build_model"]
+
+SUPPORTED_N = (32, 64, 128, 256)
+_AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
+
+
+class ModelOutput(NamedTuple):
+    """Outputs of the training model (all ``(B, C, N, N)``).
+
+    obj: complex64 object patches; amplitude: float32 predicted amplitude in photon-count units
+    (``s·A``); intensity: float32 predicted counts ``amplitude²``.
+    """
+
+    obj: torch.Tensor
+    amplitude: torch.Tensor
+    intensity: torch.Tensor
+
+
+def conv_layer_specs(n: int, gridsize: int, n_filters_scale: int, *, object_big: bool, probe_big: bool,
+                     pad_object: bool) -> list[tuple[str, int, int]]:
+    """``[(name, in_channels, out_channels), ...]`` of every 3×3 conv in ADR-002 row order."""
+    if n not in SUPPORTED_N:
+        raise ValueError(f"N={n} is not supported; the model supports N in {SUPPORTED_N}")
+    k = int(n_filters_scale)
+    if k < 1:
+        raise ValueError(f"n_filters_scale={n_filters_scale!r} must be a positive integer")
+    levels = int(round(math.log2(n / 8)))
+    c = gridsize * gridsize
+    c_out = c if object_big else 1
+    specs: list[tuple[str, int, int]] = []
+    cin = c
+    for i in range(levels):
+        f = 128 * k // 2 ** (levels - 1 - i)
+        specs += [(f"enc{i}_conv1", cin, f), (f"enc{i}_conv2", f, f)]
+        cin = f
+    bottleneck = cin
+    for branch in ("amp", "phase"):
+        cin = bottleneck
+        for j in range(levels - 1):
+            g = 32 * k * 2 ** (levels - 2 - j)
+            specs += [(f"{branch}_dec{j}_conv1", cin, g), (f"{branch}_dec{j}_conv2", g, g)]
+            cin = g
+    top = 32 * k
+    specs += [("amp_head", top, c_out), ("phase_head", top, c_out)]
+    if not pad_object:
+        for branch in ("amp", "phase"):
+            specs += [(f"{branch}_up_conv1", top, top), (f"{branch}_up_conv2", top, top)]
+    elif probe_big:
+        for branch in ("amp", "phase"):
+            specs += [(f"{branch}_border_conv1", top, top), (f"{branch}_border_conv2", top, top),
+                      (f"{branch}_border_head", top, c_out)]
+    return specs
+
+
+def _amp_activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    if name == "sigmoid":
+        return torch.sigmoid(x)
+    if name == "swish":
+        return F.silu(x)
+    if name == "softplus":
+        return F.softplus(x)
+    if name == "relu":
+        return F.relu(x)
+    raise ValueError(f"amp_activation={name!r} is not one of {_AMP_ACTIVATIONS}")
+
+
+def _up2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+class PtychoModel(nn.Module):
+    """Encoder, amplitude and phase decoders, object_big merge and forward model.
+
+    Parameters
+    ----------
+    N, gridsize, n_filters_scale, model_type, amp_activation, object_big, probe_big, pad_object,
+    probe_mask, gaussian_smoothing_sigma:
+        As :class:`ptycho_core.config.ModelConfig`.
+    probe:
+        ``(N, N)`` complex, the *normalised* probe ``P̃`` (SPEC §4.2).
+    intensity_scale:
+        ``s`` (> 0); stored as the weight ``log_intensity_scale``.
+    probe_trainable, intensity_scale_trainable:
+        Make ``probe_real``/``probe_imag`` or ``log_intensity_scale`` trainable
+        (``requires_grad``); they are ``nn.Parameter`` either way so the state dict is complete.
+    """
+
+    def __init__(self, *, N: int, gridsize: int = 1, n_filters_scale: int = 2, model_type: str = "pinn",
+                 amp_activation: str = "sigmoid", object_big: bool = True, probe_big: bool = True,
+                 pad_object: bool = True, probe_mask: bool = False, gaussian_smoothing_sigma: float = 0.0,
+                 probe: np.ndarray | torch.Tensor | None = None, intensity_scale: float = 1.0,
+                 probe_trainable: bool = False, intensity_scale_trainable: bool = False,
+                 channels_last: bool = True) -> None:
+        super().__init__()
+        if amp_activation not in _AMP_ACTIVATIONS:
+            raise ValueError(f"amp_activation={amp_activation!r} is not one of {_AMP_ACTIVATIONS}")
+        if model_type not in ("pinn", "supervised"):
+            raise ValueError(f"model_type={model_type!r} is not one of ('pinn', 'supervised')")
+        if not intensity_scale > 0:
+            raise ValueError(f"intensity_scale={intensity_scale!r} must be > 0")
+        self.N, self.gridsize, self.C = int(N), int(gridsize), int(gridsize) ** 2
+        self.model_type, self.amp_activation = model_type, amp_activation
+        self.object_big, self.probe_big, self.pad_object = bool(object_big), bool(probe_big), bool(pad_object)
+        self.probe_mask, self.gaussian_smoothing_sigma = bool(probe_mask), float(gaussian_smoothing_sigma)
+        self.levels = int(round(math.log2(self.N / 8)))
+        self.specs = conv_layer_specs(self.N, self.gridsize, n_filters_scale, object_big=object_big,
+                                      probe_big=probe_big, pad_object=pad_object)
+        for name, cin, cout in self.specs:
+            self.add_module(name, nn.Conv2d(cin, cout, 3, padding=1))
+        self.log_intensity_scale = nn.Parameter(torch.tensor(math.log(float(intensity_scale)), dtype=torch.float32),
+                                                requires_grad=bool(intensity_scale_trainable))
+        if probe is None:
+            probe = np.ones((self.N, self.N), np.complex64)
+        probe_t = torch.as_tensor(np.asarray(probe, dtype=np.complex64))
+        if tuple(probe_t.shape) != (self.N, self.N):
+            raise ValueError(f"probe shape {tuple(probe_t.shape)} does not match N={self.N}")
+        self.probe_real = nn.Parameter(probe_t.real.clone().float(), requires_grad=bool(probe_trainable))
+        self.probe_imag = nn.Parameter(probe_t.imag.clone().float(), requires_grad=bool(probe_trainable))
+        self.register_buffer("_center", physics.center_mask(self.N), persistent=False)
+        # NHWC convolutions are markedly faster with oneDNN on CPU (and neutral-to-better on GPU);
+        # the memory format never shows in the state dict (bundles store contiguous tensors).
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            for name, _, _ in self.specs:
+                self.get_submodule(name).to(memory_format=torch.channels_last)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The state dict in ADR-002 row order: convs (weight, bias) first, then
+        ``log_intensity_scale``, ``probe_real``, ``probe_imag`` (torch would list own parameters
+        before submodules)."""
+        sd = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        own = [prefix + n for n in ("log_intensity_scale", "probe_real", "probe_imag")]
+        for key in own:
+            if key in sd:
+                sd.move_to_end(key)
+        return sd
+
+    # -- pieces -------------------------------------------------------------------------------
+    @property
+    def intensity_scale(self) -> torch.Tensor:
+        """``s`` as a 0-d float32 tensor."""
+        return torch.exp(self.log_intensity_scale)
+
+    @property
+    def probe(self) -> torch.Tensor:
+        """The normalised probe ``(N, N)`` complex64."""
+        return torch.complex(self.probe_real, self.probe_imag)
+
+    def _conv_relu(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.get_submodule(name)(x))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, N, N)`` normalised diffraction → ``(B, f_{L−1}, 8, 8)`` bottleneck."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for i in range(self.levels):
+            x = self._conv_relu(f"enc{i}_conv1", x)
+            x = self._conv_relu(f"enc{i}_conv2", x)
+            x = F.max_pool2d(x, 2)
+        return x
+
+    def _decode(self, branch: str, z: torch.Tensor) -> torch.Tensor:
+        """Bottleneck → ``(B, C_out, N, N)`` activated amplitude or phase."""
+        act = (lambda t: _amp_activation(self.amp_activation, t)) if branch == "amp" else (lambda t: math.pi * torch.tanh(t))
+        x = z
+        for j in range(self.levels - 1):
+            x = self._conv_relu(f"{branch}_dec{j}_conv1", x)
+            x = self._conv_relu(f"{branch}_dec{j}_conv2", x)
+            x = _up2(x)
+        if not self.pad_object:  # one more upsampling block to N×N, then the head
+            x = self._conv_relu(f"{branch}_up_conv1", x)
+            x = _up2(self._conv_relu(f"{branch}_up_conv2", x))
+            return act(self.get_submodule(f"{branch}_head")(x)).contiguous()
+        q = self.N // 4
+        out = F.pad(act(self.get_submodule(f"{branch}_head")(x)), (q, q, q, q))
+        if self.probe_big:
+            border_act = F.silu if branch == "amp" else (lambda t: math.pi * torch.tanh(t))
+            b = self._conv_relu(f"{branch}_border_conv1", x)
+            b = _up2(self._conv_relu(f"{branch}_border_conv2", b))
+            b = border_act(self.get_submodule(f"{branch}_border_head")(b))
+            out = out + (1.0 - self._center) * b
+        return out.contiguous()
+
+    def diffraction_to_obj(self, x_scaled: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """The inference model: ``s·X (B, C, N, N)`` float32 → complex64 object patches ``(B, C, N, N)``.
+
+        offsets: ``(B, C, 2)`` ``(dx, dy)`` pixels of each channel from the group centre (needed
+        when ``C > 1``). With ``object_big`` the ``C`` predicted patches are merged per sample and
+        re-extracted; without it the single predicted patch is translated to each channel.
+        """
+        if x_scaled.ndim != 4 or x_scaled.shape[1] != self.C or tuple(x_scaled.shape[-2:]) != (self.N, self.N):
+            raise ValueError(f"expected input (B, {self.C}, {self.N}, {self.N}), got {tuple(x_scaled.shape)}")
+        z = self.encode(x_scaled / self.intensity_scale)
+        amp = self._decode("amp", z)
+        phase = self._decode("phase", z)
+        obj = torch.polar(amp, phase)
+        if self.C == 1:
+            return obj
+        if offsets is None:
+            raise ValueError("offsets (B, C, 2) are required when gridsize > 1")
+        offsets = offsets.to(device=obj.device, dtype=amp.dtype)
+        if self.object_big:
+            return physics.object_big_merge(obj, offsets)
+        return physics.translate(obj.expand(-1, self.C, -1, -1), -offsets)
+
+    def forward(self, x_scaled: torch.Tensor, offsets: torch.Tensor | None = None) -> ModelOutput:
+        """The training model: object patches, predicted amplitude ``s·A`` and intensity ``(s·A)²``.
+
+        For ``model_type='supervised'`` amplitude and intensity are those of the object patch
+        itself (no forward model); the loss compares the patch with ground truth.
+        """
+        obj = self.diffraction_to_obj(x_scaled, offsets)
+        if self.model_type == "supervised":
+            amp = obj.abs()
+            return ModelOutput(obj, amp, amp * amp)
+        amp = physics.forward_model(obj, self.probe, self.gaussian_smoothing_sigma, self.probe_mask)
+        amp = amp * self.intensity_scale
+        return ModelOutput(obj, amp, amp * amp)
+
+    def conv_flops_per_pattern(self) -> int:
+        """Multiply-add FLOPs (2 per MAC) of all convs for one group's forward pass."""
+        sizes = self._conv_sizes()
+        return int(sum(2 * 9 * cin * cout * s * s for (name, cin, cout), s in zip(self.specs, sizes)))
+
+    def _conv_sizes(self) -> list[int]:
+        sizes = []
+        for name, _, _ in self.specs:
+            if name.startswith("enc"):
+                sizes.append(self.N // 2 ** int(name[3]))
+            elif "_dec" in name:
+                sizes.append(8 * 2 ** int(name.split("_dec")[1][0]))
+            elif name.endswith("_head") and "border" not in name:
+                sizes.append(self.N // 2 if self.pad_object else self.N)
+            elif name.endswith("border_head"):
+                sizes.append(self.N)
+            else:  # up / border convs at N/2
+                sizes.append(self.N // 2)
+        return sizes
+
+
+def build_model(model_config: Any, *, probe: np.ndarray | None, intensity_scale: float,
+                probe_trainable: bool = False, intensity_scale_trainable: bool = False,
+                channels_last: bool = True) -> PtychoModel:
+    """Build a :class:`PtychoModel` from a :class:`ptycho_core.config.ModelConfig`."""
+    mc = model_config
+    return PtychoModel(N=mc.N, gridsize=mc.gridsize, n_filters_scale=mc.n_filters_scale,
+                       model_type=mc.model_type, amp_activation=mc.amp_activation,
+                       object_big=mc.object_big, probe_big=mc.probe_big, pad_object=mc.pad_object,
+                       probe_mask=mc.probe_mask, gaussian_smoothing_sigma=mc.gaussian_smoothing_sigma,
+                       probe=probe, intensity_scale=intensity_scale, probe_trainable=probe_trainable,
+                       intensity_scale_trainable=intensity_scale_trainable, channels_last=channels_last)

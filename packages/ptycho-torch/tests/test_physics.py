@@ -1,0 +1,184 @@
+"""Torch physics ops against the NumPy oracle ``ptycho_core.physics`` on identical inputs.
+
+Tolerances: float64 inputs agree to 1e-10 (the ops are the same arithmetic); complex64/float32
+to 2e-5 relative to the data's scale (single-precision rounding of sums of up to ~N² terms).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from ptycho_core import physics as ref
+from ptycho_torch import physics as tp
+
+TOL64 = dict(rtol=1e-10, atol=1e-10)
+TOL32 = dict(rtol=2e-5, atol=2e-5)
+
+
+def rand_complex(rng, shape):
+    return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+
+
+def t(a):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+@pytest.mark.parametrize("n", [32, 64])
+@pytest.mark.parametrize("shift", [(0.0, 0.0), (3.0, -2.0), (1.25, 0.5), (-4.7, 2.3), (40.0, 0.0)])
+def test_translate_matches_oracle(n, shift):
+    rng = np.random.default_rng(0)
+    img = rand_complex(rng, (n, n))
+    s = np.array(shift)
+    np.testing.assert_allclose(tp.translate(t(img), t(s)).numpy(), ref.translate(img, s), **TOL64)
+
+
+@pytest.mark.parametrize("gridsize", [1, 2])
+def test_translate_batched_matches_oracle(gridsize):
+    rng = np.random.default_rng(1)
+    c = gridsize**2
+    img = rand_complex(rng, (3, c, 32, 32)).astype(np.complex64)
+    shifts = rng.uniform(-5, 5, (3, c, 2))
+    got = tp.translate(t(img), t(shifts.astype(np.float32))).numpy()
+    want = ref.translate(img.astype(np.complex128), shifts)
+    np.testing.assert_allclose(got, want, **TOL32)
+
+
+def test_translate_moves_content_by_plus_t():
+    img = torch.zeros(16, 16, dtype=torch.float64)
+    img[5, 7] = 1.0  # y=5, x=7
+    out = tp.translate(img, torch.tensor([2.0, 3.0], dtype=torch.float64))
+    assert out[8, 9] == 1.0 and out.sum() == 1.0
+
+
+def test_translate_recovers_known_shift():
+    """Cross-correlation peak of a shifted random image sits at the shift (+t convention)."""
+    rng = np.random.default_rng(2)
+    img = rng.standard_normal((64, 64))
+    out = tp.translate(t(img), torch.tensor([5.0, -3.0], dtype=torch.float64)).numpy()
+    xc = np.fft.ifft2(np.fft.fft2(out) * np.conj(np.fft.fft2(img))).real
+    dy, dx = np.unravel_index(np.argmax(xc), xc.shape)
+    assert (dx, (dy + 32) % 64 - 32) == (5, -3)
+
+
+@pytest.mark.parametrize("n", [32, 64])
+def test_extract_and_place_match_oracle_and_are_adjoint(n):
+    rng = np.random.default_rng(3)
+    obj = rand_complex(rng, (150, 130))
+    pos = np.column_stack([rng.uniform(-5, 135, 20), rng.uniform(-5, 155, 20)])
+    pos[:3] = [[60.0, 70.0], [60.5, 70.25], [0.0, 0.0]]
+    got = tp.extract_patches(t(obj), t(pos), n).numpy()
+    np.testing.assert_allclose(got, ref.extract_patches(obj, pos, n), **TOL64)
+    q = rand_complex(rng, (20, n, n))
+    placed = tp.place_patches(t(q), t(pos), obj.shape).numpy()
+    np.testing.assert_allclose(placed, ref.place_patches(q, pos, obj.shape), **TOL64)
+    lhs = np.vdot(q, got)  # <q, E c>
+    rhs = np.vdot(placed, obj)  # <P q, c>
+    assert abs(lhs - rhs) <= 1e-9 * abs(lhs)
+
+
+@pytest.mark.parametrize("n", [32, 64])
+@pytest.mark.parametrize("mask,sigma", [(False, 0.0), (True, 0.0), (False, 1.5), (True, 0.8)])
+def test_forward_model_matches_oracle(n, mask, sigma):
+    rng = np.random.default_rng(4)
+    obj = rand_complex(rng, (5, 4, n, n)).astype(np.complex64)
+    probe = rand_complex(rng, (n, n)).astype(np.complex64)
+    got = tp.forward_model(t(obj), t(probe), sigma, mask).numpy()
+    want = ref.forward_model(obj.astype(np.complex128), probe.astype(np.complex128), sigma, mask)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    np.testing.assert_allclose(tp.illuminate(t(probe.astype(np.complex128)), sigma, mask).numpy(),
+                               ref.illuminate(probe.astype(np.complex128), sigma, mask), **TOL32)  # oracle is complex64
+
+
+def test_forward_model_parseval():
+    rng = np.random.default_rng(5)
+    obj = t(rand_complex(rng, (3, 64, 64)))
+    probe = t(rand_complex(rng, (64, 64)))
+    a = tp.forward_model(obj, probe)
+    psi = probe * obj
+    torch.testing.assert_close((a**2).sum((-2, -1)), (psi.abs() ** 2).sum((-2, -1)), rtol=1e-10, atol=1e-8)
+
+
+def test_disk_mask_and_poisson_nll_match_oracle():
+    for n in (32, 64):
+        np.testing.assert_array_equal(tp.disk_mask(n).numpy(), ref.disk_mask(n))
+    rng = np.random.default_rng(6)
+    pred = rng.uniform(0, 50, (4, 2, 32, 32))
+    counts = rng.poisson(pred).astype(float)
+    pred[0, 0, 0, 0] = 0.0  # eps path
+    got = float(tp.poisson_nll(t(pred), t(counts)))
+    assert got == pytest.approx(float(ref.poisson_nll(pred, counts)), rel=1e-12)
+
+
+def merge_oracle(patches, offsets):
+    """ADR-002 object_big merge written with the NumPy oracle's translate, one sample at a time."""
+    b, c, n, _ = patches.shape
+    mask = np.zeros((n, n))
+    mask[n // 4: 3 * n // 4, n // 4: 3 * n // 4] = 1
+    out = np.zeros_like(patches)
+    side = n + 2 * int(np.ceil(np.abs(offsets).max()))
+    side += side % 2
+    p = (side - n) // 2
+    for s in range(b):
+        num = np.zeros((side, side), complex)
+        den = np.zeros((side, side))
+        for ch in range(c):
+            num += ref.translate(np.pad(patches[s, ch] * mask, p), offsets[s, ch])
+            den += ref.translate(np.pad(mask, p), offsets[s, ch]).real
+        merged = np.where(den > 0, num / np.maximum(den, 1e-3), 0)
+        for ch in range(c):
+            out[s, ch] = ref.translate(merged, -offsets[s, ch])[p:p + n, p:p + n]
+    return out
+
+
+@pytest.mark.parametrize("n", [32, 64])
+@pytest.mark.parametrize("gridsize", [1, 2])
+def test_object_big_merge_matches_oracle(n, gridsize):
+    rng = np.random.default_rng(7)
+    c = gridsize**2
+    patches = rand_complex(rng, (3, c, n, n))
+    offsets = rng.uniform(-4.3, 4.3, (3, c, 2)) if c > 1 else np.zeros((3, 1, 2))
+    got = tp.object_big_merge(t(patches), t(offsets)).numpy()
+    np.testing.assert_allclose(got, merge_oracle(patches, offsets), **TOL64)
+
+
+def test_object_big_merge_is_per_sample():
+    """Changing sample 1 never changes sample 0's merged patches (no batch-wide canvas)."""
+    rng = np.random.default_rng(8)
+    patches = t(rand_complex(rng, (2, 4, 32, 32)))
+    offsets = t(rng.uniform(-3, 3, (2, 4, 2)))
+    a = tp.object_big_merge(patches, offsets)
+    p2 = patches.clone()
+    p2[1] *= 100
+    b = tp.object_big_merge(p2, offsets)
+    torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
+
+
+def test_object_big_merge_consistent_patches_unchanged_in_covered_centre():
+    """Patches cut from one object are reproduced by the merge wherever their centre is."""
+    rng = np.random.default_rng(9)
+    n = 32
+    obj = rand_complex(rng, (80, 80))
+    centre = np.array([40.0, 40.0])
+    offs = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, -3.0], [3.0, -3.0]])
+    patches = ref.extract_patches(obj, centre + offs, n)[None]
+    merged = tp.object_big_merge(t(patches), t(offs[None])).numpy()
+    q = n // 4
+    np.testing.assert_allclose(merged[0, :, q:3 * q, q:3 * q], patches[0, :, q:3 * q, q:3 * q], **TOL64)
+
+
+def test_object_big_merge_no_border_amplification():
+    rng = np.random.default_rng(10)
+    patches = t(rand_complex(rng, (2, 4, 32, 32)))
+    offsets = t(rng.uniform(-6, 6, (2, 4, 2)))
+    merged = tp.object_big_merge(patches, offsets)
+    assert merged.abs().max() <= patches.abs().max() * (1 + 1e-9)
+
+
+def test_gradients_flow_through_physics():
+    rng = np.random.default_rng(11)
+    patches = t(rand_complex(rng, (2, 4, 32, 32))).requires_grad_(True)
+    offsets = t(rng.uniform(-3, 3, (2, 4, 2)))
+    probe = t(rand_complex(rng, (32, 32)))
+    a = tp.forward_model(tp.object_big_merge(patches, offsets), probe, 1.0, True)
+    a.sum().backward()
+    assert torch.isfinite(patches.grad).all() and patches.grad.abs().sum() > 0

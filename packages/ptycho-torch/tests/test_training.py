@@ -1,0 +1,209 @@
+"""Lightning training: every execution-config field that shapes the run, seeding, history,
+checkpoint resume, trainable probe / scale, supervised baseline."""
+
+import csv
+import logging
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from ptycho_core.bundle import read_bundle
+from ptycho_core.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
+from ptycho_core.simulation import simulate_scan
+from ptycho_torch.training import build_trainer
+from ptycho_torch.workflows import build_training_run, train
+
+QUIET = dict(enable_progress_bar=False, logger_backend="none", enable_checkpointing=False)
+
+
+@pytest.fixture(scope="module")
+def scan():
+    return simulate_scan(N=32, n_positions=40, nphotons=1e5, seed=3)
+
+
+def cfg(tmp_path, **kw):
+    model = kw.pop("model", ModelConfig(N=32, gridsize=1, n_filters_scale=1))
+    base = dict(model=model, batch_size=8, nepochs=2, output_dir=tmp_path, seed=7, validation_fraction=0.2)
+    base.update(kw)
+    return TrainingConfig(**base)
+
+
+# ------------------------------------------------------------------------- builders (no fit)
+def test_trainer_honours_execution_fields(tmp_path):
+    ex = PyTorchExecutionConfig(accelerator="cpu", devices=1, deterministic=True, gradient_clip_val=0.5,
+                                accum_steps=3, enable_progress_bar=False, enable_checkpointing=True,
+                                checkpoint_save_top_k=2, checkpoint_monitor_metric="val_nll",
+                                checkpoint_mode="max", early_stop_patience=4, logger_backend="csv")
+    tr = build_trainer(ex, max_epochs=3, output_dir=tmp_path)
+    assert type(tr.accelerator).__name__ == "CPUAccelerator"
+    assert tr.gradient_clip_val == 0.5
+    assert tr.accumulate_grad_batches == 3
+    assert tr.progress_bar_callback is None
+    assert torch.are_deterministic_algorithms_enabled()
+    assert tr.max_epochs == 3
+    ck = tr.checkpoint_callback
+    assert isinstance(ck, ModelCheckpoint)
+    assert (ck.save_top_k, ck.monitor, ck.mode) == (2, "val_nll", "max")
+    assert str(tmp_path / "checkpoints") == ck.dirpath
+    es = [c for c in tr.callbacks if isinstance(c, EarlyStopping)]
+    assert len(es) == 1 and es[0].patience == 4 and es[0].monitor == "val_loss"
+    assert isinstance(tr.logger, CSVLogger)
+
+
+def test_trainer_toggles(tmp_path):
+    ex = PyTorchExecutionConfig(accelerator="cpu", enable_progress_bar=True, enable_checkpointing=False,
+                                logger_backend="none", deterministic=False)
+    tr = build_trainer(ex, max_epochs=1, output_dir=tmp_path)
+    assert tr.progress_bar_callback is not None
+    assert not any(isinstance(c, ModelCheckpoint) for c in tr.callbacks)
+    assert tr.logger is None
+    assert tr.gradient_clip_val is None and tr.accumulate_grad_batches == 1
+    torch.use_deterministic_algorithms(False)
+
+
+def test_missing_optional_logger_falls_back_to_csv(tmp_path, caplog):
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow"):
+        pytest.skip("mlflow installed here")
+    ex = PyTorchExecutionConfig(accelerator="cpu", logger_backend="mlflow", enable_progress_bar=False)
+    with caplog.at_level(logging.WARNING):
+        tr = build_trainer(ex, max_epochs=1, output_dir=tmp_path)
+    assert isinstance(tr.logger, CSVLogger)
+    assert "mlflow" in caplog.text
+
+
+def test_ddp_strategy_and_devices_are_passed(tmp_path):
+    ex = PyTorchExecutionConfig(accelerator="cpu", strategy="ddp", devices=2, enable_progress_bar=False,
+                                logger_backend="none")
+    tr = build_trainer(ex, max_epochs=1, output_dir=tmp_path)
+    assert type(tr.strategy).__name__ == "DDPStrategy"
+    assert tr.num_devices == 2
+
+
+def test_dataloaders_honour_worker_fields(tmp_path, scan):
+    ex = PyTorchExecutionConfig(accelerator="cpu", num_workers=2, pin_memory=True, persistent_workers=True,
+                                prefetch_factor=3, **QUIET)
+    _, module, dm, _ = build_training_run(cfg(tmp_path, batch_size=5), ex, train_data=scan)
+    dl = dm.train_dataloader()
+    assert (dl.num_workers, dl.pin_memory, dl.persistent_workers, dl.prefetch_factor, dl.batch_size) == (2, True, True, 3, 5)
+    vl = dm.val_dataloader()
+    assert vl.num_workers == 2 and vl.batch_size == 5
+    ex0 = PyTorchExecutionConfig(accelerator="cpu", **QUIET)
+    _, _, dm0, _ = build_training_run(cfg(tmp_path), ex0, train_data=scan)
+    dl0 = dm0.train_dataloader()
+    assert (dl0.num_workers, dl0.pin_memory, dl0.persistent_workers) == (0, False, False)
+
+
+@pytest.mark.parametrize("sched,cls", [("plateau", "ReduceLROnPlateau"), ("cosine", "CosineAnnealingLR"),
+                                       ("step", "StepLR"), ("none", None)])
+def test_optimizer_learning_rate_and_scheduler(tmp_path, scan, sched, cls):
+    ex = PyTorchExecutionConfig(accelerator="cpu", learning_rate=3e-3, scheduler=sched, **QUIET)
+    _, module, _, _ = build_training_run(cfg(tmp_path), ex, train_data=scan)
+    conf = module.configure_optimizers()
+    opt = conf["optimizer"] if isinstance(conf, dict) else conf
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 3e-3
+    if cls is None:
+        assert not isinstance(conf, dict)
+        return
+    s = conf["lr_scheduler"]["scheduler"]
+    assert type(s).__name__ == cls
+    if sched == "plateau":
+        assert (s.factor, s.patience, s.min_lrs[0]) == (0.5, 2, 1e-4)
+        assert conf["lr_scheduler"]["monitor"] == "val_loss"
+
+
+# --------------------------------------------------------------------------------- fitting
+def test_same_seed_same_initial_weights_and_loss_curve(tmp_path, scan):
+    ex = PyTorchExecutionConfig(accelerator="cpu", **QUIET)
+    sd = []
+    for d in ("a", "b"):
+        _, module, _, _ = build_training_run(cfg(tmp_path / d), ex, train_data=scan)
+        sd.append(module.model.state_dict())
+    assert all(torch.equal(sd[0][k], sd[1][k]) for k in sd[0])
+    _, other, _, _ = build_training_run(cfg(tmp_path / "c", seed=8), ex, train_data=scan)
+    assert not torch.equal(other.model.state_dict()["enc0_conv1.weight"], sd[0]["enc0_conv1.weight"])
+    r1 = train(cfg(tmp_path / "r1"), ex, train_data=scan)
+    r2 = train(cfg(tmp_path / "r2"), ex, train_data=scan)
+    assert r1["history"]["train_loss"] == r2["history"]["train_loss"]
+    assert r1["history"]["val_loss"] == r2["history"]["val_loss"]
+
+
+def test_train_writes_history_and_bundle(tmp_path, scan):
+    ex = PyTorchExecutionConfig(accelerator="cpu", enable_progress_bar=False, logger_backend="csv")
+    res = train(cfg(tmp_path, nepochs=3, mae_weight=0.1), ex, train_data=scan)
+    assert res["backend"] == "pytorch"
+    with open(tmp_path / "history.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3
+    assert list(rows[0])[:4] == ["epoch", "train_loss", "val_loss", "lr"]
+    for key in ("train_nll", "train_mae", "val_nll", "val_mae"):
+        assert key in rows[0] and math.isfinite(float(rows[0][key]))
+    for k in ("train_loss", "val_loss"):
+        assert [float(r[k]) for r in rows] == pytest.approx(res["history"][k])
+    # total = nll + 0.1 * mae, recorded per epoch
+    assert float(rows[-1]["train_loss"]) == pytest.approx(float(rows[-1]["train_nll"]) + 0.1 * float(rows[-1]["train_mae"]), rel=1e-4)
+    b = read_bundle(res["bundle_path"], expected_backend="pytorch")
+    assert b.manifest["backend"] == "pytorch"
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert any((tmp_path / "logs").rglob("metrics.csv"))
+
+
+def test_resume_from_checkpoint(tmp_path, scan):
+    ex = PyTorchExecutionConfig(accelerator="cpu", enable_progress_bar=False, logger_backend="none")
+    first = train(cfg(tmp_path, nepochs=1), ex, train_data=scan)
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    assert ckpt.exists()
+    resumed = train(cfg(tmp_path, nepochs=2), ex, train_data=scan, ckpt_path=ckpt)
+    assert resumed["history"]["train_loss"][0] == first["history"]["train_loss"][0]
+    assert len(resumed["history"]["train_loss"]) == 2
+    straight = train(cfg(tmp_path / "s", nepochs=2), ex, train_data=scan)
+    assert resumed["history"]["train_loss"] == pytest.approx(straight["history"]["train_loss"], rel=1e-5)
+
+
+def test_trainable_probe_and_scale_train_and_are_saved(tmp_path, scan):
+    ex = PyTorchExecutionConfig(accelerator="cpu", **QUIET)
+    res = train(cfg(tmp_path, nepochs=1, probe_trainable=True, intensity_scale_trainable=True), ex, train_data=scan)
+    from ptycho_core.physics import normalize_probe
+
+    b = read_bundle(res["bundle_path"])
+    probe = b.load_npy("probe.npy")
+    start = normalize_probe(scan.probe, 4.0)
+    assert not np.allclose(probe, start, atol=1e-7)
+    s0 = b.manifest["normalization"]["intensity_scale"]
+    assert b.manifest["intensity_scale"] != pytest.approx(s0, rel=1e-7)
+    assert res["intensity_scale"] == pytest.approx(b.manifest["intensity_scale"], rel=1e-6)
+
+
+def test_frozen_probe_and_scale_do_not_change(tmp_path, scan):
+    ex = PyTorchExecutionConfig(accelerator="cpu", **QUIET)
+    res = train(cfg(tmp_path, nepochs=1), ex, train_data=scan)
+    b = read_bundle(res["bundle_path"])
+    from ptycho_core.physics import normalize_probe
+
+    np.testing.assert_array_equal(b.load_npy("probe.npy"), normalize_probe(scan.probe, 4.0).astype(np.complex64))
+    assert b.manifest["intensity_scale"] == pytest.approx(b.manifest["normalization"]["intensity_scale"], rel=1e-6)
+
+
+def test_supervised_baseline_trains_and_needs_ground_truth(tmp_path, scan):
+    ex = PyTorchExecutionConfig(accelerator="cpu", **QUIET)
+    model = ModelConfig(N=32, gridsize=1, n_filters_scale=1, model_type="supervised")
+    res = train(cfg(tmp_path, model=model, nepochs=2), ex, train_data=scan)
+    h = res["history"]
+    assert "train_amp_mae" in h and "train_phase_mae" in h and all(math.isfinite(v) for v in h["train_loss"])
+    bare = replace(scan, Y=None, object=None)
+    with pytest.raises(ValueError, match="Y"):
+        train(cfg(tmp_path / "x", model=model, nepochs=1), ex, train_data=bare)
+
+
+def test_gridsize2_trains(tmp_path, scan):
+    ex = PyTorchExecutionConfig(accelerator="cpu", **QUIET)
+    model = ModelConfig(N=32, gridsize=2, n_filters_scale=1)
+    res = train(cfg(tmp_path, model=model, nepochs=1, realspace_weight=0.5), ex, train_data=scan)
+    assert math.isfinite(res["history"]["train_loss"][0])
+    assert "train_realspace" in res["history"]
