@@ -1,0 +1,117 @@
+"""Flags and helpers shared by the training and inference commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ptycho_cli.console import Console
+from ptycho_cli.execution import add_execution_arguments, execution_overrides
+
+__all__ = ["add_science_arguments", "add_config_arguments", "science_overrides",
+           "execution_from_args", "parse_set", "positive_int", "positive_float"]
+
+BACKENDS = ("pytorch", "tensorflow")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def parse_set(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (numbers, true/false, null), else a
+    string: ``--set amp_activation=swish --set model.probe_mask=true``."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("configuration")
+    g.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="YAML or TOML config file (sections model/training/inference/execution)")
+    g.add_argument("--set", dest="set_values", type=parse_set, action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="override any config field (repeatable), e.g. --set probe_trainable=true")
+
+
+def add_science_arguments(parser: argparse.ArgumentParser, *, training: bool = True) -> None:
+    """--backend and (for training) the common science flags; defaults None = not given."""
+    g = parser.add_argument_group("model and training" if training else "model")
+    g.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="deep-learning backend (training default: pytorch; inference: the "
+                        "bundle's backend)")
+    g.add_argument("--gridsize", type=positive_int, default=None,
+                   help="patterns per group side (C = gridsize²; default 1)")
+    g.add_argument("--n-groups", type=positive_int, default=None, metavar="G",
+                   help="number of groups (default: every position once)")
+    g.add_argument("--n_images", dest="n_images", type=positive_int, default=None,
+                   help=argparse.SUPPRESS)
+    if training:
+        g.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 50)")
+        g.add_argument("--batch-size", type=positive_int, default=None, help="groups per batch "
+                       "(default 16)")
+        g.add_argument("--nphotons", type=positive_float, default=None,
+                       help="mean photons per pattern (default: estimated from photon-unit data)")
+        g.add_argument("--seed", type=int, default=None, help="random seed (default 42)")
+        g.add_argument("--n-filters-scale", type=positive_int, default=None, metavar="K",
+                       help="network width factor (default 2)")
+    else:
+        g.add_argument("--stitch-crop", type=positive_int, default=None, metavar="M",
+                       help="central M×M of each patch is stitched (default round(20·N/64))")
+
+
+#: argparse dest → config key
+_SCIENCE = {
+    "backend": "backend", "gridsize": "gridsize", "n_groups": "n_groups", "epochs": "nepochs",
+    "batch_size": "batch_size", "nphotons": "nphotons", "seed": "seed",
+    "n_filters_scale": "n_filters_scale", "stitch_crop": "stitch_crop",
+}
+
+
+def science_overrides(args: argparse.Namespace, console: Console | None = None) -> dict[str, Any]:
+    """Config keys the user set with science flags and ``--set`` (``--set`` last, flags win)."""
+    out: dict[str, Any] = dict(getattr(args, "set_values", []) or [])
+    if getattr(args, "n_images", None) is not None:
+        if console is not None:
+            console.warn("--n_images is deprecated; use --n-groups")
+        out["n_images"] = args.n_images
+    for dest, key in _SCIENCE.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def execution_from_args(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """The execution fields given on the command line (deprecated flags mapped and warned)."""
+    return execution_overrides(args, warn=console.warn)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, training: bool) -> None:
+    add_config_arguments(parser)
+    add_science_arguments(parser, training=training)
+    add_execution_arguments(parser, training=training)

@@ -1,0 +1,217 @@
+"""End to end through the installed ``ptycho`` command (subprocesses only: this pytest process
+must not import a deep-learning framework).
+
+simulate → train (both backends, tiny) → inspect → infer → evaluate → convert, products re-read
+with Ptychodus's own reader when it is installed; bad inputs give exit 1, one line, and no
+partial output; ``ptycho --help`` imports no framework; ``ptycho demo --quick`` runs.
+Sizes are tiny (N=32, 48 positions, 1 epoch) so the whole file stays well under two minutes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ptycho_core.io import ScanData, load_npz, read_product, save_npz
+
+pytestmark = pytest.mark.slow
+
+BACKENDS = ("pytorch", "tensorflow")
+FRAMEWORKS = ("torch", "tensorflow", "keras", "lightning")
+TINY = ["--epochs", "1", "--n-filters-scale", "1", "--batch-size", "16", "--quiet",
+        "--logger", "none", "--accelerator", "cpu"]
+
+
+def ptycho(*args: object, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    exe = shutil.which("ptycho")
+    cmd = [exe] if exe else [sys.executable, "-m", "ptycho_cli"]
+    env = dict(os.environ, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0")
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env)
+
+
+def ok(out: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout}\n{out.stderr[-4000:]}"
+    return out
+
+
+def one_line_error(out: subprocess.CompletedProcess) -> str:
+    assert out.returncode == 1, f"exit {out.returncode}\n{out.stderr[-3000:]}"
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("ptycho: error: ") and "Traceback" not in out.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("e2e")
+    ok(ptycho("simulate", "scan.npz", "--N", "32", "--n-positions", "48", "--seed", "1",
+              "--nphotons", "1e6", cwd=root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(work) -> dict[str, Path]:
+    runs = {}
+    for backend in BACKENDS:
+        out = ok(ptycho("train", "scan.npz", "-o", f"run_{backend}", "--backend", backend,
+                        *TINY, cwd=work))
+        assert f"trained with the {backend} backend" in out.stdout
+        runs[backend] = work / f"run_{backend}"
+    return runs
+
+
+def _ptychodus_io():
+    if importlib.util.find_spec("ptychodus") is None:
+        return None
+    try:
+        import ptychodus.api.io as pio
+    except Exception:  # noqa: BLE001 - a broken optional install means: skip that check
+        return None
+    return pio
+
+
+def test_help_imports_no_framework(work):
+    out = ok(subprocess.run([sys.executable, "-X", "importtime", "-m", "ptycho_cli", "--help"],
+                            capture_output=True, text=True, timeout=120, cwd=work))
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines()
+                if "|" in line}
+    assert not imported & set(FRAMEWORKS), imported & set(FRAMEWORKS)
+    assert "ptycho_cli" in imported and "usage: ptycho" in out.stdout
+
+
+def test_simulate_output(work):
+    scan = load_npz(work / "scan.npz")
+    assert scan.M == 48 and scan.N == 32 and scan.object is not None
+    assert (work / "scan.png").is_file()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_outputs_and_inspect(trained, backend, work):
+    run = trained[backend]
+    for name in ("wts.h5.zip", "history.csv", "loss.png"):
+        assert (run / name).is_file(), name
+    out = ok(ptycho("inspect", run, cwd=work))
+    assert f"backend:         {backend}" in out.stdout
+    manifest = json.loads(ok(ptycho("inspect", "--json", run / "wts.h5.zip", cwd=work)).stdout)
+    assert manifest["backend"] == backend and manifest["model_config"]["N"] == 32
+    assert manifest["model_config"]["n_filters_scale"] == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_infer_evaluate_and_products(trained, backend, work):
+    rec = work / f"rec_{backend}"
+    out = ok(ptycho("infer", trained[backend], "scan.npz", "-o", rec, "--quiet", cwd=work))
+    assert f"with the {backend} backend" in out.stdout
+    for name in ("recon.npz", "recon.h5", "recon.png"):
+        assert (rec / name).is_file(), name
+    assert not [p.name for p in rec.iterdir() if p.name.startswith(".")]   # no staging left
+    with np.load(rec / "recon.npz", allow_pickle=False) as z:
+        obj, cov = z["object"], z["coverage"]
+    scan = load_npz(work / "scan.npz")
+    assert obj.shape == scan.object.shape and np.isfinite(obj).all() and (cov > 0).mean() > 0.3
+
+    out = ok(ptycho("evaluate", rec, "scan.npz", cwd=work))
+    assert "amplitude  SSIM" in out.stdout and "phase      SSIM" in out.stdout
+    metrics = json.loads((rec / "metrics.json").read_text())["metrics"]
+    for key in ("ssim_amp", "ssim_phase", "psnr_amp", "psnr_phase"):
+        assert np.isfinite(metrics[key]), key
+    assert (rec / "comparison.png").is_file()
+
+    product = read_product(rec / "recon.h5")
+    np.testing.assert_allclose(product.object[0], obj, rtol=1e-6, atol=1e-7)
+    pio = _ptychodus_io()
+    if pio is not None:
+        theirs = pio.load_product(rec / "recon.h5")
+        np.testing.assert_allclose(np.squeeze(theirs.object_.get_array()), obj, atol=1e-6)
+        geometry = theirs.object_.get_geometry()
+        px = geometry.map_probe_positions_to_object_x_px(theirs.probe_positions)
+        np.testing.assert_allclose(px, scan.xcoords, atol=1e-6)
+
+
+def test_convert_to_product_and_back(work):
+    ok(ptycho("convert", "scan.npz", "scan.h5", "--pixel-size-m", "5e-9", cwd=work))
+    product = read_product(work / "scan.h5")
+    scan = load_npz(work / "scan.npz")
+    assert product.object_pixel_width_m == 5e-9 and product.probe_position_x_m.size == scan.M
+    pio = _ptychodus_io()
+    if pio is not None:
+        theirs = pio.load_product(work / "scan.h5")
+        np.testing.assert_allclose(np.squeeze(theirs.probes.get_array()), scan.probe, atol=1e-7)
+    np.save(work / "diff.npy", scan.diffraction)
+    ok(ptycho("convert", "scan.h5", "back.npz", "--diffraction", "diff.npy", cwd=work))
+    back = load_npz(work / "back.npz")
+    np.testing.assert_allclose(back.xcoords, scan.xcoords, atol=1e-9)
+    np.testing.assert_array_equal(back.diffraction, scan.diffraction)
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def _bad_scan(work: Path, name: str, **changes) -> Path:
+    scan = load_npz(work / "scan.npz")
+    arrays = {"diffraction": scan.diffraction, "xcoords": scan.xcoords,
+              "ycoords": scan.ycoords, "probeGuess": scan.probe}
+    arrays.update(changes)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(work / name, **arrays)
+    return work / name
+
+
+def test_missing_key(work):
+    bad = _bad_scan(work, "nokey.npz", probeGuess=None)
+    line = one_line_error(ptycho("train", bad, "-o", "out_nokey", *TINY, cwd=work))
+    assert str(bad.name) in line and "probeGuess" in line
+    assert not (work / "out_nokey").exists() or not any((work / "out_nokey").iterdir())
+
+
+def test_wrong_shapes(work):
+    bad = _bad_scan(work, "shape.npz", probeGuess=np.ones((16, 16), np.complex64))
+    line = one_line_error(ptycho("train", bad, "-o", "out_shape", *TINY, cwd=work))
+    assert "probeGuess" in line and "(16, 16)" in line
+    assert not (work / "out_shape").exists() or not any((work / "out_shape").iterdir())
+
+
+def test_corrupt_bundle(work, trained):
+    corrupt = work / "corrupt" / "wts.h5.zip"
+    corrupt.parent.mkdir(exist_ok=True)
+    data = (trained["pytorch"] / "wts.h5.zip").read_bytes()
+    corrupt.write_bytes(data[: len(data) // 2])
+    line = one_line_error(ptycho("infer", corrupt, "scan.npz", "-o", "out_corrupt", cwd=work))
+    assert str(corrupt) in line
+    assert not (work / "out_corrupt").exists() or not any((work / "out_corrupt").iterdir())
+
+
+def test_torch_bundle_with_tensorflow_backend(work, trained):
+    out = ptycho("infer", trained["pytorch"], "scan.npz", "-o", "out_mismatch",
+                 "--backend", "tensorflow", cwd=work)
+    line = one_line_error(out)
+    assert "'pytorch'" in line and "'tensorflow'" in line and "--backend pytorch" in line
+    assert not (work / "out_mismatch").exists() or not any((work / "out_mismatch").iterdir())
+
+
+def test_scan_with_other_n_than_bundle(work, trained):
+    big = ScanData(diffraction=np.ones((8, 64, 64), np.float32), xcoords=np.arange(8.0) + 40,
+                   ycoords=np.arange(8.0) + 40, probe=np.ones((64, 64), np.complex64))
+    save_npz(work / "n64.npz", big)
+    line = one_line_error(ptycho("infer", trained["pytorch"], "n64.npz", "-o",
+                                 "out_n64", cwd=work))
+    assert "N = 64" in line and "N = 32" in line
+
+
+def test_demo_quick(work):
+    out = ok(ptycho("demo", "--quick", "-o", "demo", cwd=work))
+    assert "held-out reconstruction vs ground truth" in out.stdout
+    assert "amplitude  SSIM" in out.stdout
+    for name in ("demo.png", "metrics.json", "recon.npz", "recon.h5", "wts.h5.zip", "loss.png",
+                 "comparison.png", "train.npz", "test.npz"):
+        assert (work / "demo" / name).is_file(), name
+    record = json.loads((work / "demo" / "metrics.json").read_text())
+    assert record["demo"]["held_out_patterns"] > 0 and record["demo"]["train_patterns"] > 0
