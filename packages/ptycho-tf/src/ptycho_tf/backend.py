@@ -1,0 +1,11 @@
+"""The ``tensorflow`` backend module (entry point ``ptycho.backends: tensorflow``, SPEC §1).
+
+Exposes :data:`NAME`, :func:`train` and :func:`reconstruct` with the signatures of
+``specs/core-api.md``; the work is done in :mod:`ptycho_tf.workflows`.
+"""
+
+from __future__ import annotations
+
+from ptycho_tf.workflows import NAME, reconstruct, train
+
+__all__ = ["NAME", "train", "reconstruct"]

@@ -1,0 +1,185 @@
+"""Custom Keras 3 layers of the ptycho network (registered, so models serialise without pickles).
+
+Every layer here holds either no weights or exactly the scalar / probe weights of ADR-002
+(``log_intensity_scale``, ``probe_real``, ``probe_imag``); the convolutions are stock
+``keras.layers.Conv2D``. Data layout is TF's channels-last ``(B, N, N, C)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ptycho_tf import physics
+
+__all__ = [
+    "IntensityScale", "PiTanh", "BorderCombine", "ComplexFromPolar", "ObjectMerge",
+    "ChannelTranslate", "ForwardModel", "Modulus", "Square",
+]
+
+_PKG = "ptycho_tf"
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class IntensityScale(keras.layers.Layer):
+    """Holds ``log s`` (weight ``log_intensity_scale``, shape ``()``, float32).
+
+    ``call(x)`` returns ``x · s``; ``call(x, inverse=True)`` returns ``x / s``. The weight is
+    trainable only when ``scale_trainable`` (SPEC §4.2); it is a real tracked variable either way.
+    """
+
+    def __init__(self, initial_scale: float = 1.0, scale_trainable: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if not initial_scale > 0:
+            raise ValueError(f"intensity scale must be > 0, got {initial_scale!r}")
+        self.initial_scale = float(initial_scale)
+        self.scale_trainable = bool(scale_trainable)
+        self.log_intensity_scale = self.add_weight(
+            name="log_intensity_scale", shape=(), dtype="float32",
+            initializer=keras.initializers.Constant(math.log(self.initial_scale)),
+            trainable=self.scale_trainable)
+
+    def scale(self) -> tf.Tensor:
+        """``s`` as a scalar float32 tensor."""
+        return tf.exp(tf.convert_to_tensor(self.log_intensity_scale))
+
+    def call(self, x, inverse: bool = False):
+        s = tf.cast(self.scale(), x.dtype)
+        return x / s if inverse else x * s
+
+    def compute_output_spec(self, x, inverse: bool = False):
+        return keras.KerasTensor(x.shape, dtype=x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "initial_scale": self.initial_scale,
+                "scale_trainable": self.scale_trainable}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class PiTanh(keras.layers.Layer):
+    """Phase activation ``π·tanh(x)`` (radians in ``(−π, π)``)."""
+
+    def call(self, x):
+        return math.pi * tf.tanh(x)
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class BorderCombine(keras.layers.Layer):
+    """``x = padded_head + (1 − centre_mask) · border`` (ADR-002, ``probe_big``).
+
+    Inputs ``(B, N, N, C_out)`` float32 each; the centre mask is the ``N/2`` square ``[N/4, 3N/4)``.
+    """
+
+    def call(self, padded, border):
+        n = int(padded.shape[1])
+        outside = 1.0 - physics.center_mask(n, padded.dtype)[None, :, :, None]
+        return padded + outside * border
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class ComplexFromPolar(keras.layers.Layer):
+    """``(amplitude, phase) (B, N, N, C) float32 → A·exp(iφ)`` complex64."""
+
+    def call(self, amp, phase):
+        return tf.complex(amp * tf.cos(phase), amp * tf.sin(phase))
+
+    def compute_output_spec(self, amp, phase):
+        return keras.KerasTensor(amp.shape, dtype="complex64")
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class ObjectMerge(keras.layers.Layer):
+    """``object_big`` per-sample merge and re-extraction (:func:`physics.object_big_merge`).
+
+    Inputs: patches ``(B, N, N, C)`` complex64, offsets ``(B, C, 2)`` float32 pixels.
+    """
+
+    def call(self, patches, offsets):
+        return physics.object_big_merge(patches, offsets)
+
+    def compute_output_spec(self, patches, offsets):
+        return keras.KerasTensor(patches.shape, dtype="complex64")
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class ChannelTranslate(keras.layers.Layer):
+    """``object_big=False`` with ``C > 1``: the single predicted patch ``(B, N, N, 1)`` moved to
+    each channel by ``−offset_c`` (content of the group frame seen from channel ``c``).
+    Output ``(B, N, N, C)`` complex64."""
+
+    def call(self, patch, offsets):
+        return physics.translate_channels_cl(patch, -tf.cast(offsets, tf.float32))
+
+    def compute_output_spec(self, patch, offsets):
+        b, n, m, _ = patch.shape
+        return keras.KerasTensor((b, n, m, offsets.shape[1]), dtype="complex64")
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class ForwardModel(keras.layers.Layer):
+    """Far-field amplitude of object patches under the probe (SPEC §4.1), TF layout.
+
+    Weights ``probe_real``, ``probe_imag`` ``(N, N)`` float32 (the normalised probe ``P̃``;
+    trainable only when ``probe_trainable``). Input ``(B, N, N, C)`` complex64; output
+    ``(B, N, N, C)`` float32, normalised units (multiply by ``s`` for photon amplitude).
+    """
+
+    def __init__(self, N: int, gaussian_smoothing_sigma: float = 0.0, probe_mask: bool = False,
+                 probe_trainable: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.N = int(N)
+        self.gaussian_smoothing_sigma = float(gaussian_smoothing_sigma)
+        self.probe_mask = bool(probe_mask)
+        self.probe_trainable = bool(probe_trainable)
+        shape = (self.N, self.N)
+        self.probe_real = self.add_weight(name="probe_real", shape=shape, dtype="float32",
+                                          initializer="ones", trainable=self.probe_trainable)
+        self.probe_imag = self.add_weight(name="probe_imag", shape=shape, dtype="float32",
+                                          initializer="zeros", trainable=self.probe_trainable)
+
+    def set_probe(self, probe: np.ndarray) -> None:
+        """Assign the normalised probe ``(N, N)`` complex."""
+        probe = np.asarray(probe)
+        if probe.shape != (self.N, self.N):
+            raise ValueError(f"probe shape {probe.shape} does not match N={self.N}")
+        self.probe_real.assign(np.real(probe).astype(np.float32))
+        self.probe_imag.assign(np.imag(probe).astype(np.float32))
+
+    def probe(self) -> tf.Tensor:
+        """The probe ``(N, N)`` complex64."""
+        return tf.complex(tf.convert_to_tensor(self.probe_real),
+                          tf.convert_to_tensor(self.probe_imag))
+
+    def call(self, obj):
+        return physics.forward_model_cl(obj, self.probe(), self.gaussian_smoothing_sigma,
+                                        self.probe_mask)
+
+    def compute_output_spec(self, obj):
+        return keras.KerasTensor(obj.shape, dtype="float32")
+
+    def get_config(self):
+        return {**super().get_config(), "N": self.N,
+                "gaussian_smoothing_sigma": self.gaussian_smoothing_sigma,
+                "probe_mask": self.probe_mask, "probe_trainable": self.probe_trainable}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class Modulus(keras.layers.Layer):
+    """``|z|``: complex64 ``(B, N, N, C)`` → float32 (supervised model's amplitude output)."""
+
+    def call(self, z):
+        return tf.abs(z)
+
+    def compute_output_spec(self, z):
+        return keras.KerasTensor(z.shape, dtype="float32")
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class Square(keras.layers.Layer):
+    """``x²`` (amplitude → intensity, photon counts)."""
+
+    def call(self, x):
+        return tf.square(x)

@@ -1,0 +1,264 @@
+"""Differentiable TensorFlow counterparts of :mod:`ptycho_core.physics` (SPEC §2.1, §4, §5).
+
+Frames: images are indexed ``[..., row, col] = [..., y, x]``; shifts and positions are ``(x, y)``
+in pixels (float), pixel centres at integer coordinates. ONE sign convention everywhere:
+:func:`translate` moves content by ``+t``. Every function with a core counterpart is tested
+against the NumPy oracle on identical inputs (``tests/test_physics.py``).
+
+Layouts: the generic functions here take the image axes *last* (``(..., H, W)``, like the
+oracle); the model-facing helpers with ``_cl`` in their name take TF's channels-last layout
+``(B, N, N, C)`` and transpose internally.
+
+Bilinear translation is a pair of separable 1-D "hat" operators
+``T[i, j] = max(0, 1 − |j − (i + start − shift)|)`` applied as matrix products, so an integer
+shift is exact, zeros enter at the border, complex images need no special casing and gradients
+flow to the image and the shift. Patch extraction / placement from a large object use gathers and
+a segment sum (memory ``M·(N+1)²``, independent of the object size).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+__all__ = [
+    "shift_operator", "translate", "extract_patches", "place_patches", "disk_mask",
+    "center_mask", "gaussian_kernel1d", "gaussian_smooth", "illuminate", "forward_model",
+    "forward_model_cl", "poisson_nll", "merge_canvas_size", "object_big_merge",
+    "translate_channels_cl",
+]
+
+
+def _real_dtype(x: tf.Tensor) -> tf.DType:
+    return x.dtype.real_dtype if x.dtype.is_complex else x.dtype
+
+
+def shift_operator(size, shift: tf.Tensor, out_size=None, start=0.0) -> tf.Tensor:
+    """1-D bilinear resampling operator ``T[..., i, j] = max(0, 1 − |j − (i + start − shift)|)``.
+
+    ``(T @ v)[i]`` is ``v`` sampled at ``i + start − shift`` (bilinear, 0 outside ``[0, size)``).
+    size, out_size: ints or scalar int tensors (pixels); shift: ``(...)`` float tensor (pixels);
+    start: float or scalar tensor. Returns ``(..., out_size, size)`` of ``shift``'s dtype.
+    """
+    out_size = size if out_size is None else out_size
+    dt = shift.dtype
+    i = tf.cast(tf.range(out_size), dt)
+    j = tf.cast(tf.range(size), dt)
+    src = i + (tf.cast(start, dt) - shift)[..., None]  # (..., out)
+    return tf.nn.relu(1.0 - tf.abs(j - src[..., :, None]))
+
+
+def _apply_separable(img: tf.Tensor, ty: tf.Tensor, tx: tf.Tensor) -> tf.Tensor:
+    """``ty @ img @ txᵀ`` for real or complex ``img`` with real operators."""
+    if img.dtype.is_complex:
+        ty = tf.cast(ty, img.dtype)
+        tx = tf.cast(tx, img.dtype)
+    return tf.matmul(tf.matmul(ty, img), tx, transpose_b=True)
+
+
+def translate(img: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
+    """Move content of ``img (..., H, W)`` by ``+shift (..., 2) = (t_x, t_y)`` pixels.
+
+    ``out[y, x] = img(y − t_y, x − t_x)``, bilinear, zeros enter at the border. ``shift``
+    broadcasts over the leading axes. Real or complex; same shape and dtype as ``img``.
+    """
+    img = tf.convert_to_tensor(img)
+    shift = tf.cast(shift, _real_dtype(img))
+    h, w = tf.shape(img)[-2], tf.shape(img)[-1]
+    ty = shift_operator(h, shift[..., 1])
+    tx = shift_operator(w, shift[..., 0])
+    return _apply_separable(img, ty, tx)
+
+
+def _windows(positions: tf.Tensor, n: int):
+    """Top-left integer corner ``(x0, y0)`` (int64) and fractions ``(fx, fy)`` (float64) of the
+    ``(n+1)×(n+1)`` source windows of patches centred on ``positions (M, 2)``."""
+    p = tf.cast(positions, tf.float64)
+    s = p - n / 2
+    f0 = tf.floor(s)
+    frac = s - f0
+    c0 = tf.cast(f0, tf.int64)
+    return c0[:, 0], c0[:, 1], frac[:, 0], frac[:, 1]
+
+
+def _corner_weights(fx, fy, dtype):
+    fx = tf.cast(fx, dtype)[:, None, None]
+    fy = tf.cast(fy, dtype)[:, None, None]
+    return (1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx
+
+
+def _window_index(x0, y0, n: int, h, w):
+    """Flat indices ``(M, n+1, n+1)`` into an ``(h, w)`` image and the in-bounds mask."""
+    ar = tf.range(n + 1, dtype=tf.int64)
+    rows = (y0[:, None] + ar)[:, :, None]
+    cols = (x0[:, None] + ar)[:, None, :]
+    h = tf.cast(h, tf.int64)
+    w = tf.cast(w, tf.int64)
+    valid = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    flat = tf.clip_by_value(rows, 0, h - 1) * w + tf.clip_by_value(cols, 0, w - 1)
+    return flat, valid
+
+
+def extract_patches(obj: tf.Tensor, positions: tf.Tensor, n: int) -> tf.Tensor:
+    """Cut ``(M, n, n)`` patches from ``obj (H, W)`` at ``positions (M, 2)`` ``(x, y)`` pixels.
+
+    ``patch[i, j] = O(p_y − n/2 + i, p_x − n/2 + j)``, bilinear, zero outside the object.
+    Real or complex ``obj``; the result has its dtype.
+    """
+    obj = tf.convert_to_tensor(obj)
+    h, w = tf.shape(obj)[0], tf.shape(obj)[1]
+    x0, y0, fx, fy = _windows(positions, n)
+    flat, valid = _window_index(x0, y0, n, h, w)
+    win = tf.gather(tf.reshape(obj, [-1]), flat)
+    win = win * tf.cast(valid, obj.dtype)
+    w00, w01, w10, w11 = _corner_weights(fx, fy, _real_dtype(obj))
+    if obj.dtype.is_complex:
+        w00, w01, w10, w11 = (tf.cast(t, obj.dtype) for t in (w00, w01, w10, w11))
+    return (w00 * win[:, :-1, :-1] + w01 * win[:, :-1, 1:]
+            + w10 * win[:, 1:, :-1] + w11 * win[:, 1:, 1:])
+
+
+def place_patches(patches: tf.Tensor, positions: tf.Tensor, shape) -> tf.Tensor:
+    """Scatter-add ``patches (M, n, n)`` onto an ``(H, W)`` canvas: the adjoint of
+    :func:`extract_patches` (``<extract(c), q> == <c, place(q)>``). Real or complex."""
+    patches = tf.convert_to_tensor(patches)
+    n = int(patches.shape[-1])
+    h, w = int(shape[0]), int(shape[1])
+    x0, y0, fx, fy = _windows(positions, n)
+    w00, w01, w10, w11 = _corner_weights(fx, fy, _real_dtype(patches))
+    if patches.dtype.is_complex:
+        w00, w01, w10, w11 = (tf.cast(t, patches.dtype) for t in (w00, w01, w10, w11))
+    win = (tf.pad(w00 * patches, [[0, 0], [0, 1], [0, 1]])
+           + tf.pad(w01 * patches, [[0, 0], [0, 1], [1, 0]])
+           + tf.pad(w10 * patches, [[0, 0], [1, 0], [0, 1]])
+           + tf.pad(w11 * patches, [[0, 0], [1, 0], [1, 0]]))
+    flat, valid = _window_index(x0, y0, n, h, w)
+    seg = tf.where(valid, flat, tf.cast(h * w, tf.int64))  # out-of-bounds → a dropped bucket
+    out = tf.math.unsorted_segment_sum(tf.reshape(win, [-1]), tf.reshape(seg, [-1]), h * w + 1)
+    return tf.reshape(out[:-1], (h, w))
+
+
+def disk_mask(n: int, radius: float | None = None, dtype=tf.float32) -> tf.Tensor:
+    """``(n, n)`` disk, radius ``n/4`` by default, centred at ``((n−1)/2, (n−1)/2)``; 1 inside
+    (``r² <= radius²``), 0 outside."""
+    radius = n / 4 if radius is None else float(radius)
+    ax = tf.range(n, dtype=tf.float64) - (n - 1) / 2
+    r2 = ax[:, None] ** 2 + ax[None, :] ** 2
+    return tf.cast(r2 <= radius * radius, dtype)
+
+
+def center_mask(n: int, dtype=tf.float32) -> tf.Tensor:
+    """``(n, n)``: 1 on the central ``n/2`` square ``[n/4, 3n/4)``, 0 elsewhere."""
+    ax = tf.range(n)
+    inside = (ax >= n // 4) & (ax < n // 4 + n // 2)
+    return tf.cast(inside[:, None] & inside[None, :], dtype)
+
+
+def gaussian_kernel1d(sigma: float, dtype=tf.float64) -> tf.Tensor:
+    """Normalised 1-D Gaussian of radius ``int(4·sigma + 0.5)`` (scipy.ndimage's truncation)."""
+    radius = int(4.0 * float(sigma) + 0.5)
+    x = tf.range(-radius, radius + 1, dtype=tf.float64)
+    k = tf.exp(-0.5 * (x / float(sigma)) ** 2)
+    return tf.cast(k / tf.reduce_sum(k), dtype)
+
+
+def _band(size: int, k: tf.Tensor) -> tf.Tensor:
+    """``(size, size)`` matrix applying the 1-D kernel ``k`` with zero padding."""
+    r = (int(k.shape[0]) - 1) // 2
+    i = tf.range(size)
+    d = i[None, :] - i[:, None] + r
+    ok = (d >= 0) & (d <= 2 * r)
+    return tf.where(ok, tf.gather(k, tf.clip_by_value(d, 0, 2 * r)), tf.zeros((), k.dtype))
+
+
+def gaussian_smooth(img: tf.Tensor, sigma: float) -> tf.Tensor:
+    """Separable Gaussian blur of ``img (..., H, W)`` (real or complex), zeros outside.
+    ``sigma`` in pixels; ``sigma <= 0`` returns ``img`` unchanged."""
+    if sigma <= 0:
+        return img
+    k = gaussian_kernel1d(sigma, _real_dtype(img))
+    h, w = int(img.shape[-2]), int(img.shape[-1])
+    return _apply_separable(img, _band(h, k), _band(w, k))
+
+
+def illuminate(probe: tf.Tensor, gaussian_smoothing_sigma: float = 0.0,
+               probe_mask: bool = False) -> tf.Tensor:
+    """Illumination used by the forward model: optional Gaussian blur, then the ``N/4`` disk.
+    probe: ``(N, N)`` complex64 (normalised). Returns ``(N, N)`` complex64."""
+    p = gaussian_smooth(probe, gaussian_smoothing_sigma)
+    if probe_mask:
+        p = p * tf.cast(disk_mask(int(p.shape[-1])), p.dtype)
+    return p
+
+
+def forward_model(obj_patches: tf.Tensor, probe: tf.Tensor, gaussian_smoothing_sigma: float = 0.0,
+                  probe_mask: bool = False) -> tf.Tensor:
+    """Far-field amplitude ``|fftshift(fft2(illuminate(P)·O))| / N`` (SPEC §4.1).
+
+    obj_patches: ``(..., N, N)`` complex64; probe ``(N, N)`` complex64. Returns ``(..., N, N)``
+    float32 with DC at ``(N/2, N/2)``; ``ΣA² = Σ|ψ|²`` (Parseval).
+    """
+    n = int(obj_patches.shape[-1])
+    psi = illuminate(probe, gaussian_smoothing_sigma, probe_mask) * obj_patches
+    far = tf.signal.fftshift(tf.signal.fft2d(psi), axes=(-2, -1))
+    return tf.abs(far) / n
+
+
+def forward_model_cl(obj: tf.Tensor, probe: tf.Tensor, gaussian_smoothing_sigma: float = 0.0,
+                     probe_mask: bool = False) -> tf.Tensor:
+    """:func:`forward_model` in TF layout: ``(B, N, N, C)`` complex64 → ``(B, N, N, C)`` float32."""
+    amp = forward_model(tf.transpose(obj, (0, 3, 1, 2)), probe, gaussian_smoothing_sigma,
+                        probe_mask)
+    return tf.transpose(amp, (0, 2, 3, 1))
+
+
+def poisson_nll(pred_intensity: tf.Tensor, observed_counts: tf.Tensor,
+                eps: float = 1e-12) -> tf.Tensor:
+    """``mean(I_pred − I_obs·log(I_pred + eps))``, scalar float32 (counts in photons)."""
+    return tf.reduce_mean(pred_intensity - observed_counts * tf.math.log(pred_intensity + eps))
+
+
+def merge_canvas_size(n: int, offsets: tf.Tensor) -> tf.Tensor:
+    """Canvas side ``n + 2·ceil(max|offset|)`` rounded up to even (scalar int32 tensor)."""
+    m = tf.cast(tf.math.ceil(tf.reduce_max(tf.abs(offsets))), tf.int32)
+    side = n + 2 * m
+    return side + side % 2
+
+
+def object_big_merge(patches: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
+    """Per-sample overlap merge and re-extraction (SPEC §5 ``object_big``, ADR-002).
+
+    patches: ``(B, N, N, C)`` complex64 object patches (TF layout); offsets: ``(B, C, 2)``
+    ``(dx, dy)`` pixels of each channel from its group centre. Sample ``b``'s channels are
+    placed on sample ``b``'s own canvas (no clipping), averaged with the centre ``N/2`` square
+    masks as weights (the same mask in numerator and denominator), and each channel is
+    re-extracted at its offset. Returns ``(B, N, N, C)`` complex64.
+    """
+    n = int(patches.shape[1])
+    x = tf.transpose(patches, (0, 3, 1, 2))  # (B, C, N, N)
+    rdt = _real_dtype(x)
+    offsets = tf.cast(offsets, rdt)
+    mask = center_mask(n, rdt)
+    side = merge_canvas_size(n, offsets)
+    p = (side - n) // 2
+    pads = [[0, 0], [0, 0], [p, p], [p, p]]
+    pad_patch = tf.pad(x * tf.cast(mask, x.dtype), pads)
+    pad_mask = tf.pad(mask, [[p, p], [p, p]])
+    ty = shift_operator(side, offsets[..., 1])  # (B, C, side, side)
+    tx = shift_operator(side, offsets[..., 0])
+    num = tf.reduce_sum(_apply_separable(pad_patch, ty, tx), axis=1)  # (B, side, side)
+    den = tf.reduce_sum(tf.matmul(tf.matmul(ty, pad_mask), tx, transpose_b=True), axis=1)
+    safe = tf.cast(tf.maximum(den, 1e-3), x.dtype)
+    merged = tf.where(den > 0, num / safe, tf.zeros_like(num))
+    start = tf.cast(p, rdt)
+    ey = shift_operator(side, -offsets[..., 1], out_size=n, start=start)  # (B, C, n, side)
+    ex = shift_operator(side, -offsets[..., 0], out_size=n, start=start)
+    out = _apply_separable(merged[:, None], ey, ex)  # (B, C, n, n)
+    return tf.transpose(out, (0, 2, 3, 1))
+
+
+def translate_channels_cl(patch: tf.Tensor, shifts: tf.Tensor) -> tf.Tensor:
+    """Translate a ``(B, N, N, 1)`` (or ``(B, N, N, C)``) patch to each of ``C`` channels:
+    channel ``c`` moved by ``+shifts[:, c]`` (``(B, C, 2)``, pixels). Returns ``(B, N, N, C)``."""
+    x = tf.transpose(patch, (0, 3, 1, 2))  # (B, 1|C, N, N)
+    return tf.transpose(translate(x, shifts), (0, 2, 3, 1))
+

@@ -1,0 +1,211 @@
+"""The Keras model against ADR-002 (layer table, parameter count) and SPEC §5 behaviour."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ptycho_core import physics as ref
+from ptycho_core.config import ModelConfig
+from ptycho_tf.model import build_models, conv_flops_per_group, weight_mapping
+
+
+def adr_conv_table(n, k, c, object_big=True, pad_object=True, probe_big=True):
+    """ADR-002's table written out independently: ``{name: (in, out)}`` in row order."""
+    levels = {32: 2, 64: 3, 128: 4, 256: 5}[n]
+    c_out = c if object_big else 1
+    enc_f = [128 * k // (2 ** (levels - 1 - i)) for i in range(levels)]
+    dec_g = [32 * k * 2 ** (levels - 2 - j) for j in range(levels - 1)]
+    rows = []
+    prev = c
+    for i, f in enumerate(enc_f):
+        rows += [(f"enc{i}_conv1", prev, f), (f"enc{i}_conv2", f, f)]
+        prev = f
+    for br in ("amp", "phase"):
+        prev = enc_f[-1]
+        for j, g in enumerate(dec_g):
+            rows += [(f"{br}_dec{j}_conv1", prev, g), (f"{br}_dec{j}_conv2", g, g)]
+            prev = g
+    rows += [("amp_head", 32 * k, c_out), ("phase_head", 32 * k, c_out)]
+    if not pad_object:
+        rows += [(f"{br}_up_conv{i}", 32 * k, 32 * k) for br in ("amp", "phase") for i in (1, 2)]
+    elif probe_big:
+        for br in ("amp", "phase"):
+            rows += [(f"{br}_border_conv1", 32 * k, 32 * k), (f"{br}_border_conv2", 32 * k, 32 * k),
+                     (f"{br}_border_head", 32 * k, c_out)]
+    return rows
+
+
+def _probe(n):
+    return np.asarray(ref.normalize_probe(np.exp(-((np.arange(n) - n / 2) ** 2)[:, None] / 40
+                                                 - ((np.arange(n) - n / 2) ** 2)[None] / 40)
+                                          .astype(np.complex64)), np.complex64)
+
+
+CASES = [
+    dict(N=32, gridsize=1, n_filters_scale=1),
+    dict(N=32, gridsize=2, n_filters_scale=1),
+    dict(N=64, gridsize=2, n_filters_scale=2, object_big=False),
+    dict(N=64, gridsize=1, n_filters_scale=1, pad_object=False),
+    dict(N=32, gridsize=1, n_filters_scale=2, probe_big=False),
+    dict(N=128, gridsize=1, n_filters_scale=1),
+]
+
+
+@pytest.mark.parametrize("kw", CASES)
+def test_layer_table_and_parameter_count(kw):
+    mc = ModelConfig(**kw)
+    models = build_models(mc, probe=_probe(mc.N), intensity_scale=2.0)
+    table = adr_conv_table(mc.N, mc.n_filters_scale, mc.C, mc.object_big, mc.pad_object,
+                           mc.probe_big)
+    convs = [layer for layer in models.autoencoder.layers
+             if isinstance(layer, keras.layers.Conv2D)]
+    assert sorted(layer.name for layer in convs) == sorted(name for name, _, _ in table)
+    for name, cin, cout in table:
+        layer = models.autoencoder.get_layer(name)
+        assert tuple(layer.kernel.shape) == (3, 3, cin, cout), name
+        assert tuple(layer.bias.shape) == (cout,)
+        assert layer.padding == "same" and tuple(layer.strides) == (1, 1)
+    expected = sum((9 * cin + 1) * cout for _, cin, cout in table) + 1 + 2 * mc.N ** 2
+    assert models.autoencoder.count_params() == expected
+    # weight_mapping: ADR row order, torch-style names, then scale and probe
+    names = [n for n, _ in weight_mapping(models)]
+    assert names[: 2 * len(table)] == [f"{r[0]}.{p}" for r in table for p in ("weight", "bias")]
+    assert names[-3:] == ["log_intensity_scale", "probe_real", "probe_imag"]
+    d2o = models.diffraction_to_obj
+    assert all(any(w is v for v in models.autoencoder.weights) for w in d2o.weights)
+
+
+def test_conv_flops_by_hand():
+    mc = ModelConfig(N=64, gridsize=1, n_filters_scale=2)
+    # enc0 at 64: 1→64→64; enc1 at 32: 64→128→128; enc2 at 16: 128→256→256
+    enc = 64 * 64 * (1 * 64 + 64 * 64) + 32 * 32 * (64 * 128 + 128 * 128) \
+        + 16 * 16 * (128 * 256 + 256 * 256)
+    dec = 2 * (8 * 8 * (256 * 128 + 128 * 128) + 16 * 16 * (128 * 64 + 64 * 64))
+    heads = 2 * 32 * 32 * 64 * 1
+    border = 2 * (32 * 32 * (64 * 64 * 2) + 64 * 64 * 64 * 1)
+    assert conv_flops_per_group(mc) == 2 * 9 * (enc + dec + heads + border)
+
+
+def _inputs(rng, b, mc, spread=4.0):
+    x = rng.uniform(0.0, 3.0, (b, mc.N, mc.N, mc.C)).astype(np.float32)
+    off = rng.uniform(-spread, spread, (b, mc.C, 2)).astype(np.float32)
+    return {"x": x, "offsets": off}
+
+
+def test_outputs_follow_the_forward_model(rng):
+    mc = ModelConfig(N=32, gridsize=2, n_filters_scale=1, amp_activation="softplus",
+                     probe_mask=True, gaussian_smoothing_sigma=0.8)
+    probe = _probe(32)
+    s = 7.5
+    models = build_models(mc, probe=probe, intensity_scale=s)
+    obj, amp, inten = (t.numpy() for t in models.autoencoder(_inputs(rng, 3, mc)))
+    assert obj.dtype == np.complex64 and obj.shape == (3, 32, 32, 4)
+    assert amp.dtype == np.float32 and inten.shape == amp.shape
+    want = s * ref.forward_model(np.moveaxis(obj, -1, 1), probe, 0.8, True)
+    np.testing.assert_allclose(np.moveaxis(amp, -1, 1), want, rtol=1e-4, atol=1e-4 * want.max())
+    np.testing.assert_allclose(inten, amp ** 2, rtol=1e-6)
+    assert np.all(np.abs(np.angle(obj)) <= math.pi + 1e-6)
+    assert models.intensity_scale == pytest.approx(s)
+
+
+def test_pad_object_confines_without_probe_big(rng):
+    mc = ModelConfig(N=32, gridsize=1, n_filters_scale=1, probe_big=False)
+    obj = build_models(mc, probe=_probe(32)).diffraction_to_obj(_inputs(rng, 2, mc))
+    obj = obj.numpy()[..., 0]
+    outside = np.ones((32, 32), bool)
+    outside[8:24, 8:24] = False
+    assert np.all(obj[:, outside] == 0) and np.all(np.abs(obj[:, ~outside]) > 0)
+
+
+def test_gridsize2_merge_is_per_sample_at_large_batch(rng):
+    """batch·C = 80 >= 64: every sample is merged with its own channels only (the reference
+    merged the whole batch into one canvas)."""
+    mc = ModelConfig(N=32, gridsize=2, n_filters_scale=1)
+    keras.utils.set_random_seed(5)
+    models = build_models(mc, probe=_probe(32), intensity_scale=3.0)
+    inp = _inputs(rng, 20, mc, spread=6.0)
+    inp["offsets"][7] *= 0.25  # a sample with much smaller offsets than the others
+    batch = models.diffraction_to_obj(inp).numpy()
+    assert batch.shape == (20, 32, 32, 4)
+    for i in (0, 7, 19):
+        single = models.diffraction_to_obj({k: v[i:i + 1] for k, v in inp.items()}).numpy()
+        np.testing.assert_allclose(batch[i], single[0], atol=1e-5)
+    assert np.abs(batch[0] - batch[1]).max() > 1e-3  # different content stays different
+
+
+def test_object_big_false_translates_single_patch(rng):
+    mc = ModelConfig(N=32, gridsize=2, n_filters_scale=1, object_big=False)
+    models = build_models(mc, probe=_probe(32))
+    inp = _inputs(rng, 2, mc)
+    inp["offsets"][:] = np.round(inp["offsets"])  # integer shifts: exact translation
+    obj = models.diffraction_to_obj(inp).numpy()
+    for c in range(4):  # channel c = patch moved by −offset_c = channel 0 moved by off_0 − off_c
+        want = ref.translate(obj[0, ..., 0], inp["offsets"][0, 0] - inp["offsets"][0, c])
+        mask = np.abs(want) > 0
+        np.testing.assert_allclose(obj[0, ..., c][mask], want[mask], atol=1e-5, err_msg=str(c))
+
+
+def test_two_configs_coexist(rng):
+    a = build_models(ModelConfig(N=32, n_filters_scale=1), probe=_probe(32), intensity_scale=2.0)
+    b = build_models(ModelConfig(N=64, gridsize=2, n_filters_scale=1), probe=_probe(64),
+                     intensity_scale=9.0)
+    assert a.intensity_scale == pytest.approx(2.0) and b.intensity_scale == pytest.approx(9.0)
+    assert a.autoencoder(_inputs(rng, 1, a.model_config))[0].shape == (1, 32, 32, 1)
+    assert b.autoencoder(_inputs(rng, 1, b.model_config))[0].shape == (1, 64, 64, 4)
+
+
+def test_same_seed_same_initial_weights():
+    mc = ModelConfig(N=32, n_filters_scale=1)
+
+    def weights(seed):
+        keras.utils.set_random_seed(seed)
+        return [w.numpy() for w in build_models(mc, probe=_probe(32)).autoencoder.weights]
+
+    a, b, c = weights(3), weights(3), weights(4)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert any(not np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_serialises_without_pickles_and_weights_round_trip(rng, tmp_path):
+    mc = ModelConfig(N=32, gridsize=2, n_filters_scale=1)
+    models = build_models(mc, probe=_probe(32), intensity_scale=4.0)
+    config_json = models.autoencoder.to_json()  # custom layers are registered
+    clone = keras.models.model_from_json(config_json)
+    path = tmp_path / "m.weights.h5"
+    models.autoencoder.save_weights(path)
+    clone.load_weights(path)
+    inp = _inputs(rng, 2, mc)
+    for a, b in zip(models.autoencoder(inp), clone(inp)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "swish", "softplus", "relu"])
+def test_amp_activations(rng, act):
+    mc = ModelConfig(N=32, n_filters_scale=1, amp_activation=act, probe_big=False)
+    obj = build_models(mc, probe=_probe(32)).diffraction_to_obj(_inputs(rng, 1, mc)).numpy()
+    amp = np.abs(obj[0, 8:24, 8:24, 0])
+    if act == "sigmoid":
+        assert amp.max() < 1.0
+    assert np.all(np.isfinite(amp))
+
+
+def test_supervised_model_outputs_modulus(rng):
+    mc = ModelConfig(N=32, n_filters_scale=1, model_type="supervised")
+    models = build_models(mc, intensity_scale=2.0)
+    obj, amp, inten = (t.numpy() for t in models.autoencoder(_inputs(rng, 2, mc)))
+    np.testing.assert_allclose(amp, np.abs(obj), rtol=1e-6)
+    assert models.forward_layer is None
+
+
+def test_trainable_flags_make_real_weights(rng):
+    mc = ModelConfig(N=32, n_filters_scale=1)
+    fixed = build_models(mc, probe=_probe(32), intensity_scale=2.0)
+    free = build_models(mc, probe=_probe(32), intensity_scale=2.0, probe_trainable=True,
+                        intensity_scale_trainable=True)
+    names = lambda m: {w.path.split("/")[-1] for w in m.autoencoder.trainable_weights}  # noqa: E731
+    assert not {"log_intensity_scale", "probe_real", "probe_imag"} & names(fixed)
+    assert {"log_intensity_scale", "probe_real", "probe_imag"} <= names(free)
+    assert tf.is_tensor(free.forward_layer.probe())
