@@ -5,7 +5,8 @@ stated amplitude-SSIM margin (ptycho_core.metrics, amplitude scaled to the truth
 Phase SSIM is printed, not asserted: with gridsize 1 a constant phase per pattern is invisible in
 the data (|F(P·O·e^{ic})| = |F(P·O)|), so each stitched patch carries its own offset, while a flat
 object already scores ~0.8 against the smooth, low-contrast random-field phase of the simulator.
-Observed when written (600 positions, 300 trained, 15 epochs): amplitude SSIM 0.31 vs 0.16 flat.
+Observed (600 positions, 300 trained, 40 epochs): amplitude SSIM ~0.5 vs 0.16 flat (15 epochs
+gave only 0.3: the network is under-trained, not mis-modelled; see specs/torch-backend.md).
 """
 
 import numpy as np
@@ -17,7 +18,7 @@ from ptycho_core.physics import poisson_nll
 from ptycho_core.simulation import simulate_scan
 from ptycho_torch.backend import reconstruct, train
 
-SSIM_MARGIN = 0.08  # held-out amplitude SSIM must beat the flat object by at least this
+SSIM_MARGIN = 0.2  # held-out amplitude SSIM must beat the flat object by at least this
 
 
 @pytest.mark.slow
@@ -27,7 +28,7 @@ def test_trained_model_beats_flat_object_on_held_out_positions(tmp_path):
     perm = rng.permutation(scan.M)
     train_scan, test_scan = scan.subset(np.sort(perm[:300])), scan.subset(np.sort(perm[300:]))
     model = ModelConfig(N=32, gridsize=1, n_filters_scale=1)
-    cfg = TrainingConfig(model=model, nepochs=15, batch_size=8, output_dir=tmp_path, seed=1,
+    cfg = TrainingConfig(model=model, nepochs=40, batch_size=8, output_dir=tmp_path, seed=1,
                          validation_fraction=0.1)
     ex = PyTorchExecutionConfig(accelerator="cpu", enable_progress_bar=False, logger_backend="none",
                                 enable_checkpointing=False, early_stop_patience=20, learning_rate=2e-3)
