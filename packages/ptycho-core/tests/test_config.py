@@ -209,6 +209,7 @@ def test_ignored_execution_fields_for_tf():
     assert ignored_execution_fields(PyTorchExecutionConfig(logger_backend="none")) == {}
     assert {"learning_rate", "devices", "logger_backend"} <= TF_NEUTRAL_EXECUTION_FIELDS
     assert "num_workers" not in TF_NEUTRAL_EXECUTION_FIELDS
+    assert {"checkpoint_monitor_metric", "checkpoint_mode"} <= TF_NEUTRAL_EXECUTION_FIELDS
     assert TF_NEUTRAL_EXECUTION_FIELDS <= set(PyTorchExecutionConfig.field_names())
 
 

@@ -51,7 +51,7 @@ CHECKPOINT_MODES = ("min", "max")
 TF_NEUTRAL_EXECUTION_FIELDS: frozenset[str] = frozenset({
     "learning_rate", "scheduler", "early_stop_patience", "enable_progress_bar",
     "enable_checkpointing", "inference_batch_size", "deterministic", "devices", "accelerator",
-    "logger_backend",
+    "logger_backend", "checkpoint_monitor_metric", "checkpoint_mode",
 })
 _TF_LOGGERS = ("csv", "none")
 

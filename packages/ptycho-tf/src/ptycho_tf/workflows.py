@@ -37,15 +37,12 @@ __all__ = ["NAME", "train", "reconstruct", "build_training_run", "make_predict",
 log = logging.getLogger(__name__)
 NAME = "tensorflow"
 LOSS_PLOT = "loss.png"
-#: Honoured here beyond core's ``TF_NEUTRAL_EXECUTION_FIELDS`` (the checkpoint callback's monitor).
-ALSO_HONOURED = frozenset({"checkpoint_monitor_metric", "checkpoint_mode"})
 
 
 def log_ignored_fields(execution: PyTorchExecutionConfig | None) -> dict[str, Any]:
     """Log (INFO) and return the execution fields set away from their defaults that the
     TensorFlow backend does not honour."""
-    ignored = {k: v for k, v in ignored_execution_fields(execution).items()
-               if k not in ALSO_HONOURED}
+    ignored = ignored_execution_fields(execution)
     if ignored:
         log.info("TensorFlow backend ignores these execution settings: %s",
                  ", ".join(f"{k}={v!r}" for k, v in sorted(ignored.items())))
