@@ -68,7 +68,8 @@ def parse_devices(text: str) -> int | str | list[int]:
         ) from None
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -78,7 +79,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
     try:
         value = float(text)
     except ValueError:
@@ -101,18 +103,18 @@ def add_execution_arguments(parser: argparse.ArgumentParser, *, training: bool =
                    help="deterministic algorithms (default on)")
     g.add_argument("--num-workers", type=int, default=None, metavar="N",
                    help="data-loader worker processes (default 0)")
-    g.add_argument("--inference-batch-size", type=_positive_int, default=None, metavar="N",
+    g.add_argument("--inference-batch-size", type=positive_int, default=None, metavar="N",
                    help="groups per inference batch (default 64)")
     g.add_argument("--logger", choices=LOGGERS, default=None,
                    help="training metrics logger (default csv; mlflow is never required)")
     if training:
-        g.add_argument("--learning-rate", type=_positive_float, default=None, metavar="LR",
+        g.add_argument("--learning-rate", type=positive_float, default=None, metavar="LR",
                        help="Adam learning rate (default 1e-3)")
         g.add_argument("--scheduler", choices=SCHEDULERS, default=None,
                        help="learning-rate schedule (default plateau: halve on a 2-epoch plateau)")
-        g.add_argument("--accumulate-grad-batches", type=_positive_int, default=None, metavar="K",
+        g.add_argument("--accumulate-grad-batches", type=positive_int, default=None, metavar="K",
                        help="accumulate gradients over K batches (default 1)")
-        g.add_argument("--gradient-clip-val", type=_positive_float, default=None, metavar="V",
+        g.add_argument("--gradient-clip-val", type=positive_float, default=None, metavar="V",
                        help="clip gradient norm at V (default off)")
         g.add_argument("--enable-checkpointing", "--disable-checkpointing",
                        dest="enable_checkpointing", action=_EnableDisable, default=None,
@@ -123,7 +125,7 @@ def add_execution_arguments(parser: argparse.ArgumentParser, *, training: bool =
                        help="metric that ranks checkpoints (default val_loss)")
         g.add_argument("--checkpoint-mode", choices=("min", "max"), default=None,
                        help="whether a lower or higher monitored metric is better (default min)")
-        g.add_argument("--early-stop-patience", type=_positive_int, default=None, metavar="E",
+        g.add_argument("--early-stop-patience", type=positive_int, default=None, metavar="E",
                        help="stop after E epochs without improvement (default 5)")
     d = parser.add_argument_group("deprecated")
     d.add_argument("--device", default=None, help=argparse.SUPPRESS)

@@ -8,32 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from ptycho_cli.console import Console
-from ptycho_cli.execution import add_execution_arguments, execution_overrides
+from ptycho_cli.execution import (  # noqa: F401  (positive_* re-exported for the commands)
+    add_execution_arguments,
+    execution_overrides,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["add_science_arguments", "add_config_arguments", "science_overrides",
            "execution_from_args", "parse_set", "positive_int", "positive_float"]
 
 BACKENDS = ("pytorch", "tensorflow")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
 
 
 def parse_set(text: str) -> tuple[str, Any]:
