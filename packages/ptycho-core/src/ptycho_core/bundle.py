@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ptycho_core._jsonutil import json_default
 from ptycho_core.errors import BundleBackendMismatchError, BundleError
 from ptycho_core.io._atomic import atomic_write
 
@@ -151,18 +152,10 @@ def make_manifest(
         if key in _RESERVED:
             raise ValueError(f"extra manifest key {key!r} would shadow a reserved key {_RESERVED}")
         manifest[key] = value
-    json.dumps(manifest, allow_nan=False, default=_json_default)  # fail early if not JSON-safe
-    return json.loads(json.dumps(manifest, default=_json_default))
+    json.dumps(manifest, allow_nan=False, default=json_default)  # fail early if not JSON-safe
+    return json.loads(json.dumps(manifest, default=json_default))
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"manifest value of type {type(value).__name__} is not JSON-serialisable")
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -197,7 +190,7 @@ def write_bundle(path: str | os.PathLike[str], manifest: dict[str, Any],
         name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         for name, data in files.items()
     }
-    text = json.dumps(full, indent=2, sort_keys=True, allow_nan=False, default=_json_default)
+    text = json.dumps(full, indent=2, sort_keys=True, allow_nan=False, default=json_default)
     with atomic_write(target, "wb") as handle, zipfile.ZipFile(handle, "w") as zf:
         zf.writestr(MANIFEST_NAME, text.encode("utf-8"), compress_type=zipfile.ZIP_DEFLATED)
         for name, data in files.items():

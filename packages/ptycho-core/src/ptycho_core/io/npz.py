@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ptycho_core._jsonutil import json_default
 from ptycho_core.__about__ import __version__
 from ptycho_core.errors import DataContractError
 from ptycho_core.io._atomic import atomic_write
@@ -210,7 +211,7 @@ def save_npz(path: str | os.PathLike[str], scan: ScanData, *, nphotons: float | 
         "xcoords_start": np.asarray(scan.xcoords_start, dtype=np.float64),
         "ycoords_start": np.asarray(scan.ycoords_start, dtype=np.float64),
         "scan_index": np.asarray(scan.scan_index, dtype=np.int64),
-        METADATA_KEY: np.array(json.dumps(meta, sort_keys=True, default=_json_default)),
+        METADATA_KEY: np.array(json.dumps(meta, sort_keys=True, default=json_default)),
     }
     if scan.object is not None:
         arrays["objectGuess"] = np.asarray(scan.object, dtype=np.complex64)
@@ -221,11 +222,3 @@ def save_npz(path: str | os.PathLike[str], scan: ScanData, *, nphotons: float | 
     logger.info("wrote %s (%d patterns)", path, scan.M)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"metadata value of type {type(value).__name__} is not JSON-serialisable")
