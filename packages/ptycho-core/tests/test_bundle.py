@@ -17,6 +17,7 @@ from ptycho_core.bundle import (
     BUNDLE_NAME,
     SCHEMA_VERSION,
     BundleNotFoundError,
+    bundle_file,
     load_npy_bytes,
     make_manifest,
     npy_bytes,
@@ -102,6 +103,17 @@ def test_backend_mismatch(tmp_path):
         read_bundle(path, expected_backend="pytorch")
     assert "'tensorflow'" in str(info.value) and "'pytorch'" in str(info.value)
     assert isinstance(info.value, BundleError)
+
+
+def test_folder_resolves_to_its_bundle(tmp_path):
+    path = _good(tmp_path)
+    assert bundle_file(tmp_path) == path and bundle_file(path) == path
+    assert read_bundle(tmp_path).path == path
+    assert read_manifest(tmp_path)["backend"] == "pytorch"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BundleNotFoundError, match=BUNDLE_NAME):
+        read_bundle(empty)
 
 
 def test_missing_file(tmp_path):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptycho_core.bundle import BUNDLE_NAME, read_manifest
+from ptycho_core.bundle import BUNDLE_NAME, bundle_file, read_manifest
 from ptycho_core.config import (
     InferenceConfig,
     ModelConfig,
@@ -197,10 +197,7 @@ def _require_file(path: Any, what: str) -> Path:
 
 def resolve_bundle_path(model_path: Any) -> Path:
     """A bundle file, or a folder holding ``wts.h5.zip`` (a training output folder)."""
-    p = Path(model_path)
-    if p.is_dir():
-        p = p / BUNDLE_NAME
-    return _require_file(p, "model bundle")
+    return _require_file(bundle_file(model_path), "model bundle")
 
 
 class _Resolver:

@@ -40,7 +40,7 @@ from ptycho_core.io._atomic import atomic_write
 __all__ = [
     "BUNDLE_FORMAT", "SCHEMA_VERSION", "BUNDLE_NAME", "MANIFEST_NAME", "PROBE_NAME",
     "MAX_TOTAL_BYTES", "Bundle", "BundleNotFoundError", "make_manifest", "write_bundle",
-    "read_bundle", "read_manifest", "npy_bytes", "load_npy_bytes",
+    "read_bundle", "read_manifest", "bundle_file", "npy_bytes", "load_npy_bytes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -274,10 +274,18 @@ def _guarded(path: Path, fn: Any) -> Any:
         raise BundleError(f"{path}: damaged bundle archive ({type(exc).__name__}: {exc})") from exc
 
 
+def bundle_file(path: str | os.PathLike[str]) -> Path:
+    """The bundle archive at ``path``: the file itself, or ``BUNDLE_NAME`` inside a folder
+    (a training output folder)."""
+    p = Path(path)
+    return p / BUNDLE_NAME if p.is_dir() else p
+
+
 def read_manifest(path: str | os.PathLike[str], *,
                   max_total_bytes: int = MAX_TOTAL_BYTES) -> dict[str, Any]:
-    """Read and validate only ``manifest.json`` (for ``ptycho inspect``; no payload is read)."""
-    p = Path(path)
+    """Read and validate only ``manifest.json`` (for ``ptycho inspect``; no payload is read).
+    ``path`` may be the archive or the folder holding it (:func:`bundle_file`)."""
+    p = bundle_file(path)
 
     def run(zf: zipfile.ZipFile) -> dict[str, Any]:
         _open_checked(zf, p, max_total_bytes)
@@ -292,9 +300,10 @@ def read_bundle(path: str | os.PathLike[str], expected_backend: str | None = Non
 
     Raises :class:`BundleBackendMismatchError` when ``expected_backend`` is given and differs from
     the archived backend, :class:`BundleNotFoundError` when the file does not exist, and
-    :class:`BundleError` for everything else.
+    :class:`BundleError` for everything else. ``path`` may be the archive or the folder holding
+    it (:func:`bundle_file`).
     """
-    p = Path(path)
+    p = bundle_file(path)
 
     def run(zf: zipfile.ZipFile) -> Bundle:
         infos = _open_checked(zf, p, max_total_bytes)

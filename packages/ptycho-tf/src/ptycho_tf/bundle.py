@@ -136,9 +136,7 @@ def load_bundle(path: str | Path) -> LoadedBundle:
     Raises ``BundleBackendMismatchError`` for another backend's bundle, :class:`BundleError`
     for missing entries or weights that do not fit the manifest's architecture.
     """
-    p = Path(path)
-    if p.is_dir():
-        p = p / core_bundle.BUNDLE_NAME
+    p = core_bundle.bundle_file(path)
     b = core_bundle.read_bundle(p, expected_backend=NAME)
     mc, tc = _configs(b.manifest, p)
     probe = b.load_npy(PROBE_ENTRY)

@@ -89,7 +89,7 @@ def load_bundle(path: str | Path, *, map_location: str | torch.device = "cpu") -
     and :class:`ptycho_core.errors.BundleError` for a damaged one (missing entry, bad tensors,
     weights that do not fit the architecture in the manifest).
     """
-    path = Path(path)
+    path = core_bundle.bundle_file(path)  # the archive, or the folder holding it
     bundle = core_bundle.read_bundle(path, expected_backend=NAME)
     manifest = bundle.manifest
     model_config, training_config = _manifest_configs(manifest)

@@ -165,10 +165,7 @@ def reconstruct(config: InferenceConfig, execution: PyTorchExecutionConfig | Non
         if config.model_path is None:
             raise ConfigError("InferenceConfig.model_path = None is invalid; allowed: a wts.h5.zip bundle "
                               "(or the folder holding one)")
-        path = Path(config.model_path)
-        if path.is_dir():
-            path = path / BUNDLE_NAME
-        bundle = load_bundle(path)
+        bundle = load_bundle(config.model_path)
     load_s = time.perf_counter() - t0
     prepared = prepare_inference(config, bundle.manifest, data)
     predict = make_predict(bundle.model, inference_device(execution.accelerator))
