@@ -1,5 +1,6 @@
-"""Benchmark: group 100,000 random scan positions with gridsize 2 (SPEC §3: well under 1 s).
+"""Benchmark: group 100,000 random scan positions with gridsize 2 (well under 1 s).
 
+Target: ``specs/configuration.md``.
 Run: ``python benchmarks/bench_grouping.py [--positions M] [--gridsize G] [--repeats R]``.
 Prints the best wall time and groups per second; asserts nothing.
 """
@@ -29,8 +30,10 @@ def main() -> None:
         t0 = time.perf_counter()
         groups = group_indices(pos, args.gridsize, neighbor_count=args.neighbor_count, seed=r)
         best = min(best, time.perf_counter() - t0)
-    print(f"grouping: {args.positions} positions, gridsize {args.gridsize}, "
-          f"K={args.neighbor_count} -> {groups.shape[0]} groups of {groups.shape[1]}")
+    print(
+        f"grouping: {args.positions} positions, gridsize {args.gridsize}, "
+        f"K={args.neighbor_count} -> {groups.shape[0]} groups of {groups.shape[1]}"
+    )
     print(f"best of {args.repeats}: {best:.3f} s  ({groups.shape[0] / best:,.0f} groups/s)")
 
 

@@ -37,11 +37,15 @@ def main() -> None:
         scan = sim.simulate(obj, probe, pos, args.nphotons, seed=r, workers=args.workers)
         best = min(best, time.perf_counter() - t0)
     workers = args.workers or max(1, min(4, os.cpu_count() or 1))
-    print(f"simulation: {m} patterns N={n}, object {side}x{side}, nphotons {args.nphotons:.3g}, "
-          f"{workers} worker thread(s), {os.cpu_count()} CPUs")
+    print(
+        f"simulation: {m} patterns N={n}, object {side}x{side}, nphotons {args.nphotons:.3g}, "
+        f"{workers} worker thread(s), {os.cpu_count()} CPUs"
+    )
     print(f"set-up (object, probe, scan): {setup:.3f} s")
     print(f"simulate best of {args.repeats}: {best:.3f} s  ({m / best:,.0f} patterns/s)")
-    print(f"mean counts/pattern: {float((scan.diffraction.astype('f8') ** 2).sum((1, 2)).mean()):.4g}")
+    print(
+        f"mean counts/pattern: {float((scan.diffraction.astype('f8') ** 2).sum((1, 2)).mean()):.4g}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Benchmark: stitch 100,000 patches (N=64, crop 20) chunk by chunk (SPEC §7: bounded memory).
+"""Benchmark: stitch 100,000 patches (N=64, crop 20) chunk by chunk (bounded memory).
 
-Run: ``python benchmarks/bench_stitching.py [--patches 100000 10000] [--canvas 2048] [--chunk 4096]``.
+Target: ``specs/training.md``.
+Run:
+``python benchmarks/bench_stitching.py [--patches 100000 10000] [--canvas 2048] [--chunk 4096]``.
 Each patch count runs in its own subprocess so that peak RSS (``resource.getrusage``) is measured
 per run; equal peaks for 10k and 100k patches show memory does not grow with the patch count.
 Patches come from one reused pool (content is irrelevant to speed) at fresh random positions;
@@ -45,8 +47,10 @@ def child(n_patches: int, n: int, crop: int, canvas: int, chunk: int) -> None:
     t0 = time.perf_counter()
     res = st.result()
     elapsed += time.perf_counter() - t0
-    print(f"{n_patches} {elapsed:.4f} {_peak_rss_mib():.1f} {rss_before:.1f} {rss_start:.1f} "
-          f"{res.covered.mean():.4f}")
+    print(
+        f"{n_patches} {elapsed:.4f} {_peak_rss_mib():.1f} {rss_before:.1f} {rss_start:.1f} "
+        f"{res.covered.mean():.4f}"
+    )
 
 
 def main() -> None:
@@ -61,18 +65,38 @@ def main() -> None:
     if args.child is not None:
         child(args.child, args.N, args.crop, args.canvas, args.chunk)
         return
-    print(f"stitching: N={args.N}, crop={args.crop}, canvas {args.canvas}x{args.canvas}, "
-          f"chunk {args.chunk} (each run in its own process)")
+    print(
+        f"stitching: N={args.N}, crop={args.crop}, canvas {args.canvas}x{args.canvas}, "
+        f"chunk {args.chunk} (each run in its own process)"
+    )
     for m in args.patches:
         out = subprocess.run(
-            [sys.executable, __file__, "--child", str(m), "--N", str(args.N), "--crop", str(args.crop),
-             "--canvas", str(args.canvas), "--chunk", str(args.chunk)],
-            check=True, capture_output=True, text=True,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(m),
+                "--N",
+                str(args.N),
+                "--crop",
+                str(args.crop),
+                "--canvas",
+                str(args.canvas),
+                "--chunk",
+                str(args.chunk),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.split()
         n_p, t = int(out[0]), float(out[1])
         peak, setup, start, covered = (float(v) for v in out[2:6])
-        print(f"{n_p:>8d} patches: {t:7.3f} s  {n_p / t:>10,.0f} patches/s  peak RSS {peak:7.1f} MiB "
-              f"(interpreter+numpy {start:.1f}, +pool+canvas {setup:.1f})  covered {100 * covered:.1f}%")
+        print(
+            f"{n_p:>8d} patches: {t:7.3f} s  {n_p / t:>10,.0f} patches/s  "
+            f"peak RSS {peak:7.1f} MiB "
+            f"(interpreter+numpy {start:.1f}, +pool+canvas {setup:.1f})  "
+            f"covered {100 * covered:.1f}%"
+        )
 
 
 if __name__ == "__main__":

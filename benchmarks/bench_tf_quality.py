@@ -21,15 +21,29 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-COLUMNS = ("backend", "gridsize", "nphotons", "epochs", "train_s", "patterns_per_s", "ssim_amp",
-           "ssim_phase", "psnr_amp", "psnr_phase")
+COLUMNS = (
+    "backend",
+    "gridsize",
+    "nphotons",
+    "epochs",
+    "train_s",
+    "patterns_per_s",
+    "ssim_amp",
+    "ssim_phase",
+    "psnr_amp",
+    "psnr_phase",
+)
 
 
 def run_case(gridsize: int, nphotons: float, args: argparse.Namespace, workdir: Path) -> dict:
-    from ptycho_core.config import (InferenceConfig, ModelConfig, PyTorchExecutionConfig,
-                                    TrainingConfig)
+    from ptycho_core.config import (
+        InferenceConfig,
+        ModelConfig,
+        PyTorchExecutionConfig,
+        TrainingConfig,
+    )
     from ptycho_core.metrics import evaluate
     from ptycho_core.simulation import simulate_scan
     from ptycho_tf.backend import reconstruct, train
@@ -40,26 +54,45 @@ def run_case(gridsize: int, nphotons: float, args: argparse.Namespace, workdir: 
     train_scan = scan.subset(np.sort(perm[:half]))
     test_scan = scan.subset(np.sort(perm[half:]))
     model = ModelConfig(N=args.N, gridsize=gridsize, n_filters_scale=args.k)
-    cfg = TrainingConfig(model=model, nepochs=args.epochs, batch_size=args.batch,
-                         output_dir=workdir / f"g{gridsize}_{nphotons:.0e}", backend="tensorflow",
-                         seed=args.seed)
-    ex = PyTorchExecutionConfig(accelerator=args.accelerator, enable_progress_bar=False,
-                                enable_checkpointing=False,
-                                early_stop_patience=max(5, args.epochs), inference_batch_size=128)
+    cfg = TrainingConfig(
+        model=model,
+        nepochs=args.epochs,
+        batch_size=args.batch,
+        output_dir=workdir / f"g{gridsize}_{nphotons:.0e}",
+        backend="tensorflow",
+        seed=args.seed,
+    )
+    ex = PyTorchExecutionConfig(
+        accelerator=args.accelerator,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        early_stop_patience=max(5, args.epochs),
+        inference_batch_size=128,
+    )
     t = time.perf_counter()
     res = train(cfg, ex, train_data=train_scan)
     train_s = time.perf_counter() - t
-    rec = reconstruct(InferenceConfig(model=model, model_path=res["bundle_path"]), ex,
-                      data=test_scan)
+    rec = reconstruct(
+        InferenceConfig(model=model, model_path=res["bundle_path"]), ex, data=test_scan
+    )
     covered = rec["coverage"] > 0
     m = evaluate(rec["object"], scan.object, mask=covered)
     flat = evaluate(np.ones_like(scan.object), scan.object, mask=covered)
-    return {"backend": "tensorflow", "gridsize": gridsize, "nphotons": nphotons,
-            "epochs": len(res["history"]["train_loss"]), "train_s": train_s,
-            "patterns_per_s": res["timings"]["patterns_per_s"], "ssim_amp": m["ssim_amp"],
-            "ssim_phase": m["ssim_phase"], "psnr_amp": m["psnr_amp"],
-            "psnr_phase": m["psnr_phase"], "flat_ssim_amp": flat["ssim_amp"],
-            "flat_ssim_phase": flat["ssim_phase"], "infer_s": rec["timings"]["total_s"]}
+    return {
+        "backend": "tensorflow",
+        "gridsize": gridsize,
+        "nphotons": nphotons,
+        "epochs": len(res["history"]["train_loss"]),
+        "train_s": train_s,
+        "patterns_per_s": res["timings"]["patterns_per_s"],
+        "ssim_amp": m["ssim_amp"],
+        "ssim_phase": m["ssim_phase"],
+        "psnr_amp": m["psnr_amp"],
+        "psnr_phase": m["psnr_phase"],
+        "flat_ssim_amp": flat["ssim_amp"],
+        "flat_ssim_phase": flat["ssim_phase"],
+        "infer_s": rec["timings"]["total_s"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,17 +116,24 @@ def main(argv: list[str] | None = None) -> int:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     devices = [d.name for d in tf.config.list_logical_devices()]
-    print(f"tensorflow {tf.__version__}, devices {devices}; N={args.N} k={args.k} "
-          f"{args.positions} positions (train on half), "
-          f"{args.epochs} epochs max, batch {args.batch}")
+    print(
+        f"tensorflow {tf.__version__}, devices {devices}; N={args.N} k={args.k} "
+        f"{args.positions} positions (train on half), "
+        f"{args.epochs} epochs max, batch {args.batch}"
+    )
     print(" ".join(f"{c:>14}" for c in COLUMNS) + f" {'flat_ssim_a/p':>14}")
     with tempfile.TemporaryDirectory() as d:
         for g in args.gridsize:
             for p in args.photons:
                 r = run_case(g, p, args, Path(d))
-                cells = [f"{r['backend']:>14}", f"{r['gridsize']:>14d}", f"{r['nphotons']:>14.0e}",
-                         f"{r['epochs']:>14d}", f"{r['train_s']:>14.1f}",
-                         f"{r['patterns_per_s']:>14.1f}"]
+                cells = [
+                    f"{r['backend']:>14}",
+                    f"{r['gridsize']:>14d}",
+                    f"{r['nphotons']:>14.0e}",
+                    f"{r['epochs']:>14d}",
+                    f"{r['train_s']:>14.1f}",
+                    f"{r['patterns_per_s']:>14.1f}",
+                ]
                 cells += [f"{r[k]:>14.3f}" for k in ("ssim_amp", "ssim_phase")]
                 cells += [f"{r[k]:>14.2f}" for k in ("psnr_amp", "psnr_phase")]
                 cells.append(f"{r['flat_ssim_amp']:>7.3f}/{r['flat_ssim_phase']:<6.3f}")

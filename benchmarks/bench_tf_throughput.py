@@ -22,7 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def rss_mib() -> float:
@@ -41,7 +41,7 @@ def matmul_peak_gflops(tf, sizes=(2048, 4096), reps: int = 8) -> float:
         for _ in range(reps):
             t = time.perf_counter()
             mm(a, b).numpy()
-            best_rate = max(best_rate, 2 * size ** 3 / (time.perf_counter() - t) / 1e9)
+            best_rate = max(best_rate, 2 * size**3 / (time.perf_counter() - t) / 1e9)
     return best_rate
 
 
@@ -69,8 +69,7 @@ def bench_train(keras, tf, mc, batch: int, steps: int) -> float:
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t)
 
-    trainer.fit(ds, epochs=2, steps_per_epoch=steps, verbose=0, shuffle=False,
-                callbacks=[Timer()])
+    trainer.fit(ds, epochs=2, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[Timer()])
     return batch * steps / times[-1]
 
 
@@ -81,6 +80,7 @@ def bench_infer(tf, mc, batch: int, steps: int) -> float:
     n, c = mc.N, mc.C
     models = build_models(mc, probe=np.ones((n, n), np.complex64), intensity_scale=10.0)
     net = models.diffraction_to_obj
+
     def infer(x, o):
         return net({"x": x, "offsets": o}, training=False)
 
@@ -105,8 +105,7 @@ def bench_end_to_end(mc, positions: int, workdir: Path) -> tuple[float, float]:
 
     scan = simulate_scan(N=mc.N, n_positions=positions, nphotons=1e6, seed=0)
     models = build_models(mc, probe=scan.probe, intensity_scale=1.0)
-    path = save_bundle(workdir / "wts.h5.zip", models, TrainingConfig(model=mc),
-                       normalization={})
+    path = save_bundle(workdir / "wts.h5.zip", models, TrainingConfig(model=mc), normalization={})
     ex = PyTorchExecutionConfig(enable_progress_bar=False, inference_batch_size=256)
     t = time.perf_counter()
     reconstruct(InferenceConfig(model=mc, model_path=path), ex, data=scan)
@@ -136,31 +135,45 @@ def main(argv: list[str] | None = None) -> int:
     mc = ModelConfig(N=args.N, gridsize=1, n_filters_scale=args.k)
     fwd = conv_flops_per_group(mc)
     devices = [d.name for d in tf.config.list_logical_devices()]
-    print(f"tensorflow {tf.__version__}, keras {keras.__version__}, devices {devices}, "
-          f"intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'auto'}")
+    print(
+        f"tensorflow {tf.__version__}, keras {keras.__version__}, devices {devices}, "
+        f"intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'auto'}"
+    )
     peak_before = matmul_peak_gflops(tf)
     tr = bench_train(keras, tf, mc, args.batch, args.steps)
-    infer = {b: bench_infer(tf, mc, b, max(5, args.steps * args.batch // b))
-             for b in sorted({args.batch, 128})}
+    infer = {
+        b: bench_infer(tf, mc, b, max(5, args.steps * args.batch // b))
+        for b in sorted({args.batch, 128})
+    }
     peak_after = matmul_peak_gflops(tf)
     peak = max(peak_before, peak_after)
-    print(f"fp32 matmul peak (tf.linalg.matmul 2048² and 4096², best of 8 each, measured before "
-          f"and after the model runs): {peak_before:.1f} / {peak_after:.1f} GFLOP/s; "
-          f"using {peak:.1f} (a large gap means the machine was shared)")
-    print(f"model N={args.N} gridsize=1 k={args.k}: {fwd / 1e9:.3f} GFLOP forward per pattern "
-          f"(convs), training = 3x")
+    print(
+        f"fp32 matmul peak (tf.linalg.matmul 2048² and 4096², best of 8 each, measured before "
+        f"and after the model runs): {peak_before:.1f} / {peak_after:.1f} GFLOP/s; "
+        f"using {peak:.1f} (a large gap means the machine was shared)"
+    )
+    print(
+        f"model N={args.N} gridsize=1 k={args.k}: {fwd / 1e9:.3f} GFLOP forward per pattern "
+        f"(convs), training = 3x"
+    )
     tr_gf = tr * 3 * fwd / 1e9
-    print(f"training  batch {args.batch}: {tr:8.1f} patterns/s, {tr_gf:7.1f} GFLOP/s, "
-          f"{100 * tr_gf / peak:5.1f}% of peak (target 50%)")
+    print(
+        f"training  batch {args.batch}: {tr:8.1f} patterns/s, {tr_gf:7.1f} GFLOP/s, "
+        f"{100 * tr_gf / peak:5.1f}% of peak (target 50%)"
+    )
     for b, rate in infer.items():
         gf = rate * fwd / 1e9
-        print(f"inference batch {b}: {rate:8.1f} patterns/s, {gf:7.1f} GFLOP/s, "
-              f"{100 * gf / peak:5.1f}% of peak (target 70%)")
+        print(
+            f"inference batch {b}: {rate:8.1f} patterns/s, {gf:7.1f} GFLOP/s, "
+            f"{100 * gf / peak:5.1f}% of peak (target 70%)"
+        )
     if args.positions:
         with tempfile.TemporaryDirectory() as d:
             pps, rss = bench_end_to_end(mc, args.positions, Path(d))
-        print(f"end-to-end reconstruct ({args.positions} positions, chunks of 256, stitched): "
-              f"{pps:.1f} positions/s, peak RSS {rss:.0f} MiB")
+        print(
+            f"end-to-end reconstruct ({args.positions} positions, chunks of 256, stitched): "
+            f"{pps:.1f} positions/s, peak RSS {rss:.0f} MiB"
+        )
     return 0
 
 

@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -43,7 +42,9 @@ def bench_train(n: int, k: int, batch: int, steps: int, channels_last: bool) -> 
     from ptycho_torch.model import PtychoModel
 
     torch.manual_seed(0)
-    m = PtychoModel(N=n, gridsize=1, n_filters_scale=k, intensity_scale=10.0, channels_last=channels_last)
+    m = PtychoModel(
+        N=n, gridsize=1, n_filters_scale=k, intensity_scale=10.0, channels_last=channels_last
+    )
     loss = PtychoLoss()
     opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-3)
     x = torch.rand(batch, 1, n, n) * 10
@@ -65,7 +66,9 @@ def bench_infer(n: int, k: int, batch: int, steps: int, channels_last: bool) -> 
     from ptycho_torch.model import PtychoModel
 
     torch.manual_seed(0)
-    m = PtychoModel(N=n, gridsize=1, n_filters_scale=k, intensity_scale=10.0, channels_last=channels_last).eval()
+    m = PtychoModel(
+        N=n, gridsize=1, n_filters_scale=k, intensity_scale=10.0, channels_last=channels_last
+    ).eval()
     x = torch.rand(batch, 1, n, n) * 10
     warm = 3
     with torch.inference_mode():
@@ -78,7 +81,12 @@ def bench_infer(n: int, k: int, batch: int, steps: int, channels_last: bool) -> 
 
 
 def bench_end_to_end(n_positions: int, n: int, k: int, batch: int) -> dict[str, float]:
-    from ptycho_core.config import InferenceConfig, ModelConfig, PyTorchExecutionConfig, TrainingConfig
+    from ptycho_core.config import (
+        InferenceConfig,
+        ModelConfig,
+        PyTorchExecutionConfig,
+        TrainingConfig,
+    )
     from ptycho_core.simulation import simulate_scan
     from ptycho_torch.backend import reconstruct
     from ptycho_torch.bundle import save_bundle
@@ -92,20 +100,30 @@ def bench_end_to_end(n_positions: int, n: int, k: int, batch: int) -> dict[str, 
     torch.manual_seed(0)
     model = build_model(mc, probe=scan.probe, intensity_scale=10.0)
     with tempfile.TemporaryDirectory() as d:
-        path = save_bundle(Path(d) / "wts.h5.zip", model, TrainingConfig(model=mc, output_dir=d),
-                           normalization={})
+        path = save_bundle(
+            Path(d) / "wts.h5.zip", model, TrainingConfig(model=mc, output_dir=d), normalization={}
+        )
         ex = PyTorchExecutionConfig(accelerator="cpu", inference_batch_size=batch)
         t = time.perf_counter()
         res = reconstruct(InferenceConfig(model=mc, model_path=path), ex, data=scan)
         wall = time.perf_counter() - t
-    return {"positions": n_positions, "object_px": res["amplitude"].size, "simulate_s": sim_s, "wall_s": wall,
-            "positions_per_s": n_positions / wall, "predict_s": res["timings"].get("predict_s", float("nan")),
-            "rss_after_data_mib": rss_data, "peak_rss_mib": rss_mib()}
+    return {
+        "positions": n_positions,
+        "object_px": res["amplitude"].size,
+        "simulate_s": sim_s,
+        "wall_s": wall,
+        "positions_per_s": n_positions / wall,
+        "predict_s": res["timings"].get("predict_s", float("nan")),
+        "rss_after_data_mib": rss_data,
+        "peak_rss_mib": rss_mib(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--N", type=int, default=64)
     ap.add_argument("--k", type=int, default=2, help="n_filters_scale")
@@ -124,18 +142,25 @@ def main(argv: list[str] | None = None) -> int:
     pps, fl = bench_train(args.N, args.k, args.batch, args.steps, cl)
     achieved = pps * 3 * fl / 1e9
     print(f"model N={args.N} gridsize=1 k={args.k}: {fl / 1e9:.3f} GFLOP/pattern forward (convs)")
-    print(f"training  batch {args.batch}: {pps:8.1f} patterns/s  {achieved:8.1f} GFLOP/s  "
-          f"{100 * achieved / peak:5.1f}% of peak (target >= 50%)")
+    print(
+        f"training  batch {args.batch}: {pps:8.1f} patterns/s  {achieved:8.1f} GFLOP/s  "
+        f"{100 * achieved / peak:5.1f}% of peak (target >= 50%)"
+    )
     pps_i, _ = bench_infer(args.N, args.k, args.batch, args.steps, cl)
     ach_i = pps_i * fl / 1e9
-    print(f"inference batch {args.batch}: {pps_i:8.1f} patterns/s  {ach_i:8.1f} GFLOP/s  "
-          f"{100 * ach_i / peak:5.1f}% of peak (target >= 70%)")
+    print(
+        f"inference batch {args.batch}: {pps_i:8.1f} patterns/s  {ach_i:8.1f} GFLOP/s  "
+        f"{100 * ach_i / peak:5.1f}% of peak (target >= 70%)"
+    )
     if args.positions:
         e2e = bench_end_to_end(args.positions, args.N, args.k, args.inference_batch)
-        print(f"end to end: {e2e['positions']} positions (object {e2e['object_px']} px) inferred + stitched in "
-              f"{e2e['wall_s']:.1f} s = {e2e['positions_per_s']:.1f} positions/s "
-              f"(predict {e2e['predict_s']:.1f} s); peak RSS {e2e['peak_rss_mib']:.0f} MiB "
-              f"(after simulating the scan: {e2e['rss_after_data_mib']:.0f} MiB)")
+        print(
+            f"end to end: {e2e['positions']} positions (object {e2e['object_px']} px) "
+            f"inferred + stitched in "
+            f"{e2e['wall_s']:.1f} s = {e2e['positions_per_s']:.1f} positions/s "
+            f"(predict {e2e['predict_s']:.1f} s); peak RSS {e2e['peak_rss_mib']:.0f} MiB "
+            f"(after simulating the scan: {e2e['rss_after_data_mib']:.0f} MiB)"
+        )
     return 0
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up the test environment (unless --no-setup) and runs every test suite.
-# Each deep-learning backend runs in its own pytest process (SPEC §1: never import
+# Each deep-learning backend runs in its own pytest process (specs/packages.md: never import
 # TensorFlow and torch into one process).
 set -uo pipefail
 cd "$(dirname "$0")/.."

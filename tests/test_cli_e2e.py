@@ -26,16 +26,33 @@ pytestmark = pytest.mark.slow
 
 BACKENDS = ("pytorch", "tensorflow")
 FRAMEWORKS = ("torch", "tensorflow", "keras", "lightning")
-TINY = ["--epochs", "1", "--n-filters-scale", "1", "--batch-size", "16", "--quiet",
-        "--logger", "none", "--accelerator", "cpu"]
+TINY = [
+    "--epochs",
+    "1",
+    "--n-filters-scale",
+    "1",
+    "--batch-size",
+    "16",
+    "--quiet",
+    "--logger",
+    "none",
+    "--accelerator",
+    "cpu",
+]
 
 
 def ptycho(*args: object, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     exe = shutil.which("ptycho")
     cmd = [exe] if exe else [sys.executable, "-m", "ptycho_cli"]
     env = dict(os.environ, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0")
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=env)
+    return subprocess.run(
+        cmd + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
 
 
 def ok(out: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -54,8 +71,21 @@ def one_line_error(out: subprocess.CompletedProcess) -> str:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("e2e")
-    ok(ptycho("simulate", "scan.npz", "--N", "32", "--n-positions", "48", "--seed", "1",
-              "--nphotons", "1e6", cwd=root))
+    ok(
+        ptycho(
+            "simulate",
+            "scan.npz",
+            "--N",
+            "32",
+            "--n-positions",
+            "48",
+            "--seed",
+            "1",
+            "--nphotons",
+            "1e6",
+            cwd=root,
+        )
+    )
     return root
 
 
@@ -63,8 +93,11 @@ def work(tmp_path_factory) -> Path:
 def trained(work) -> dict[str, Path]:
     runs = {}
     for backend in BACKENDS:
-        out = ok(ptycho("train", "scan.npz", "-o", f"run_{backend}", "--backend", backend,
-                        *TINY, cwd=work))
+        out = ok(
+            ptycho(
+                "train", "scan.npz", "-o", f"run_{backend}", "--backend", backend, *TINY, cwd=work
+            )
+        )
         assert f"trained with the {backend} backend" in out.stdout
         runs[backend] = work / f"run_{backend}"
     return runs
@@ -75,16 +108,24 @@ def _ptychodus_io():
         return None
     try:
         import ptychodus.api.io as pio
-    except Exception:  # noqa: BLE001 - a broken optional install means: skip that check
+    except Exception:  # a broken optional install means: skip that check
         return None
     return pio
 
 
 def test_help_imports_no_framework(work):
-    out = ok(subprocess.run([sys.executable, "-X", "importtime", "-m", "ptycho_cli", "--help"],
-                            capture_output=True, text=True, timeout=120, cwd=work))
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines()
-                if "|" in line}
+    out = ok(
+        subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "ptycho_cli", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=work,
+        )
+    )
+    imported = {
+        line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line
+    }
     assert not imported & set(FRAMEWORKS), imported & set(FRAMEWORKS)
     assert "ptycho_cli" in imported and "usage: ptycho" in out.stdout
 
@@ -114,7 +155,7 @@ def test_infer_evaluate_and_products(trained, backend, work):
     assert f"with the {backend} backend" in out.stdout
     for name in ("recon.npz", "recon.h5", "recon.png"):
         assert (rec / name).is_file(), name
-    assert not [p.name for p in rec.iterdir() if p.name.startswith(".")]   # no staging left
+    assert not [p.name for p in rec.iterdir() if p.name.startswith(".")]  # no staging left
     with np.load(rec / "recon.npz", allow_pickle=False) as z:
         obj, cov = z["object"], z["coverage"]
     scan = load_npz(work / "scan.npz")
@@ -157,8 +198,12 @@ def test_convert_to_product_and_back(work):
 # ----------------------------------------------------------------------------- bad inputs
 def _bad_scan(work: Path, name: str, **changes) -> Path:
     scan = load_npz(work / "scan.npz")
-    arrays = {"diffraction": scan.diffraction, "xcoords": scan.xcoords,
-              "ycoords": scan.ycoords, "probeGuess": scan.probe}
+    arrays = {
+        "diffraction": scan.diffraction,
+        "xcoords": scan.xcoords,
+        "ycoords": scan.ycoords,
+        "probeGuess": scan.probe,
+    }
     arrays.update(changes)
     arrays = {k: v for k, v in arrays.items() if v is not None}
     np.savez(work / name, **arrays)
@@ -190,19 +235,30 @@ def test_corrupt_bundle(work, trained):
 
 
 def test_torch_bundle_with_tensorflow_backend(work, trained):
-    out = ptycho("infer", trained["pytorch"], "scan.npz", "-o", "out_mismatch",
-                 "--backend", "tensorflow", cwd=work)
+    out = ptycho(
+        "infer",
+        trained["pytorch"],
+        "scan.npz",
+        "-o",
+        "out_mismatch",
+        "--backend",
+        "tensorflow",
+        cwd=work,
+    )
     line = one_line_error(out)
     assert "'pytorch'" in line and "'tensorflow'" in line and "--backend pytorch" in line
     assert not (work / "out_mismatch").exists() or not any((work / "out_mismatch").iterdir())
 
 
 def test_scan_with_other_n_than_bundle(work, trained):
-    big = ScanData(diffraction=np.ones((8, 64, 64), np.float32), xcoords=np.arange(8.0) + 40,
-                   ycoords=np.arange(8.0) + 40, probe=np.ones((64, 64), np.complex64))
+    big = ScanData(
+        diffraction=np.ones((8, 64, 64), np.float32),
+        xcoords=np.arange(8.0) + 40,
+        ycoords=np.arange(8.0) + 40,
+        probe=np.ones((64, 64), np.complex64),
+    )
     save_npz(work / "n64.npz", big)
-    line = one_line_error(ptycho("infer", trained["pytorch"], "n64.npz", "-o",
-                                 "out_n64", cwd=work))
+    line = one_line_error(ptycho("infer", trained["pytorch"], "n64.npz", "-o", "out_n64", cwd=work))
     assert "N = 64" in line and "N = 32" in line
 
 
@@ -210,8 +266,17 @@ def test_demo_quick(work):
     out = ok(ptycho("demo", "--quick", "-o", "demo", cwd=work))
     assert "held-out reconstruction vs ground truth" in out.stdout
     assert "amplitude  SSIM" in out.stdout
-    for name in ("demo.png", "metrics.json", "recon.npz", "recon.h5", "wts.h5.zip", "loss.png",
-                 "comparison.png", "train.npz", "test.npz"):
+    for name in (
+        "demo.png",
+        "metrics.json",
+        "recon.npz",
+        "recon.h5",
+        "wts.h5.zip",
+        "loss.png",
+        "comparison.png",
+        "train.npz",
+        "test.npz",
+    ):
         assert (work / "demo" / name).is_file(), name
     record = json.loads((work / "demo" / "metrics.json").read_text())
     assert record["demo"]["held_out_patterns"] > 0 and record["demo"]["train_patterns"] > 0

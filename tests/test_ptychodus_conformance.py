@@ -1,5 +1,5 @@
-"""Ptychodus conformance (SPEC §2.3): our product files open with Ptychodus's own reader, and
-files written by Ptychodus's own writer open with ours.
+"""Ptychodus conformance (``specs/data-contracts.md``): our product files open with Ptychodus's
+own reader, and files written by Ptychodus's own writer open with ours.
 
 Ptychodus is a test dependency (``pip install --no-deps ptychodus``; scripts/test.sh installs it).
 When it is missing these tests FAIL with the install command instead of skipping, so a CI run
@@ -13,7 +13,13 @@ import importlib
 import numpy as np
 import pytest
 
-from ptycho_core.io import ScanData, product_positions_px, read_product, scan_to_product, write_product
+from ptycho_core.io import (
+    ScanData,
+    product_positions_px,
+    read_product,
+    scan_to_product,
+    write_product,
+)
 
 pytestmark = pytest.mark.conformance
 
@@ -34,7 +40,8 @@ def _scan_and_object(rng):
     m, n = 9, 8
     obj = (rng.random((24, 32)) * np.exp(1j * rng.normal(size=(24, 32)))).astype(np.complex64)
     scan = ScanData(
-        diffraction=rng.random((m, n, n)), xcoords=rng.uniform(5, 27, m),
+        diffraction=rng.random((m, n, n)),
+        xcoords=rng.uniform(5, 27, m),
         ycoords=rng.uniform(5, 19, m),
         probe=(rng.random((n, n)) + 1j * rng.random((n, n))).astype(np.complex64),
         metadata={"nphotons": 1e6},
@@ -46,8 +53,15 @@ def test_ptychodus_reads_our_product(tmp_path, pio):
     rng = np.random.default_rng(11)
     scan, obj = _scan_and_object(rng)
     product = scan_to_product(
-        scan, obj, pixel_size_m=1e-8, pixel_height_m=1.5e-8, center_x_m=2e-6, center_y_m=-3e-6,
-        loss_values=[0.9, 0.5, 0.25], name="conformance", probe_energy_eV=10000.0,
+        scan,
+        obj,
+        pixel_size_m=1e-8,
+        pixel_height_m=1.5e-8,
+        center_x_m=2e-6,
+        center_y_m=-3e-6,
+        loss_values=[0.9, 0.5, 0.25],
+        name="conformance",
+        probe_energy_eV=10000.0,
         detector_object_distance_m=2.0,
     )
     path = tmp_path / "ours.h5"
@@ -61,7 +75,8 @@ def test_ptychodus_reads_our_product(tmp_path, pio):
 
     pos = theirs.probe_positions
     np.testing.assert_array_equal(pos.get_indexes(), np.arange(scan.M))
-    # positions in metres by the SPEC mapping, computed here independently of our converter
+    # positions in metres by the specs/data-contracts.md mapping, computed here independently of
+    # our converter
     x_m = 2e-6 + (scan.xcoords - (32 - 1) / 2) * 1e-8
     y_m = -3e-6 + (scan.ycoords - (24 - 1) / 2) * 1.5e-8
     np.testing.assert_allclose(pos.get_coordinates_x_m(), x_m, rtol=0, atol=1e-15)
@@ -69,10 +84,12 @@ def test_ptychodus_reads_our_product(tmp_path, pio):
 
     # Ptychodus's own geometry maps the metres back to our object pixels
     geometry = theirs.object_.get_geometry()
-    np.testing.assert_allclose(geometry.map_probe_positions_to_object_x_px(pos), scan.xcoords,
-                               atol=1e-8)
-    np.testing.assert_allclose(geometry.map_probe_positions_to_object_y_px(pos), scan.ycoords,
-                               atol=1e-8)
+    np.testing.assert_allclose(
+        geometry.map_probe_positions_to_object_x_px(pos), scan.xcoords, atol=1e-8
+    )
+    np.testing.assert_allclose(
+        geometry.map_probe_positions_to_object_y_px(pos), scan.ycoords, atol=1e-8
+    )
     assert (geometry.width_px, geometry.height_px) == (32, 24)
 
     np.testing.assert_array_equal(np.squeeze(theirs.object_.get_array()), obj)
@@ -81,8 +98,8 @@ def test_ptychodus_reads_our_product(tmp_path, pio):
 
 
 def _ptychodus_product(rng):
-    from ptychodus.api.object import Object, ObjectCenter
     from ptychodus.api.geometry import PixelGeometry  # type: ignore[attr-defined]
+    from ptychodus.api.object import Object, ObjectCenter
     from ptychodus.api.probe import ProbeSequence
     from ptychodus.api.probe_positions import ProbePosition, ProbePositionSequence
     from ptychodus.api.product import LossValue, Product, ProductMetadata
@@ -92,16 +109,25 @@ def _ptychodus_product(rng):
     xs, ys = rng.normal(size=4) * 1e-7, rng.normal(size=4) * 1e-7
     product = Product(
         metadata=ProductMetadata(
-            name="from-ptychodus", comments="c", detector_distance_m=1.5, photon_energy_eV=7000.0,
-            probe_photon_count=5e8, exposure_time_s=0.2, mass_attenuation_m2_per_kg=3.0,
+            name="from-ptychodus",
+            comments="c",
+            detector_distance_m=1.5,
+            photon_energy_eV=7000.0,
+            probe_photon_count=5e8,
+            exposure_time_s=0.2,
+            mass_attenuation_m2_per_kg=3.0,
             tomography_angle_deg=45.0,
         ),
         probe_positions=ProbePositionSequence(
-            [ProbePosition(i, x, y) for i, (x, y) in enumerate(zip(xs, ys))]
+            [ProbePosition(i, x, y) for i, (x, y) in enumerate(zip(xs, ys, strict=False))]
         ),
         probes=ProbeSequence(probe, None, PixelGeometry(width_m=2e-8, height_m=3e-8)),
-        object_=Object(obj, PixelGeometry(width_m=2e-8, height_m=3e-8),
-                       ObjectCenter(x_m=1e-7, y_m=-1e-7), layer_spacing_m=[4e-6]),
+        object_=Object(
+            obj,
+            PixelGeometry(width_m=2e-8, height_m=3e-8),
+            ObjectCenter(x_m=1e-7, y_m=-1e-7),
+            layer_spacing_m=[4e-6],
+        ),
         losses=[LossValue(0, 2.0), LossValue(1, 1.0)],
     )
     return product, obj, probe, xs, ys
@@ -132,5 +158,6 @@ def test_we_read_ptychodus_written_product(tmp_path, pio):
     geometry = product.object_.get_geometry()
     np.testing.assert_allclose(
         product_positions_px(ours)[:, 0],
-        geometry.map_probe_positions_to_object_x_px(product.probe_positions), atol=1e-9,
+        geometry.map_probe_positions_to_object_x_px(product.probe_positions),
+        atol=1e-9,
     )

@@ -45,19 +45,33 @@ def scan_file(tmp_path: Path):
 def bundle_file(tmp_path: Path):
     """Factory: a fabricated bundle (manifest + probe, fake weights) for ``backend``."""
 
-    def _make(backend: str = "pytorch", n: int = 32, gridsize: int = 1, name: str = "model",
-              neighbor_count: int = 6, n_filters_scale: int = 2) -> Path:
+    def _make(
+        backend: str = "pytorch",
+        n: int = 32,
+        gridsize: int = 1,
+        name: str = "model",
+        neighbor_count: int = 6,
+        n_filters_scale: int = 2,
+    ) -> Path:
         folder = tmp_path / name
         folder.mkdir(exist_ok=True)
         model = ModelConfig(N=n, gridsize=gridsize, n_filters_scale=n_filters_scale)
         training = TrainingConfig(model=model, backend=backend, neighbor_count=neighbor_count)
-        manifest = make_manifest(backend, model, training, intensity_scale=3.0,
-                                 normalization={"norm_factor": 0.5, "nphotons": 1e6},
-                                 model_names=["autoencoder", "diffraction_to_obj"])
+        manifest = make_manifest(
+            backend,
+            model,
+            training,
+            intensity_scale=3.0,
+            normalization={"norm_factor": 0.5, "nphotons": 1e6},
+            model_names=["autoencoder", "diffraction_to_obj"],
+        )
         weights = "state_dict.pt" if backend == "pytorch" else "model.weights.h5"
         path = folder / BUNDLE_NAME
-        write_bundle(path, manifest, {"probe.npy": npy_bytes(np.ones((n, n), np.complex64)),
-                                      weights: b"not real weights"})
+        write_bundle(
+            path,
+            manifest,
+            {"probe.npy": npy_bytes(np.ones((n, n), np.complex64)), weights: b"not real weights"},
+        )
         return path
 
     return _make
@@ -70,7 +84,9 @@ class _Blocker(importlib.abc.MetaPathFinder):
         self.names = set(names)
     def find_spec(self, name, path=None, target=None):
         if name.partition('.')[0] in self.names:
-            raise ModuleNotFoundError("No module named " + repr(name) + " (hidden by the test)", name=name)
+            raise ModuleNotFoundError(
+                "No module named " + repr(name) + " (hidden by the test)", name=name
+            )
         return None
 sys.meta_path.insert(0, _Blocker(NAMES))
 """
@@ -87,7 +103,13 @@ def run_python(tmp_path: Path):
     def _run(code: str, block: tuple[str, ...] = (), timeout: float = 600):
         prelude = BLOCKER.replace("NAMES", repr(list(block))) if block else ""
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg", PYTHONHASHSEED="0")
-        return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True,
-                              text=True, timeout=timeout, cwd=tmp_path, env=env)
+        return subprocess.run(
+            [sys.executable, "-c", prelude + code],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=tmp_path,
+            env=env,
+        )
 
     return _run

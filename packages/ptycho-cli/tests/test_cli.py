@@ -12,17 +12,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptycho_core.io import load_npz, read_product, save_npz
-
 from ptycho_cli.main import main
+from ptycho_core.io import load_npz, read_product
 
 FRAMEWORKS = ("tensorflow", "torch", "keras", "lightning")
 
 
 def _ptycho(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ptycho_cli", *args], capture_output=True,
-                          text=True, timeout=300, cwd=cwd,
-                          env=dict(os.environ, MPLBACKEND="Agg"))
+    return subprocess.run(
+        [sys.executable, "-m", "ptycho_cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env=dict(os.environ, MPLBACKEND="Agg"),
+    )
 
 
 def test_help_and_import_load_no_framework():
@@ -47,8 +51,16 @@ def test_help_lists_every_command(capsys):
         assert cmd in text
 
 
-@pytest.mark.parametrize("argv", [[], ["train"], ["nonsense"], ["train", "x.npz", "--epochs", "0"],
-                                  ["infer", "m", "d", "--learning-rate", "1"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["train"],
+        ["nonsense"],
+        ["train", "x.npz", "--epochs", "0"],
+        ["infer", "m", "d", "--learning-rate", "1"],
+    ],
+)
 def test_usage_errors_exit_2(argv, capsys):
     assert main(argv) == 2
     assert "usage:" in capsys.readouterr().err
@@ -106,8 +118,20 @@ def test_inspect_corrupt_bundle(tmp_path, capsys):
 def test_deprecated_flags_warn_and_mismatch_is_reported(bundle_file, scan_file, tmp_path, capsys):
     out_dir = tmp_path / "o"
     with pytest.warns(DeprecationWarning):
-        rc = main(["infer", str(bundle_file("pytorch")), str(scan_file()), "-o", str(out_dir),
-                   "--backend", "tensorflow", "--device", "cpu", "--disable_mlflow"])
+        rc = main(
+            [
+                "infer",
+                str(bundle_file("pytorch")),
+                str(scan_file()),
+                "-o",
+                str(out_dir),
+                "--backend",
+                "tensorflow",
+                "--device",
+                "cpu",
+                "--disable_mlflow",
+            ]
+        )
     err = capsys.readouterr().err
     assert rc == 1
     assert "ptycho: warning: --device is deprecated; use --accelerator cpu" in err
@@ -133,7 +157,7 @@ def test_convert_round_trip(scan_file, tmp_path, capsys):
     assert main(["convert", str(src), str(h5), "--pixel-size-m", "2e-8"]) == 0
     product = read_product(h5)
     scan = load_npz(src)
-    # metres by the SPEC mapping, computed here from the object grid (W = H = 64)
+    # metres by the specs/data-contracts.md mapping, computed here from the object grid (W = H = 64)
     np.testing.assert_allclose(product.probe_position_x_m, (scan.xcoords - 31.5) * 2e-8)
     np.testing.assert_allclose(product.object[0], scan.object, rtol=1e-6)
 
@@ -143,8 +167,19 @@ def test_convert_round_trip(scan_file, tmp_path, capsys):
     assert "--diffraction" in capsys.readouterr().err
     assert not back.exists()
     np.save(tmp_path / "intensity.npy", scan.diffraction.astype(np.float64) ** 2)
-    assert main(["convert", str(h5), str(back), "--diffraction",
-                 str(tmp_path / "intensity.npy"), "--intensity"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(h5),
+                str(back),
+                "--diffraction",
+                str(tmp_path / "intensity.npy"),
+                "--intensity",
+            ]
+        )
+        == 0
+    )
     again = load_npz(back)
     np.testing.assert_allclose(again.xcoords, scan.xcoords, atol=1e-9)
     np.testing.assert_allclose(again.ycoords, scan.ycoords, atol=1e-9)
@@ -155,23 +190,33 @@ def test_convert_wrong_pattern_count(scan_file, tmp_path, capsys):
     h5 = tmp_path / "p.h5"
     assert main(["convert", str(scan_file(m=12)), str(h5)]) == 0
     np.save(tmp_path / "d.npy", np.ones((5, 32, 32)))
-    assert main(["convert", str(h5), str(tmp_path / "o.npz"), "--diffraction",
-                 str(tmp_path / "d.npy")]) == 1
+    assert (
+        main(
+            ["convert", str(h5), str(tmp_path / "o.npz"), "--diffraction", str(tmp_path / "d.npy")]
+        )
+        == 1
+    )
     assert "(12, N, N)" in capsys.readouterr().err
     assert not (tmp_path / "o.npz").exists()
 
 
 def _recon_npz(path: Path, canvas: np.ndarray, origin: tuple[int, int]) -> Path:
-    np.savez(path, object=canvas.astype(np.complex64), coverage=np.ones(canvas.shape, np.float32),
-             origin=np.array(origin, float), amplitude=np.abs(canvas), phase=np.angle(canvas),
-             positions=np.zeros((1, 2)))
+    np.savez(
+        path,
+        object=canvas.astype(np.complex64),
+        coverage=np.ones(canvas.shape, np.float32),
+        origin=np.array(origin, float),
+        amplitude=np.abs(canvas),
+        phase=np.angle(canvas),
+        positions=np.zeros((1, 2)),
+    )
     return path
 
 
 def test_evaluate_aligns_canvas_origin_with_truth(scan_file, tmp_path, capsys):
     truth = load_npz(scan_file(n=32)).object
     x0, y0 = 5, 9
-    canvas = truth[y0:y0 + 40, x0:x0 + 30] * 2.0 * np.exp(0.7j)   # scale and phase offset
+    canvas = truth[y0 : y0 + 40, x0 : x0 + 30] * 2.0 * np.exp(0.7j)  # scale and phase offset
     rec = _recon_npz(tmp_path / "recon.npz", canvas, (x0, y0))
     assert main(["evaluate", str(rec), str(tmp_path / "scan.npz")]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -182,8 +227,7 @@ def test_evaluate_aligns_canvas_origin_with_truth(scan_file, tmp_path, capsys):
 
     # the same canvas placed at the wrong origin scores clearly worse
     rec = _recon_npz(tmp_path / "shifted.npz", canvas, (x0 + 6, y0))
-    assert main(["evaluate", str(rec), str(tmp_path / "scan.npz"), "-o",
-                 str(tmp_path / "e2")]) == 0
+    assert main(["evaluate", str(rec), str(tmp_path / "scan.npz"), "-o", str(tmp_path / "e2")]) == 0
     worse = json.loads((tmp_path / "e2" / "metrics.json").read_text())["metrics"]
     assert worse["ssim_amp"] < 0.8
 

@@ -11,21 +11,23 @@ import sys
 
 import pytest
 
-from ptycho_core.errors import BundleBackendMismatchError
-
 from ptycho_cli import dispatch
 from ptycho_cli.factories import create_inference_payload, create_training_payload
+from ptycho_core.errors import BundleBackendMismatchError
 
 FRAMEWORKS = ("torch", "tensorflow", "keras", "lightning")
-HIDE = {"pytorch": ("ptycho_torch", "torch", "lightning"),
-        "tensorflow": ("ptycho_tf", "tensorflow", "keras")}
+HIDE = {
+    "pytorch": ("ptycho_torch", "torch", "lightning"),
+    "tensorflow": ("ptycho_tf", "tensorflow", "keras"),
+}
 LABEL = {"pytorch": ("PyTorch", "ptycho-torch"), "tensorflow": ("TensorFlow", "ptycho-tf")}
 
 
 def test_mismatch_is_raised_before_any_framework_import(scan_file, bundle_file, tmp_path):
     before = {m for m in FRAMEWORKS if m in sys.modules}
-    payload = create_inference_payload(bundle_file("pytorch"), scan_file(), tmp_path,
-                                       overrides={"backend": "tensorflow"})
+    payload = create_inference_payload(
+        bundle_file("pytorch"), scan_file(), tmp_path, overrides={"backend": "tensorflow"}
+    )
     with pytest.raises(BundleBackendMismatchError) as exc:
         dispatch.reconstruct(payload)
     assert exc.value.archived == "pytorch" and exc.value.active == "tensorflow"
@@ -41,7 +43,7 @@ def test_missing_backend_train(backend, scan_file, run_python, tmp_path):
 from ptycho_cli import dispatch
 from ptycho_cli.factories import create_training_payload
 from ptycho_core.errors import BackendUnavailableError
-p = create_training_payload({str(data)!r}, {str(tmp_path / 'out')!r},
+p = create_training_payload({str(data)!r}, {str(tmp_path / "out")!r},
                             overrides={{'backend': {backend!r}, 'nepochs': 1}})
 try:
     dispatch.train(p)
@@ -57,7 +59,7 @@ else:
     label, dist = LABEL[backend]
     message = out.stdout.split("MESSAGE", 1)[1]
     assert f"{label} backend selected" in message and f"pip install {dist}" in message
-    assert "IMPORTED []" in out.stdout           # the other backend was not tried either
+    assert "IMPORTED []" in out.stdout  # the other backend was not tried either
     assert not (tmp_path / "out" / "wts.h5.zip").exists()
 
 
@@ -69,7 +71,7 @@ def test_missing_backend_reconstruct(backend, scan_file, bundle_file, run_python
 from ptycho_cli import dispatch
 from ptycho_cli.factories import create_inference_payload
 from ptycho_core.errors import BackendUnavailableError
-p = create_inference_payload({str(bundle)!r}, {str(data)!r}, {str(tmp_path / 'o')!r})
+p = create_inference_payload({str(bundle)!r}, {str(data)!r}, {str(tmp_path / "o")!r})
 try:
     dispatch.reconstruct(p)
 except BackendUnavailableError as exc:
@@ -105,8 +107,11 @@ def test_both_backends_give_the_same_result_structure(scan_file, run_python, tmp
     data = scan_file(n=32, m=24)
     found = {}
     for backend, other in (("pytorch", "tensorflow,keras"), ("tensorflow", "torch,lightning")):
-        out = run_python(_ROUND_TRIP.replace("sys.argv[1:4]", repr([backend, str(data),
-                         str(tmp_path / backend)])).replace("sys.argv[4]", repr(other)))
+        out = run_python(
+            _ROUND_TRIP.replace(
+                "sys.argv[1:4]", repr([backend, str(data), str(tmp_path / backend)])
+            ).replace("sys.argv[4]", repr(other))
+        )
         assert out.returncode == 0, out.stderr[-4000:]
         found[backend] = json.loads(out.stdout.split("RESULT", 1)[1])
         assert found[backend]["backend"] == found[backend]["train_backend"] == backend

@@ -8,14 +8,13 @@ import sys
 
 import pytest
 
-from ptycho_core.config import PyTorchExecutionConfig
-
 from ptycho_cli.execution import (
     add_execution_arguments,
     build_execution_config,
     execution_overrides,
     resolve_accelerator,
 )
+from ptycho_core.config import PyTorchExecutionConfig
 
 
 def _parse(*argv: str, training: bool = True) -> argparse.Namespace:
@@ -32,13 +31,39 @@ def test_no_flags_means_no_overrides_and_defaults():
 
 
 def test_every_flag_maps_to_its_field():
-    args = _parse("--accelerator", "cpu", "--devices", "0,1", "--strategy", "ddp",
-                  "--no-deterministic", "--num-workers", "2", "--learning-rate", "5e-4",
-                  "--scheduler", "cosine", "--accumulate-grad-batches", "3",
-                  "--disable-checkpointing", "--checkpoint-save-top-k", "-1",
-                  "--checkpoint-monitor", "train_loss", "--checkpoint-mode", "max",
-                  "--early-stop-patience", "9", "--logger", "tensorboard",
-                  "--inference-batch-size", "32", "--gradient-clip-val", "0.5", "--quiet")
+    args = _parse(
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "0,1",
+        "--strategy",
+        "ddp",
+        "--no-deterministic",
+        "--num-workers",
+        "2",
+        "--learning-rate",
+        "5e-4",
+        "--scheduler",
+        "cosine",
+        "--accumulate-grad-batches",
+        "3",
+        "--disable-checkpointing",
+        "--checkpoint-save-top-k",
+        "-1",
+        "--checkpoint-monitor",
+        "train_loss",
+        "--checkpoint-mode",
+        "max",
+        "--early-stop-patience",
+        "9",
+        "--logger",
+        "tensorboard",
+        "--inference-batch-size",
+        "32",
+        "--gradient-clip-val",
+        "0.5",
+        "--quiet",
+    )
     cfg = build_execution_config(args)
     assert cfg.accelerator == "cpu" and cfg.devices == (0, 1) and cfg.strategy == "ddp"
     assert cfg.deterministic is False and cfg.num_workers == 2
@@ -47,7 +72,7 @@ def test_every_flag_maps_to_its_field():
     assert cfg.checkpoint_monitor_metric == "train_loss" and cfg.checkpoint_mode == "max"
     assert cfg.early_stop_patience == 9 and cfg.logger_backend == "tensorboard"
     assert cfg.inference_batch_size == 32 and cfg.gradient_clip_val == 0.5
-    assert cfg.enable_progress_bar is False          # --quiet
+    assert cfg.enable_progress_bar is False  # --quiet
 
 
 def test_enable_checkpointing_flag():
@@ -112,5 +137,5 @@ def test_auto_resolution_in_subprocess():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     tf_choice, torch_choice = out.stdout.split()
-    assert tf_choice == "cpu"          # TensorFlow not imported: no probing, CPU
+    assert tf_choice == "cpu"  # TensorFlow not imported: no probing, CPU
     assert torch_choice in ("cpu", "cuda", "mps")

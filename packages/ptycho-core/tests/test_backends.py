@@ -1,4 +1,7 @@
-"""Backend registry (SPEC §1). Never imports torch or TensorFlow in the pytest process."""
+"""Backend registry (``specs/packages.md``).
+
+Never imports torch or TensorFlow in the pytest process.
+"""
 
 from __future__ import annotations
 
@@ -30,8 +33,7 @@ BLOCKER = textwrap.dedent("""
 
 
 def _run(code: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -44,10 +46,13 @@ def test_unknown_name_lists_valid_names():
         assert "pytorch" in str(info.value) and "tensorflow" in str(info.value)
 
 
-@pytest.mark.parametrize(("name", "label", "dist"), [
-    ("pytorch", "PyTorch backend selected", "pip install ptycho-torch"),
-    ("tensorflow", "TensorFlow backend selected", "pip install ptycho-tf"),
-])
+@pytest.mark.parametrize(
+    ("name", "label", "dist"),
+    [
+        ("pytorch", "PyTorch backend selected", "pip install ptycho-torch"),
+        ("tensorflow", "TensorFlow backend selected", "pip install ptycho-tf"),
+    ],
+)
 def test_hidden_backend_raises_unavailable(name, label, dist):
     code = BLOCKER + textwrap.dedent(f"""
         import json
@@ -57,8 +62,8 @@ def test_hidden_backend_raises_unavailable(name, label, dist):
             load_backend({name!r})
             out = {{"raised": None}}
         except BackendUnavailableError as e:
-            out = {{"raised": type(e).__name__, "msg": str(e), "runtime": isinstance(e, RuntimeError),
-                   "backend": e.backend}}
+            out = {{"raised": type(e).__name__, "msg": str(e),
+                   "runtime": isinstance(e, RuntimeError), "backend": e.backend}}
         out["available"] = available_backends()
         out["frameworks"] = [m for m in {FRAMEWORKS!r} if m in sys.modules]
         print(json.dumps(out))
@@ -78,7 +83,8 @@ def test_available_backends_imports_nothing():
         names = available_backends()
         print(json.dumps({{"names": names,
                           "frameworks": [m for m in {FRAMEWORKS!r} if m in sys.modules],
-                          "backends": [m for m in ("ptycho_torch", "ptycho_tf") if m in sys.modules]}}))
+                          "backends": [m for m in ("ptycho_torch", "ptycho_tf")
+                                       if m in sys.modules]}}))
     """)
     out = _run(code)
     assert set(out["names"]) <= set(BACKEND_NAMES)
@@ -93,21 +99,30 @@ def _fake_entry_points(monkeypatch, tmp_path, name, module_name, source):
 
 
 def test_load_backend_returns_registered_module(monkeypatch, tmp_path):
-    _fake_entry_points(monkeypatch, tmp_path, "pytorch", "fake_backend_ok", """
+    _fake_entry_points(
+        monkeypatch,
+        tmp_path,
+        "pytorch",
+        "fake_backend_ok",
+        """
         NAME = "pytorch"
         def train(config, execution=None, **kw): return {"backend": NAME}
         def reconstruct(config, execution=None, **kw): return {"backend": NAME}
-    """)
+    """,
+    )
     mod = load_backend("pytorch")
     assert mod.__name__ == "fake_backend_ok" and mod.train(None)["backend"] == "pytorch"
 
 
-@pytest.mark.parametrize(("source", "reason"), [
-    ("raise RuntimeError('CUDA libraries broken')", "CUDA libraries broken"),
-    ("import not_a_module_xyz", "not_a_module_xyz"),
-    ("NAME = 'tensorflow'\ntrain = reconstruct = print", "expected 'pytorch'"),
-    ("NAME = 'pytorch'\ntrain = print", "reconstruct"),
-])
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("raise RuntimeError('CUDA libraries broken')", "CUDA libraries broken"),
+        ("import not_a_module_xyz", "not_a_module_xyz"),
+        ("NAME = 'tensorflow'\ntrain = reconstruct = print", "expected 'pytorch'"),
+        ("NAME = 'pytorch'\ntrain = print", "reconstruct"),
+    ],
+)
 def test_broken_backend_module_is_unavailable(monkeypatch, tmp_path, source, reason):
     modname = f"fake_backend_{abs(hash(source)) % 10**8}"
     _fake_entry_points(monkeypatch, tmp_path, "pytorch", modname, source)

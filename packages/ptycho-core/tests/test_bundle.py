@@ -1,4 +1,5 @@
-"""Model bundles (SPEC §8): manifest, atomic archive, and every rejection path."""
+"""Model bundles (``specs/data-contracts.md``): manifest, atomic archive, and every rejection
+path."""
 
 from __future__ import annotations
 
@@ -38,8 +39,14 @@ class _Cfg:
 
 
 def _manifest(backend="pytorch"):
-    return make_manifest(backend, _Cfg(), {"nepochs": 3, "batch_size": 16}, 12.5,
-                         {"norm_factor": np.float32(0.5), "nphotons": 1e9}, ["autoencoder"])
+    return make_manifest(
+        backend,
+        _Cfg(),
+        {"nepochs": 3, "batch_size": 16},
+        12.5,
+        {"norm_factor": np.float32(0.5), "nphotons": 1e9},
+        ["autoencoder"],
+    )
 
 
 def _files():
@@ -86,8 +93,9 @@ def test_round_trip_and_manifest_first(tmp_path):
     assert b.backend == "pytorch" and b.path == path
     assert set(b.files) == {"probe.npy", "state_dict.pt"}
     assert b.files["probe.npy"] == _files()["probe.npy"] and len(b.files["state_dict.pt"]) == 3300
-    np.testing.assert_array_equal(b.load_npy("probe.npy"),
-                                  (np.arange(16).reshape(4, 4) * (1 + 1j)).astype(np.complex64))
+    np.testing.assert_array_equal(
+        b.load_npy("probe.npy"), (np.arange(16).reshape(4, 4) * (1 + 1j)).astype(np.complex64)
+    )
     assert b.manifest["files"]["state_dict.pt"]["size"] == 3300
     with zipfile.ZipFile(path) as zf:
         assert zf.namelist()[0] == "manifest.json"
@@ -126,7 +134,9 @@ def _raw_zip(path, entries, manifest=None):
     """A zip written by hand (bypassing write_bundle's checks)."""
     with zipfile.ZipFile(path, "w") as zf:
         if manifest is not None:
-            zf.writestr("manifest.json", manifest if isinstance(manifest, str) else json.dumps(manifest))
+            zf.writestr(
+                "manifest.json", manifest if isinstance(manifest, str) else json.dumps(manifest)
+            )
         for name, data in entries:
             zf.writestr(zipfile.ZipInfo(name), data)
     return path
@@ -141,8 +151,10 @@ def _bad(path, *fragments):
         assert f in msg, msg
 
 
-@pytest.mark.parametrize("name", ["/etc/passwd", "../evil.npy", "a/../../b", "C:/x.npy",
-                                  "a\\..\\b", "./probe.npy", "a//b"])
+@pytest.mark.parametrize(
+    "name",
+    ["/etc/passwd", "../evil.npy", "a/../../b", "C:/x.npy", "a\\..\\b", "./probe.npy", "a//b"],
+)
 def test_unsafe_names_rejected(tmp_path, name):
     m = _manifest()
     m["files"] = {name: {"size": 1, "sha256": "0" * 64}}
@@ -157,6 +169,7 @@ def test_writer_refuses_unsafe_names(tmp_path):
 
 def test_duplicate_names_rejected(tmp_path):
     import warnings
+
     m = _manifest()
     m["files"] = {"probe.npy": {"size": 1, "sha256": "0" * 64}}
     with warnings.catch_warnings():
@@ -200,6 +213,7 @@ def test_crc_error_detected(tmp_path):
     m = _manifest()
     payload = b"A" * 1000
     import hashlib
+
     m["files"] = {"w.bin": {"size": 1000, "sha256": hashlib.sha256(payload).hexdigest()}}
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr("manifest.json", json.dumps(m))

@@ -46,8 +46,12 @@ INVALID = [
     (TrainingConfig, {"mae_weight": -1.0}, "mae_weight", ">= 0"),
     (TrainingConfig, {"nll_weight": 0.0}, "nll_weight", "at least one"),
     (TrainingConfig, {"neighbor_count": 0}, "neighbor_count", ">= 1"),
-    (TrainingConfig, {"model": ModelConfig(gridsize=3), "neighbor_count": 6}, "neighbor_count",
-     ">= C - 1 = 8"),
+    (
+        TrainingConfig,
+        {"model": ModelConfig(gridsize=3), "neighbor_count": 6},
+        "neighbor_count",
+        ">= C - 1 = 8",
+    ),
     (TrainingConfig, {"backend": "jax"}, "backend", "'pytorch', 'tensorflow'"),
     (TrainingConfig, {"backend": None}, "backend", "'pytorch', 'tensorflow'"),
     (TrainingConfig, {"seed": -1}, "seed", ">= 0"),
@@ -71,17 +75,19 @@ INVALID = [
     (PyTorchExecutionConfig, {"gradient_clip_val": 0.0}, "gradient_clip_val", "> 0"),
     (PyTorchExecutionConfig, {"accum_steps": 0}, "accum_steps", ">= 1"),
     (PyTorchExecutionConfig, {"num_workers": -1}, "num_workers", ">= 0"),
-    (PyTorchExecutionConfig, {"persistent_workers": True}, "persistent_workers",
-     "num_workers > 0"),
+    (PyTorchExecutionConfig, {"persistent_workers": True}, "persistent_workers", "num_workers > 0"),
     (PyTorchExecutionConfig, {"prefetch_factor": 2}, "prefetch_factor", "num_workers > 0"),
-    (PyTorchExecutionConfig, {"num_workers": 2, "prefetch_factor": 0}, "prefetch_factor",
-     ">= 1"),
+    (PyTorchExecutionConfig, {"num_workers": 2, "prefetch_factor": 0}, "prefetch_factor", ">= 1"),
     (PyTorchExecutionConfig, {"learning_rate": 0.0}, "learning_rate", "> 0"),
     (PyTorchExecutionConfig, {"learning_rate": -1e-3}, "learning_rate", "> 0"),
     (PyTorchExecutionConfig, {"scheduler": "exp"}, "scheduler", "'plateau'"),
     (PyTorchExecutionConfig, {"checkpoint_save_top_k": -2}, "checkpoint_save_top_k", ">= -1"),
-    (PyTorchExecutionConfig, {"checkpoint_monitor_metric": ""}, "checkpoint_monitor_metric",
-     "non-empty"),
+    (
+        PyTorchExecutionConfig,
+        {"checkpoint_monitor_metric": ""},
+        "checkpoint_monitor_metric",
+        "non-empty",
+    ),
     (PyTorchExecutionConfig, {"checkpoint_mode": "avg"}, "checkpoint_mode", "'min', 'max'"),
     (PyTorchExecutionConfig, {"early_stop_patience": 0}, "early_stop_patience", ">= 1"),
     (PyTorchExecutionConfig, {"logger_backend": "wandb"}, "logger_backend", "'mlflow', 'none'"),
@@ -89,8 +95,11 @@ INVALID = [
 ]
 
 
-@pytest.mark.parametrize(("cls", "kwargs", "name", "allowed"), INVALID,
-                         ids=[f"{c.__name__}-{n}-{i}" for i, (c, _, n, _) in enumerate(INVALID)])
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "name", "allowed"),
+    INVALID,
+    ids=[f"{c.__name__}-{n}-{i}" for i, (c, _, n, _) in enumerate(INVALID)],
+)
 def test_invalid_value_names_field_value_and_allowed(cls, kwargs, name, allowed):
     with pytest.raises(ConfigError) as info:
         cls(**kwargs)
@@ -108,15 +117,29 @@ def test_defaults_follow_the_contract():
     assert ModelConfig(gridsize=3).C == 9
     t = TrainingConfig()
     assert (t.batch_size, t.nepochs, t.backend, t.seed, t.output_dir) == (
-        16, 50, "pytorch", 42, Path("outputs"))
+        16,
+        50,
+        "pytorch",
+        42,
+        Path("outputs"),
+    )
     e = PyTorchExecutionConfig()
     assert (e.accelerator, e.logger_backend, e.learning_rate, e.accum_steps) == (
-        "auto", "csv", 1e-3, 1)
+        "auto",
+        "csv",
+        1e-3,
+        1,
+    )
 
 
 def test_valid_edge_values_are_accepted():
-    PyTorchExecutionConfig(num_workers=2, persistent_workers=True, prefetch_factor=4,
-                           checkpoint_save_top_k=-1, devices=-1)
+    PyTorchExecutionConfig(
+        num_workers=2,
+        persistent_workers=True,
+        prefetch_factor=4,
+        checkpoint_save_top_k=-1,
+        devices=-1,
+    )
     PyTorchExecutionConfig(devices="auto")
     TrainingConfig(model=ModelConfig(gridsize=3), neighbor_count=8, validation_fraction=0.0)
     TrainingConfig(model=ModelConfig(model_type="supervised"), nll_weight=0.0)
@@ -141,13 +164,21 @@ def test_paths_stored_as_path_serialised_as_str(tmp_path):
     assert d["output_dir"] == str(tmp_path)
 
 
-@pytest.mark.parametrize("cfg", [
-    TrainingConfig(model=ModelConfig(N=32, gridsize=2), n_groups=10, nphotons=1e6,
-                   train_data_file="x.npz", backend="tensorflow"),
-    InferenceConfig(model=ModelConfig(N=128), model_path="m/wts.h5.zip", stitch_crop=40),
-    PyTorchExecutionConfig(devices=[0, 1], num_workers=1, prefetch_factor=2),
-    ModelConfig(amp_activation="swish", probe_scale=2),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TrainingConfig(
+            model=ModelConfig(N=32, gridsize=2),
+            n_groups=10,
+            nphotons=1e6,
+            train_data_file="x.npz",
+            backend="tensorflow",
+        ),
+        InferenceConfig(model=ModelConfig(N=128), model_path="m/wts.h5.zip", stitch_crop=40),
+        PyTorchExecutionConfig(devices=[0, 1], num_workers=1, prefetch_factor=2),
+        ModelConfig(amp_activation="swish", probe_scale=2),
+    ],
+)
 def test_dict_round_trip_is_json_safe(cfg):
     d = json.loads(json.dumps(cfg.to_dict()))
     assert type(cfg).from_dict(d) == cfg
@@ -194,18 +225,23 @@ def test_no_warning_without_alias():
 
 
 def test_effective_stitch_crop():
-    assert [InferenceConfig(model=ModelConfig(N=n)).effective_stitch_crop()
-            for n in (32, 64, 128, 256)] == [10, 20, 40, 80]
+    assert [
+        InferenceConfig(model=ModelConfig(N=n)).effective_stitch_crop() for n in (32, 64, 128, 256)
+    ] == [10, 20, 40, 80]
     assert InferenceConfig(stitch_crop=16).effective_stitch_crop() == 16
 
 
 def test_ignored_execution_fields_for_tf():
     assert ignored_execution_fields(None) == {}
     assert ignored_execution_fields(PyTorchExecutionConfig()) == {}
-    e = PyTorchExecutionConfig(num_workers=2, accum_steps=4, learning_rate=5e-4,
-                               logger_backend="tensorboard")
-    assert ignored_execution_fields(e) == {"num_workers": 2, "accum_steps": 4,
-                                           "logger_backend": "tensorboard"}
+    e = PyTorchExecutionConfig(
+        num_workers=2, accum_steps=4, learning_rate=5e-4, logger_backend="tensorboard"
+    )
+    assert ignored_execution_fields(e) == {
+        "num_workers": 2,
+        "accum_steps": 4,
+        "logger_backend": "tensorboard",
+    }
     assert ignored_execution_fields(PyTorchExecutionConfig(logger_backend="none")) == {}
     assert {"learning_rate", "devices", "logger_backend"} <= TF_NEUTRAL_EXECUTION_FIELDS
     assert "num_workers" not in TF_NEUTRAL_EXECUTION_FIELDS

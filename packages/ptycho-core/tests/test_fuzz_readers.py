@@ -11,16 +11,27 @@ import pytest
 
 from ptycho_core.bundle import make_manifest, npy_bytes, read_bundle, write_bundle
 from ptycho_core.errors import BundleError, DataContractError
-from ptycho_core.io import ScanData, load_npz, read_product, save_npz, scan_to_product, write_product
+from ptycho_core.io import (
+    ScanData,
+    load_npz,
+    read_product,
+    save_npz,
+    scan_to_product,
+    write_product,
+)
 
 CASES = 100
 
 
 def _scan():
     rng = np.random.default_rng(0)
-    return ScanData(rng.random((4, 8, 8)), rng.random(4) * 8 + 4, rng.random(4) * 8 + 4,
-                    (rng.random((8, 8)) + 1j).astype(np.complex64),
-                    object=np.ones((16, 16), np.complex64))
+    return ScanData(
+        rng.random((4, 8, 8)),
+        rng.random(4) * 8 + 4,
+        rng.random(4) * 8 + 4,
+        (rng.random((8, 8)) + 1j).astype(np.complex64),
+        object=np.ones((16, 16), np.complex64),
+    )
 
 
 def _mutations(data: bytes, seed: int, n: int):
@@ -42,7 +53,7 @@ def _mutations(data: bytes, seed: int, n: int):
         else:
             # damage near the end, where zip central directories and HDF5 metadata often sit
             start = int(rng.integers(max(0, size - 400), size))
-            buf[start:start + int(rng.integers(1, 16))] = b"\xff" * 8
+            buf[start : start + int(rng.integers(1, 16))] = b"\xff" * 8
         yield bytes(buf)
 
 
@@ -63,8 +74,14 @@ def _fuzz(tmp_path, data, reader, allowed, seed):
 def test_fuzz_bundle(tmp_path):
     path = tmp_path / "wts.h5.zip"
     manifest = make_manifest("pytorch", {"N": 8}, {}, 3.0, {}, ["m"])
-    write_bundle(path, manifest, {"probe.npy": npy_bytes(np.ones((8, 8), np.complex64)),
-                                  "state_dict.pt": bytes(range(256)) * 8})
+    write_bundle(
+        path,
+        manifest,
+        {
+            "probe.npy": npy_bytes(np.ones((8, 8), np.complex64)),
+            "state_dict.pt": bytes(range(256)) * 8,
+        },
+    )
     _fuzz(tmp_path, path.read_bytes(), read_bundle, BundleError, seed=1)
 
 

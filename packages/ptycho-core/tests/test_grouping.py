@@ -1,4 +1,5 @@
-"""Grouping (SPEC §3): properties checked by brute force, determinism, errors, GroupedData."""
+"""Grouping (``specs/configuration.md``): properties checked by brute force, determinism, errors,
+GroupedData."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def _positions(m: int, seed: int, integer: bool = False) -> np.ndarray:
 
 
 def _check_groups(pos, groups, gridsize, k):
-    """Brute-force check of every property of SPEC §3 for each group."""
+    """Brute-force check of every property of ``specs/configuration.md`` for each group."""
     m = len(pos)
     c = gridsize * gridsize
     assert groups.dtype == np.int64 and groups.shape[1] == c
@@ -35,7 +36,7 @@ def _check_groups(pos, groups, gridsize, k):
         members = row[1:]
         assert np.all(d2[members] <= kth + 1e-9), "member not among the K nearest"
         # increasing distance to the seed, ties by index
-        key = list(zip(d2[members].tolist(), members.tolist()))
+        key = list(zip(d2[members].tolist(), members.tolist(), strict=False))
         assert key == sorted(key)
 
 
@@ -153,8 +154,13 @@ def _scan(m=12, n=8, seed=0, with_y=True):
     pos = rng.uniform(5, 30, size=(m, 2))
     diff = rng.uniform(0, 3, size=(m, n, n)).astype(np.float32)
     y = (rng.normal(size=(m, n, n)) + 1j * rng.normal(size=(m, n, n))) if with_y else None
-    return ScanData(diffraction=diff, xcoords=pos[:, 0], ycoords=pos[:, 1],
-                    probe=np.ones((n, n), np.complex64), Y=y)
+    return ScanData(
+        diffraction=diff,
+        xcoords=pos[:, 0],
+        ycoords=pos[:, 1],
+        probe=np.ones((n, n), np.complex64),
+        Y=y,
+    )
 
 
 def test_group_scan_arrays():

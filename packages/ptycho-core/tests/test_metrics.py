@@ -1,4 +1,5 @@
-"""Metrics (SPEC §11): properties with expected values computed independently of the code."""
+"""Metrics (``specs/data-contracts.md``): properties with expected values computed independently
+of the code."""
 
 from __future__ import annotations
 
@@ -41,14 +42,17 @@ def test_identical_images_score_perfectly():
     r = evaluate(obj, obj)
     assert r["ssim_amp"] == pytest.approx(1.0) and r["ssim_phase"] == pytest.approx(1.0)
     assert r["psnr_amp"] is None and r["psnr_phase"] is None  # infinite, reported as null
-    assert r["mae_amp"] == pytest.approx(0, abs=1e-12) and r["mae_phase"] == pytest.approx(0, abs=1e-12)
+    assert r["mae_amp"] == pytest.approx(0, abs=1e-12) and r["mae_phase"] == pytest.approx(
+        0, abs=1e-12
+    )
     assert np.allclose(r["frc"]["curve"], 1.0)
     assert r["frc"]["crossing_0p5"] is None and r["frc"]["crossing_1_7"] is None
     json.dumps(r, allow_nan=False)  # strict JSON
 
 
 def test_psnr_values_by_hand():
-    truth = np.zeros((4, 4)); truth[0, 0] = 2.0  # range 2
+    truth = np.zeros((4, 4))
+    truth[0, 0] = 2.0  # range 2
     image = truth + 0.1  # MSE 0.01
     assert psnr(image, truth) == pytest.approx(10 * math.log10(4 / 0.01))
     assert psnr255(image, truth) == pytest.approx(20 * math.log10(255 / 0.1))
@@ -67,8 +71,9 @@ def test_amplitude_scale_is_removed():
 def test_constant_phase_offset_removed_across_wrap():
     obj = _object(2)
     shifted = obj * np.exp(1j * 2.9)  # pushes many pixels across ±π
-    np.testing.assert_allclose(align_phase(np.angle(shifted), np.angle(obj)), np.angle(obj),
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        align_phase(np.angle(shifted), np.angle(obj)), np.angle(obj), atol=1e-9
+    )
     r = evaluate(shifted, obj)
     assert r["mae_phase"] < 1e-9 and r["ssim_phase"] == pytest.approx(1.0)
 
@@ -88,7 +93,7 @@ def test_phase_plane_removed_only_when_asked():
 def test_mask_restricts_statistics():
     obj = _object(4)
     bad = obj.copy()
-    bad[:, W // 2:] = 0  # garbage outside the mask
+    bad[:, W // 2 :] = 0  # garbage outside the mask
     mask = np.zeros((H, W), bool)
     mask[:, : W // 2] = True
     r = evaluate(bad, obj, mask=mask)
@@ -103,7 +108,7 @@ def test_ssim_decreases_monotonically_with_noise():
     noise = rng.normal(size=truth.shape)
     scores = [ssim(truth + s * noise, truth) for s in (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)]
     assert scores[0] == pytest.approx(1.0)
-    assert all(a > b for a, b in zip(scores, scores[1:])), scores
+    assert all(a > b for a, b in zip(scores, scores[1:], strict=False)), scores
 
 
 def test_frc_of_independent_noise_crosses_early():
@@ -128,8 +133,9 @@ def test_frc_of_noisy_copy_crosses_later_than_noise():
 def test_registration_recovers_known_subpixel_shift():
     obj = _object(10, sigma=1.5)
     true_shift = (2.4, -1.6)  # (dx, dy) content moved by +d
-    moved = ndimage.shift(obj.real, (true_shift[1], true_shift[0]), order=3, mode="nearest") + \
-        1j * ndimage.shift(obj.imag, (true_shift[1], true_shift[0]), order=3, mode="nearest")
+    moved = ndimage.shift(
+        obj.real, (true_shift[1], true_shift[0]), order=3, mode="nearest"
+    ) + 1j * ndimage.shift(obj.imag, (true_shift[1], true_shift[0]), order=3, mode="nearest")
     back, applied = register_images(moved, obj)
     assert applied[0] == pytest.approx(-2.4, abs=0.1) and applied[1] == pytest.approx(1.6, abs=0.1)
     inner = (slice(8, -8), slice(8, -8))

@@ -1,4 +1,5 @@
-"""`import ptycho_core` and every submodule imports no deep-learning framework (SPEC §1)."""
+"""`import ptycho_core` and every submodule imports no deep-learning framework
+(``specs/packages.md``)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,12 @@ def _submodules() -> list[str]:
 
 def test_submodules_are_discovered():
     names = _submodules()
-    for expected in ("ptycho_core.config", "ptycho_core.grouping", "ptycho_core.backends",
-                     "ptycho_core.io"):
+    for expected in (
+        "ptycho_core.config",
+        "ptycho_core.grouping",
+        "ptycho_core.backends",
+        "ptycho_core.io",
+    ):
         assert expected in names
 
 
@@ -32,8 +37,7 @@ def test_core_imports_no_framework():
             importlib.import_module(m)
         print(json.dumps([m for m in {FRAMEWORKS!r} if m in sys.modules]))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert loaded == [], f"importing ptycho_core pulled in {loaded}"

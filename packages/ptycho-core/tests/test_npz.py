@@ -1,4 +1,4 @@
-"""DATA-001: the NPZ scan contract (SPEC §2.2). One test per bad-input case."""
+"""DATA-001: the NPZ scan contract (``specs/data-contracts.md``). One test per bad-input case."""
 
 from __future__ import annotations
 
@@ -39,9 +39,15 @@ def test_round_trip_preserves_every_array(tmp_path):
     obj = (rng.random((20, 24)) * np.exp(1j * rng.random((20, 24)))).astype(np.complex64)
     y = (rng.random((M, N, N)) + 1j).astype(np.complex64)
     scan = ScanData(
-        diffraction=rng.random((M, N, N)), xcoords=rng.random(M), ycoords=rng.random(M),
-        probe=np.ones((N, N), np.complex64), object=obj, scan_index=np.arange(M) % 2, Y=y,
-        xcoords_start=np.arange(M, dtype=float), metadata={"note": "hello"},
+        diffraction=rng.random((M, N, N)),
+        xcoords=rng.random(M),
+        ycoords=rng.random(M),
+        probe=np.ones((N, N), np.complex64),
+        object=obj,
+        scan_index=np.arange(M) % 2,
+        Y=y,
+        xcoords_start=np.arange(M, dtype=float),
+        metadata={"note": "hello"},
     )
     path = tmp_path / "rt.npz"
     save_npz(path, scan, nphotons=1e6)
@@ -61,7 +67,9 @@ def test_round_trip_preserves_every_array(tmp_path):
 
 def test_writer_emits_diffraction_and_metadata_json(tmp_path):
     path = tmp_path / "w.npz"
-    save_npz(path, ScanData(**{k if k != "probeGuess" else "probe": v for k, v in _arrays().items()}))
+    save_npz(
+        path, ScanData(**{k if k != "probeGuess" else "probe": v for k, v in _arrays().items()})
+    )
     with np.load(path, allow_pickle=False) as npz:
         assert "diffraction" in npz.files and "diff3d" not in npz.files
         meta = json.loads(str(npz["_metadata"]))
@@ -142,16 +150,27 @@ def test_missing_probe(tmp_path):
 
 
 def test_non_square_patterns(tmp_path):
-    _fails(_write(tmp_path, diffraction=np.ones((M, N, N + 2))), "'diffraction'", "square", "(6, 8, 10)")
+    _fails(
+        _write(tmp_path, diffraction=np.ones((M, N, N + 2))),
+        "'diffraction'",
+        "square",
+        "(6, 8, 10)",
+    )
 
 
 def test_odd_patterns(tmp_path):
-    _fails(_write(tmp_path, diffraction=np.ones((M, 7, 7)), probeGuess=np.ones((7, 7))),
-           "'diffraction'", "even", "7")
+    _fails(
+        _write(tmp_path, diffraction=np.ones((M, 7, 7)), probeGuess=np.ones((7, 7))),
+        "'diffraction'",
+        "even",
+        "7",
+    )
 
 
 def test_probe_size_differs_from_pattern(tmp_path):
-    _fails(_write(tmp_path, probeGuess=np.ones((N + 2, N + 2))), "'probeGuess'", "(8, 8)", "(10, 10)")
+    _fails(
+        _write(tmp_path, probeGuess=np.ones((N + 2, N + 2))), "'probeGuess'", "(8, 8)", "(10, 10)"
+    )
 
 
 def test_multi_mode_probe_names_the_shape(tmp_path):
@@ -163,22 +182,26 @@ def test_coordinate_lengths_differ(tmp_path):
 
 
 def test_nan_in_diffraction(tmp_path):
-    d = np.ones((M, N, N)); d[2, 3, 3] = np.nan
+    d = np.ones((M, N, N))
+    d[2, 3, 3] = np.nan
     _fails(_write(tmp_path, diffraction=d), "'diffraction'", "finite", "1 NaN")
 
 
 def test_inf_in_coordinates(tmp_path):
-    x = np.zeros(M); x[0] = np.inf
+    x = np.zeros(M)
+    x[0] = np.inf
     _fails(_write(tmp_path, xcoords=x), "'xcoords'", "finite")
 
 
 def test_nan_in_probe(tmp_path):
-    p = np.ones((N, N), complex); p[0, 0] = np.nan
+    p = np.ones((N, N), complex)
+    p[0, 0] = np.nan
     _fails(_write(tmp_path, probeGuess=p), "'probeGuess'", "finite")
 
 
 def test_negative_amplitudes(tmp_path):
-    d = np.ones((M, N, N)); d[0, 0, 0] = -0.5
+    d = np.ones((M, N, N))
+    d[0, 0, 0] = -0.5
     _fails(_write(tmp_path, diffraction=d), "'diffraction'", "non-negative", "-0.5")
 
 
@@ -256,8 +279,10 @@ def test_atomic_write_failure_leaves_target_and_no_temp(tmp_path):
 
 
 def test_save_npz_failure_leaves_no_partial_file(tmp_path):
-    scan = ScanData(**{k if k != "probeGuess" else "probe": v for k, v in _arrays().items()},
-                    metadata={"bad": object()})
+    scan = ScanData(
+        **{k if k != "probeGuess" else "probe": v for k, v in _arrays().items()},
+        metadata={"bad": object()},
+    )
     with pytest.raises(TypeError):
         save_npz(tmp_path / "x.npz", scan)
     assert os.listdir(tmp_path) == []

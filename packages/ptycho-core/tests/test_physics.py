@@ -1,4 +1,5 @@
-"""Properties of the NumPy reference physics (SPEC §2.1, §4): adjointness, Parseval, shifts."""
+"""Properties of the NumPy reference physics (``specs/physics.md``): adjointness, Parseval,
+shifts."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def test_extract_integer_positions_equals_slicing():
     pos = np.array([[8, 8], [20, 30], [51, 41], [37.0, 12.0]])
     patches = ph.extract_patches(obj, pos, n)
     assert patches.dtype == np.complex64
-    for (x, y), p in zip(pos.astype(int), patches):
+    for (x, y), p in zip(pos.astype(int), patches, strict=False):
         np.testing.assert_array_equal(p, obj[y - n // 2 : y + n // 2, x - n // 2 : x + n // 2])
 
 
@@ -75,7 +76,7 @@ def test_extract_fractional_is_bilinear_of_a_plane():
     pos = np.array([[20.25, 17.6], [15.5, 22.125]])
     n = 8
     patches = ph.extract_patches(obj, pos, n)
-    for (x, y), p in zip(pos, patches):
+    for (x, y), p in zip(pos, patches, strict=False):
         i, j = np.mgrid[0:n, 0:n]
         expect = 0.3 * (x - n / 2 + j) - 0.7 * (y - n / 2 + i) + 2.0
         np.testing.assert_allclose(p, expect, atol=1e-12)
@@ -113,7 +114,7 @@ def test_subpixel_translate_moves_centroid_by_t():
     shifts = np.array([[2.3, -1.7], [-0.45, 0.8], [0.0, 0.0]])
     out = ph.translate(img, shifts)  # batched: one image, three shifts
     assert out.shape == (3, 48, 48)
-    for t, o in zip(shifts, out):
+    for t, o in zip(shifts, out, strict=False):
         cx, cy = _centroid(o)
         assert cx == pytest.approx(20.0 + t[0], abs=1e-6)
         assert cy == pytest.approx(25.0 + t[1], abs=1e-6)
@@ -198,7 +199,10 @@ def test_illuminate_smoothing_and_mask():
     g = np.exp(-(x**2) / (2 * 1.5**2))
     np.testing.assert_allclose(sm[10:23, 10:23].real, np.outer(g, g) / g.sum() ** 2, atol=1e-7)
     # smoothing lowers the high-frequency content of noise
-    assert np.abs(np.diff(ph.illuminate(p, 2.0), axis=0)).mean() < np.abs(np.diff(p, axis=0)).mean() / 3
+    assert (
+        np.abs(np.diff(ph.illuminate(p, 2.0), axis=0)).mean()
+        < np.abs(np.diff(p, axis=0)).mean() / 3
+    )
 
 
 def test_forward_model_parseval():
@@ -208,8 +212,9 @@ def test_forward_model_parseval():
     a = ph.forward_model(obj, probe)
     assert a.shape == (5, 32, 32) and a.dtype == np.float32
     psi = probe * obj
-    np.testing.assert_allclose((a.astype(np.float64) ** 2).sum(axis=(1, 2)),
-                               (np.abs(psi) ** 2).sum(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(
+        (a.astype(np.float64) ** 2).sum(axis=(1, 2)), (np.abs(psi) ** 2).sum(axis=(1, 2)), rtol=1e-5
+    )
 
 
 def test_forward_model_dc_at_centre_for_flat_wave():
@@ -246,7 +251,9 @@ def test_poisson_nll_minimised_at_observed():
     for factor in (0.5, 0.9, 0.99, 1.01, 1.1, 2.0):
         assert ph.poisson_nll(obs * factor + (obs == 0) * 0.1 * factor, obs) > base
     # analytic: mean(I - k log I) for scalars
-    assert ph.poisson_nll(np.array([2.0]), np.array([3.0])) == pytest.approx(2 - 3 * np.log(2), rel=1e-9)
+    assert ph.poisson_nll(np.array([2.0]), np.array([3.0])) == pytest.approx(
+        2 - 3 * np.log(2), rel=1e-9
+    )
 
 
 def test_poisson_sample_mean_variance_and_seed():

@@ -1,4 +1,5 @@
-"""Ptychodus product HDF5 files (SPEC §2.3): round trip, aliases, world↔pixel mapping."""
+"""Ptychodus product HDF5 files (``specs/data-contracts.md``): round trip, aliases, world↔pixel
+mapping."""
 
 from __future__ import annotations
 
@@ -28,13 +29,26 @@ def _product(rng=None, **over):
         probe_position_x_m=rng.normal(size=m) * 1e-6,
         probe_position_y_m=rng.normal(size=m) * 1e-6,
         probe=(rng.random((N, N)) + 1j * rng.random((N, N))).astype(np.complex64),
-        object=(rng.random((2, 12, 14)) * np.exp(1j * rng.random((2, 12, 14)))).astype(np.complex64),
+        object=(rng.random((2, 12, 14)) * np.exp(1j * rng.random((2, 12, 14)))).astype(
+            np.complex64
+        ),
         object_layer_spacing_m=[3e-6],
-        name="test", comments="a comment", detector_object_distance_m=2.5, probe_energy_eV=8800.0,
-        exposure_time_s=0.1, probe_photon_count=1e9, mass_attenuation_m2_kg=1.5,
-        tomography_angle_deg=12.0, probe_pixel_width_m=1e-8, probe_pixel_height_m=2e-8,
-        object_center_x_m=1e-6, object_center_y_m=-2e-6, object_pixel_width_m=1e-8,
-        object_pixel_height_m=2e-8, loss_values=[3.0, 2.0, 1.5], loss_epochs=[0, 1, 2],
+        name="test",
+        comments="a comment",
+        detector_object_distance_m=2.5,
+        probe_energy_eV=8800.0,
+        exposure_time_s=0.1,
+        probe_photon_count=1e9,
+        mass_attenuation_m2_kg=1.5,
+        tomography_angle_deg=12.0,
+        probe_pixel_width_m=1e-8,
+        probe_pixel_height_m=2e-8,
+        object_center_x_m=1e-6,
+        object_center_y_m=-2e-6,
+        object_pixel_width_m=1e-8,
+        object_pixel_height_m=2e-8,
+        loss_values=[3.0, 2.0, 1.5],
+        loss_epochs=[0, 1, 2],
     )
     fields.update(over)
     return Product(**fields)
@@ -45,14 +59,33 @@ def test_round_trip(tmp_path):
     path = tmp_path / "p.h5"
     write_product(path, p)
     q = read_product(path)
-    for key in ("probe_position_x_m", "probe_position_y_m", "probe_position_indexes", "probe",
-                "object", "object_layer_spacing_m", "loss_values", "loss_epochs"):
+    for key in (
+        "probe_position_x_m",
+        "probe_position_y_m",
+        "probe_position_indexes",
+        "probe",
+        "object",
+        "object_layer_spacing_m",
+        "loss_values",
+        "loss_epochs",
+    ):
         np.testing.assert_array_equal(getattr(q, key), getattr(p, key), err_msg=key)
-    for key in ("name", "comments", "detector_object_distance_m", "probe_energy_eV",
-                "exposure_time_s", "probe_photon_count", "mass_attenuation_m2_kg",
-                "tomography_angle_deg", "probe_pixel_width_m", "probe_pixel_height_m",
-                "object_center_x_m", "object_center_y_m", "object_pixel_width_m",
-                "object_pixel_height_m"):
+    for key in (
+        "name",
+        "comments",
+        "detector_object_distance_m",
+        "probe_energy_eV",
+        "exposure_time_s",
+        "probe_photon_count",
+        "mass_attenuation_m2_kg",
+        "tomography_angle_deg",
+        "probe_pixel_width_m",
+        "probe_pixel_height_m",
+        "object_center_x_m",
+        "object_center_y_m",
+        "object_pixel_width_m",
+        "object_pixel_height_m",
+    ):
         assert getattr(q, key) == getattr(p, key), key
     assert os.listdir(tmp_path) == ["p.h5"]
 
@@ -126,10 +159,12 @@ def test_not_hdf5_and_missing(tmp_path):
 def test_world_pixel_mapping_follows_spec():
     """Pixel (row, col) of an H×W object sits at x = cx + (col − (W−1)/2)·pw (by hand)."""
     obj = np.zeros((10, 20), np.complex64)  # H = 10, W = 20
-    scan = ScanData(np.ones((2, N, N)), xcoords=[9.5, 0.0], ycoords=[4.5, 9.0],
-                    probe=np.ones((N, N)))
-    p = scan_to_product(scan, obj, pixel_size_m=1e-8, pixel_height_m=2e-8,
-                        center_x_m=5e-6, center_y_m=-1e-6)
+    scan = ScanData(
+        np.ones((2, N, N)), xcoords=[9.5, 0.0], ycoords=[4.5, 9.0], probe=np.ones((N, N))
+    )
+    p = scan_to_product(
+        scan, obj, pixel_size_m=1e-8, pixel_height_m=2e-8, center_x_m=5e-6, center_y_m=-1e-6
+    )
     # position 0 is the array centre ((W-1)/2, (H-1)/2) = (9.5, 4.5) → exactly the centre
     assert p.probe_position_x_m[0] == pytest.approx(5e-6)
     assert p.probe_position_y_m[0] == pytest.approx(-1e-6)
@@ -141,8 +176,13 @@ def test_world_pixel_mapping_follows_spec():
 
 def test_scan_to_product_with_canvas_origin_round_trips(tmp_path):
     rng = np.random.default_rng(3)
-    scan = ScanData(rng.random((7, N, N)), rng.random(7) * 30 + 10, rng.random(7) * 20 + 10,
-                    np.ones((N, N)), metadata={"nphotons": 1e5})
+    scan = ScanData(
+        rng.random((7, N, N)),
+        rng.random(7) * 30 + 10,
+        rng.random(7) * 20 + 10,
+        np.ones((N, N)),
+        metadata={"nphotons": 1e5},
+    )
     canvas = np.ones((30, 40), np.complex64)
     p = scan_to_product(scan, canvas, pixel_size_m=5e-9, origin_px=(6.0, 4.0), name="recon")
     assert p.probe_photon_count == 1e5 and p.name == "recon"

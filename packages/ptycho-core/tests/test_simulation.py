@@ -1,4 +1,4 @@
-"""Simulation (SPEC §4.3): determinism, photon budget, Poisson statistics, frames."""
+"""Simulation (``specs/simulation.md``): determinism, photon budget, Poisson statistics, frames."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_poisson_variance(small_scan):
     assert ratio == pytest.approx(1.0, abs=0.1)
 
 
-def test_Y_are_patches_of_the_object(small_scan):  # noqa: N802
+def test_Y_are_patches_of_the_object(small_scan):
     s = small_scan
     np.testing.assert_array_equal(s.Y, ph.extract_patches(s.object, s.positions, 32))
 
@@ -94,8 +94,11 @@ def test_Y_are_patches_of_the_object(small_scan):  # noqa: N802
 def test_positions_keep_patches_inside():
     shape = (150, 130)
     n = 32
-    for pos in (sim.random_scan(2000, shape, n, seed=0), sim.raster_scan(shape, n, step=7.3),
-                sim.raster_scan(shape, n)):
+    for pos in (
+        sim.random_scan(2000, shape, n, seed=0),
+        sim.raster_scan(shape, n, step=7.3),
+        sim.raster_scan(shape, n),
+    ):
         x0 = pos[:, 0] - n / 2
         y0 = pos[:, 1] - n / 2
         assert np.all(x0 >= 0) and np.all(y0 >= 0)
@@ -148,4 +151,6 @@ def test_default_probe():
     np.testing.assert_allclose(np.abs(d), amp, atol=1e-6)
     assert np.angle(d[n // 2, n // 2]) == pytest.approx(0.0)
     r = 0.17 * n / 2  # half the disk radius: phase = defocus * (1/2)^2
-    assert np.angle(d[n // 2, n // 2 + int(r)]) == pytest.approx(2.0 * (int(r) / (0.17 * n)) ** 2, rel=1e-5)
+    assert np.angle(d[n // 2, n // 2 + int(r)]) == pytest.approx(
+        2.0 * (int(r) / (0.17 * n)) ** 2, rel=1e-5
+    )

@@ -1,4 +1,5 @@
-"""Stitching (SPEC §7): exact recovery, analytic sub-pixel blur, frames, chunking, coverage."""
+"""Stitching (``specs/training.md``): exact recovery, analytic sub-pixel blur, frames, chunking,
+coverage."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ def test_default_crop_agrees_with_inference_config():
     from ptycho_core.config import InferenceConfig, ModelConfig
 
     for n in (32, 64, 128, 256):
-        assert InferenceConfig(model=ModelConfig(N=n)).effective_stitch_crop() == default_stitch_crop(n)
+        assert InferenceConfig(
+            model=ModelConfig(N=n)
+        ).effective_stitch_crop() == default_stitch_crop(n)
 
 
 def test_integer_positions_reproduce_object_exactly():
@@ -110,8 +113,8 @@ def test_bbox_canvas_lines_up_with_object_frame():
     x0, y0 = box.origin
     assert (x0, y0) == (int(np.floor(pos[:, 0].min() - 5)), int(np.floor(pos[:, 1].min() - 5)))
     h, w = box.object.shape
-    np.testing.assert_allclose(box.object, full.object[y0:y0 + h, x0:x0 + w], atol=1e-6)
-    np.testing.assert_allclose(box.coverage, full.coverage[y0:y0 + h, x0:x0 + w], atol=1e-6)
+    np.testing.assert_allclose(box.object, full.object[y0 : y0 + h, x0 : x0 + w], atol=1e-6)
+    np.testing.assert_allclose(box.coverage, full.coverage[y0 : y0 + h, x0 : x0 + w], atol=1e-6)
     # the box holds all the weight, and its border rows/columns are touched
     assert box.coverage.sum() == pytest.approx(full.coverage.sum(), rel=1e-6)
     assert box.covered[0].any() and box.covered[-1].any()
@@ -121,7 +124,9 @@ def test_bbox_canvas_lines_up_with_object_frame():
 def test_chunked_equals_one_shot():
     rng = np.random.default_rng(7)
     pos = rng.uniform(0, 80, size=(257, 2))
-    patches = (rng.normal(size=(257, 16, 16)) + 1j * rng.normal(size=(257, 16, 16))).astype(np.complex64)
+    patches = (rng.normal(size=(257, 16, 16)) + 1j * rng.normal(size=(257, 16, 16))).astype(
+        np.complex64
+    )
     one = stitch(patches, pos, crop=10, chunk=10_000)
     st = Stitcher(16, 10, positions=pos)
     for s in (0, 3, 100, 101, 257):  # uneven pieces, including an empty one
@@ -147,8 +152,9 @@ def test_coverage_counts_crops_and_is_zero_outside():
 
 
 def test_patches_beyond_object_frame_are_clipped():
-    res = stitch(np.ones((2, 8, 8)), np.array([[1.0, 1.0], [-50.0, 3.0]]), crop=8,
-                 object_shape=(10, 10))
+    res = stitch(
+        np.ones((2, 8, 8)), np.array([[1.0, 1.0], [-50.0, 3.0]]), crop=8, object_shape=(10, 10)
+    )
     assert res.coverage.sum() == pytest.approx(25.0)  # 5x5 of the first crop lies inside
 
 

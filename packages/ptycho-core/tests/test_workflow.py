@@ -44,7 +44,7 @@ def test_normalisation_facts(scan):
     assert p.intensity_scale == pytest.approx(math.sqrt(energy) / (N / 2), rel=1e-5)
     # the model input s·α·X carries nphotons photons per pattern on average
     x = np.concatenate([p.train.diffraction, p.val.diffraction]).astype(np.float64)
-    assert np.mean(np.sum(x ** 2, axis=(-2, -1))) == pytest.approx(p.nphotons, rel=1e-4)
+    assert np.mean(np.sum(x**2, axis=(-2, -1))) == pytest.approx(p.nphotons, rel=1e-4)
     facts = p.normalization()
     assert facts["norm_factor"] == p.norm_factor and facts["nphotons_source"] == "estimated"
 
@@ -74,8 +74,13 @@ def test_split_is_seeded_disjoint_and_complete(scan):
 
 
 def test_gridsize2_subsample_and_n_groups(scan):
-    cfg = _cfg(model=ModelConfig(N=N, gridsize=2), n_subsample=20, subsample_seed=5,
-               n_groups=12, validation_fraction=0.25)
+    cfg = _cfg(
+        model=ModelConfig(N=N, gridsize=2),
+        n_subsample=20,
+        subsample_seed=5,
+        n_groups=12,
+        validation_fraction=0.25,
+    )
     p = prepare_training(cfg, scan)
     assert p.scan.M == 20
     assert len(p.train) + len(p.val) == 12
@@ -85,8 +90,10 @@ def test_gridsize2_subsample_and_n_groups(scan):
     q = prepare_training(cfg, scan)
     np.testing.assert_array_equal(p.scan.positions, q.scan.positions)
     np.testing.assert_array_equal(p.train.indices, q.train.indices)
-    r = prepare_training(_cfg(model=ModelConfig(N=N, gridsize=2), n_subsample=20,
-                              subsample_seed=6, n_groups=12), scan)
+    r = prepare_training(
+        _cfg(model=ModelConfig(N=N, gridsize=2), n_subsample=20, subsample_seed=6, n_groups=12),
+        scan,
+    )
     assert not np.array_equal(p.scan.positions, r.scan.positions)
 
 
@@ -98,8 +105,9 @@ def test_errors(scan, tmp_path):
     with pytest.raises(ConfigError, match="n_groups"):
         prepare_training(_cfg(n_groups=41), scan)
     with pytest.raises(DataContractError, match="at least 9"):
-        prepare_training(_cfg(model=ModelConfig(N=N, gridsize=3), neighbor_count=8,
-                              n_subsample=5), scan)
+        prepare_training(
+            _cfg(model=ModelConfig(N=N, gridsize=3), neighbor_count=8, n_subsample=5), scan
+        )
 
 
 def test_loads_file(scan, tmp_path):
@@ -111,39 +119,55 @@ def test_loads_file(scan, tmp_path):
 
 
 def test_supervised_ground_truth(scan):
-    no_truth = ScanData(diffraction=scan.diffraction, xcoords=scan.xcoords,
-                        ycoords=scan.ycoords, probe=scan.probe)
+    no_truth = ScanData(
+        diffraction=scan.diffraction, xcoords=scan.xcoords, ycoords=scan.ycoords, probe=scan.probe
+    )
     sup = ModelConfig(N=N, model_type="supervised")
     with pytest.raises(DataContractError, match="supervised"):
         prepare_training(_cfg(model=sup), no_truth)
-    with_obj = ScanData(diffraction=scan.diffraction, xcoords=np.round(scan.xcoords),
-                        ycoords=np.round(scan.ycoords), probe=scan.probe, object=scan.object)
+    with_obj = ScanData(
+        diffraction=scan.diffraction,
+        xcoords=np.round(scan.xcoords),
+        ycoords=np.round(scan.ycoords),
+        probe=scan.probe,
+        object=scan.object,
+    )
     p = prepare_training(_cfg(model=sup, validation_fraction=0.0), with_obj)
     g = p.train
     j = 7
     x, y = (int(v) for v in g.positions[j, 0])
-    expected = scan.object[y - N // 2:y + N // 2, x - N // 2:x + N // 2]
+    expected = scan.object[y - N // 2 : y + N // 2, x - N // 2 : x + N // 2]
     np.testing.assert_allclose(g.Y[j, 0], expected, atol=1e-6)
 
 
 def _grid_scan(seed=0, step=6, size=72):
     """Integer raster positions, exact truth patches cut by slicing."""
     rng = np.random.default_rng(seed)
-    obj = (rng.uniform(0.5, 1.0, (size, size)) *
-           np.exp(1j * rng.uniform(-3, 3, (size, size)))).astype(np.complex64)
+    obj = (
+        rng.uniform(0.5, 1.0, (size, size)) * np.exp(1j * rng.uniform(-3, 3, (size, size)))
+    ).astype(np.complex64)
     coords = np.arange(N // 2, size - N // 2 + 1, step)
     xs, ys = np.meshgrid(coords, coords)
     x, y = xs.ravel().astype(float), ys.ravel().astype(float)
-    patches = np.stack([obj[int(b) - N // 2:int(b) + N // 2, int(a) - N // 2:int(a) + N // 2]
-                        for a, b in zip(x, y)])
+    patches = np.stack(
+        [
+            obj[int(b) - N // 2 : int(b) + N // 2, int(a) - N // 2 : int(a) + N // 2]
+            for a, b in zip(x, y, strict=False)
+        ]
+    )
     diff = rng.uniform(0, 5, (len(x), N, N)).astype(np.float32)
-    return ScanData(diffraction=diff, xcoords=x, ycoords=y,
-                    probe=np.ones((N, N), np.complex64), object=obj, Y=patches)
+    return ScanData(
+        diffraction=diff,
+        xcoords=x,
+        ycoords=y,
+        probe=np.ones((N, N), np.complex64),
+        object=obj,
+        Y=patches,
+    )
 
 
 def _manifest(gridsize=1, s=2.5):
-    return {"model_config": ModelConfig(N=N, gridsize=gridsize).to_dict(),
-            "intensity_scale": s}
+    return {"model_config": ModelConfig(N=N, gridsize=gridsize).to_dict(), "intensity_scale": s}
 
 
 def test_prepare_inference():
@@ -153,8 +177,9 @@ def test_prepare_inference():
     energy = np.mean(np.sum(data.diffraction.astype(np.float64) ** 2, axis=(1, 2)))
     alpha = math.sqrt((N / 2) ** 2 / energy)
     assert pi.norm_factor == pytest.approx(alpha, rel=1e-5)
-    np.testing.assert_allclose(pi.grouped.diffraction[:, 0],
-                               2.5 * alpha * data.diffraction, rtol=1e-5)
+    np.testing.assert_allclose(
+        pi.grouped.diffraction[:, 0], 2.5 * alpha * data.diffraction, rtol=1e-5
+    )
     assert pi.stitch_crop == 10 and pi.object_shape == (72, 72)
     again = prepare_inference(InferenceConfig(model=ModelConfig(N=N)), _manifest(2), data)
     np.testing.assert_array_equal(pi.grouped.indices, again.grouped.indices)
@@ -163,8 +188,9 @@ def test_prepare_inference():
     with pytest.raises(ConfigError, match="test_data_file"):
         prepare_inference(InferenceConfig(), _manifest())
     with pytest.raises(ConfigError, match="N = 32"):
-        prepare_inference(InferenceConfig(),
-                          {"model_config": {"N": 64}, "intensity_scale": 1.0}, data)
+        prepare_inference(
+            InferenceConfig(), {"model_config": {"N": 64}, "intensity_scale": 1.0}, data
+        )
 
 
 def test_iter_batches():
@@ -184,7 +210,7 @@ def test_run_inference_reassembles_truth(gridsize):
     cfg = InferenceConfig(model=ModelConfig(N=N, gridsize=gridsize), stitch_crop=12)
     pi = prepare_inference(cfg, _manifest(gridsize), data)
     res = run_inference(pi, lambda batch: batch.Y, batch_size=5, backend="pytorch")
-    assert list(res)[:len(RESULT_KEYS)] == list(RESULT_KEYS)
+    assert list(res)[: len(RESULT_KEYS)] == list(RESULT_KEYS)
     cov = res["coverage"] > 0
     assert cov.sum() == 48 * 48  # positions 16..52, crop 12 covers p-6..p+5: pixels 10..57
     np.testing.assert_allclose(res["object"][cov], data.object[cov], atol=1e-5)
@@ -197,8 +223,7 @@ def test_run_inference_reassembles_truth(gridsize):
 
 def test_run_inference_one_patch_per_group_and_bad_shapes():
     data = _grid_scan()
-    pi = prepare_inference(InferenceConfig(model=ModelConfig(N=N, gridsize=2)),
-                           _manifest(2), data)
+    pi = prepare_inference(InferenceConfig(model=ModelConfig(N=N, gridsize=2)), _manifest(2), data)
     res = run_inference(pi, lambda b: b.Y[:, :1], batch_size=8, backend="tensorflow")
     assert res["object"].shape == (72, 72) and np.any(res["coverage"] > 0)
     with pytest.raises(ValueError, match="predict returned shape"):
@@ -210,8 +235,13 @@ def test_make_result_without_object_frame():
 
     st = Stitcher(N, 10, positions=np.array([[40.0, 50.0], [46.0, 50.0]]))
     st.add(np.full((2, N, N), -1 + 0j, np.complex64), np.array([[40.0, 50.0], [46.0, 50.0]]))
-    res = make_result(st.result(), positions=np.zeros((2, 2)), backend="pytorch",
-                      config={"a": 1}, timings={"t": 1})
+    res = make_result(
+        st.result(),
+        positions=np.zeros((2, 2)),
+        backend="pytorch",
+        config={"a": 1},
+        timings={"t": 1},
+    )
     assert set(res) == set(RESULT_KEYS)
     assert res["origin"] == (35.0, 45.0)
     cov = res["coverage"] > 0
@@ -220,8 +250,9 @@ def test_make_result_without_object_frame():
 
 
 def test_write_history_csv(tmp_path):
-    p = write_history_csv(tmp_path / "history.csv",
-                          {"train_loss": [3.0, 2.0, 1.5], "val_loss": [3.5, 2.5]})
+    p = write_history_csv(
+        tmp_path / "history.csv", {"train_loss": [3.0, 2.0, 1.5], "val_loss": [3.5, 2.5]}
+    )
     rows = list(csv.reader(p.open()))
     assert rows[0] == ["epoch", "train_loss", "val_loss"]
     assert rows[1] == ["0", "3.0", "3.5"] and rows[3] == ["2", "1.5", ""]

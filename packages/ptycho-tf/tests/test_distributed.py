@@ -41,16 +41,21 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True,
-                          text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-    out = json.loads(line[len("RESULT "):])
+    out = json.loads(line[len("RESULT ") :])
     two, one = out["2"], out["1"]
     assert two["strategy"] == "MirroredStrategy" and two["replicas"] == 2
     assert one["strategy"] == "OneDeviceStrategy"
     # Same seed and data order: the replica-averaged loss equals the single-device loss
     # (validates the loss scaling by the replica count).
     for key in ("train_loss", "val_loss"):
-        for a, b in zip(two[key], one[key]):
+        for a, b in zip(two[key], one[key], strict=False):
             assert a == pytest.approx(b, rel=2e-3), (key, two[key], one[key])

@@ -1,4 +1,5 @@
-"""Building models repeatedly in one process keeps memory bounded (SPEC §1: no global state)."""
+"""Building models repeatedly in one process keeps memory bounded (``specs/packages.md``: no
+global state)."""
 
 import gc
 import sys
@@ -26,7 +27,7 @@ def test_five_builds_keep_rss_bounded():
     mc = ModelConfig(N=64, gridsize=2, n_filters_scale=2)  # ~2.4 M parameters, ~10 MB weights
     x = {"x": np.ones((4, 64, 64, 4), np.float32), "offsets": np.zeros((4, 4, 2), np.float32)}
     rss = []
-    for i in range(5):
+    for _i in range(5):
         keras.backend.clear_session()
         models = build_models(mc, probe=np.ones((64, 64), np.complex64), intensity_scale=2.0)
         models.autoencoder(x)

@@ -1,4 +1,5 @@
-"""The Keras model against ADR-002 (layer table, parameter count) and SPEC §5 behaviour."""
+"""The Keras model against ADR-002 (layer table, parameter count) and ``specs/model.md``
+behaviour."""
 
 import math
 
@@ -33,15 +34,24 @@ def adr_conv_table(n, k, c, object_big=True, pad_object=True, probe_big=True):
         rows += [(f"{br}_up_conv{i}", 32 * k, 32 * k) for br in ("amp", "phase") for i in (1, 2)]
     elif probe_big:
         for br in ("amp", "phase"):
-            rows += [(f"{br}_border_conv1", 32 * k, 32 * k), (f"{br}_border_conv2", 32 * k, 32 * k),
-                     (f"{br}_border_head", 32 * k, c_out)]
+            rows += [
+                (f"{br}_border_conv1", 32 * k, 32 * k),
+                (f"{br}_border_conv2", 32 * k, 32 * k),
+                (f"{br}_border_head", 32 * k, c_out),
+            ]
     return rows
 
 
 def _probe(n):
-    return np.asarray(ref.normalize_probe(np.exp(-((np.arange(n) - n / 2) ** 2)[:, None] / 40
-                                                 - ((np.arange(n) - n / 2) ** 2)[None] / 40)
-                                          .astype(np.complex64)), np.complex64)
+    return np.asarray(
+        ref.normalize_probe(
+            np.exp(
+                -((np.arange(n) - n / 2) ** 2)[:, None] / 40
+                - ((np.arange(n) - n / 2) ** 2)[None] / 40
+            ).astype(np.complex64)
+        ),
+        np.complex64,
+    )
 
 
 CASES = [
@@ -58,17 +68,17 @@ CASES = [
 def test_layer_table_and_parameter_count(kw):
     mc = ModelConfig(**kw)
     models = build_models(mc, probe=_probe(mc.N), intensity_scale=2.0)
-    table = adr_conv_table(mc.N, mc.n_filters_scale, mc.C, mc.object_big, mc.pad_object,
-                           mc.probe_big)
-    convs = [layer for layer in models.autoencoder.layers
-             if isinstance(layer, keras.layers.Conv2D)]
+    table = adr_conv_table(
+        mc.N, mc.n_filters_scale, mc.C, mc.object_big, mc.pad_object, mc.probe_big
+    )
+    convs = [layer for layer in models.autoencoder.layers if isinstance(layer, keras.layers.Conv2D)]
     assert sorted(layer.name for layer in convs) == sorted(name for name, _, _ in table)
     for name, cin, cout in table:
         layer = models.autoencoder.get_layer(name)
         assert tuple(layer.kernel.shape) == (3, 3, cin, cout), name
         assert tuple(layer.bias.shape) == (cout,)
         assert layer.padding == "same" and tuple(layer.strides) == (1, 1)
-    expected = sum((9 * cin + 1) * cout for _, cin, cout in table) + 1 + 2 * mc.N ** 2
+    expected = sum((9 * cin + 1) * cout for _, cin, cout in table) + 1 + 2 * mc.N**2
     assert models.autoencoder.count_params() == expected
     # weight_mapping: ADR row order, torch-style names, then scale and probe
     names = [n for n, _ in weight_mapping(models)]
@@ -81,8 +91,11 @@ def test_layer_table_and_parameter_count(kw):
 def test_conv_flops_by_hand():
     mc = ModelConfig(N=64, gridsize=1, n_filters_scale=2)
     # enc0 at 64: 1→64→64; enc1 at 32: 64→128→128; enc2 at 16: 128→256→256
-    enc = 64 * 64 * (1 * 64 + 64 * 64) + 32 * 32 * (64 * 128 + 128 * 128) \
+    enc = (
+        64 * 64 * (1 * 64 + 64 * 64)
+        + 32 * 32 * (64 * 128 + 128 * 128)
         + 16 * 16 * (128 * 256 + 256 * 256)
+    )
     dec = 2 * (8 * 8 * (256 * 128 + 128 * 128) + 16 * 16 * (128 * 64 + 64 * 64))
     heads = 2 * 32 * 32 * 64 * 1
     border = 2 * (32 * 32 * (64 * 64 * 2) + 64 * 64 * 64 * 1)
@@ -96,8 +109,14 @@ def _inputs(rng, b, mc, spread=4.0):
 
 
 def test_outputs_follow_the_forward_model(rng):
-    mc = ModelConfig(N=32, gridsize=2, n_filters_scale=1, amp_activation="softplus",
-                     probe_mask=True, gaussian_smoothing_sigma=0.8)
+    mc = ModelConfig(
+        N=32,
+        gridsize=2,
+        n_filters_scale=1,
+        amp_activation="softplus",
+        probe_mask=True,
+        gaussian_smoothing_sigma=0.8,
+    )
     probe = _probe(32)
     s = 7.5
     models = build_models(mc, probe=probe, intensity_scale=s)
@@ -106,7 +125,7 @@ def test_outputs_follow_the_forward_model(rng):
     assert amp.dtype == np.float32 and inten.shape == amp.shape
     want = s * ref.forward_model(np.moveaxis(obj, -1, 1), probe, 0.8, True)
     np.testing.assert_allclose(np.moveaxis(amp, -1, 1), want, rtol=1e-4, atol=1e-4 * want.max())
-    np.testing.assert_allclose(inten, amp ** 2, rtol=1e-6)
+    np.testing.assert_allclose(inten, amp**2, rtol=1e-6)
     assert np.all(np.abs(np.angle(obj)) <= math.pi + 1e-6)
     assert models.intensity_scale == pytest.approx(s)
 
@@ -131,7 +150,7 @@ def test_gridsize2_merge_is_per_sample_at_large_batch(rng):
     batch = models.diffraction_to_obj(inp).numpy()
     assert batch.shape == (20, 32, 32, 4)
     for i in (0, 7, 19):
-        single = models.diffraction_to_obj({k: v[i:i + 1] for k, v in inp.items()}).numpy()
+        single = models.diffraction_to_obj({k: v[i : i + 1] for k, v in inp.items()}).numpy()
         np.testing.assert_allclose(batch[i], single[0], atol=1e-5)
     assert np.abs(batch[0] - batch[1]).max() > 1e-3  # different content stays different
 
@@ -150,8 +169,9 @@ def test_object_big_false_translates_single_patch(rng):
 
 def test_two_configs_coexist(rng):
     a = build_models(ModelConfig(N=32, n_filters_scale=1), probe=_probe(32), intensity_scale=2.0)
-    b = build_models(ModelConfig(N=64, gridsize=2, n_filters_scale=1), probe=_probe(64),
-                     intensity_scale=9.0)
+    b = build_models(
+        ModelConfig(N=64, gridsize=2, n_filters_scale=1), probe=_probe(64), intensity_scale=9.0
+    )
     assert a.intensity_scale == pytest.approx(2.0) and b.intensity_scale == pytest.approx(9.0)
     assert a.autoencoder(_inputs(rng, 1, a.model_config))[0].shape == (1, 32, 32, 1)
     assert b.autoencoder(_inputs(rng, 1, b.model_config))[0].shape == (1, 64, 64, 4)
@@ -165,8 +185,8 @@ def test_same_seed_same_initial_weights():
         return [w.numpy() for w in build_models(mc, probe=_probe(32)).autoencoder.weights]
 
     a, b, c = weights(3), weights(3), weights(4)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert any(not np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=False))
+    assert any(not np.array_equal(x, y) for x, y in zip(a, c, strict=False))
 
 
 def test_serialises_without_pickles_and_weights_round_trip(rng, tmp_path):
@@ -178,7 +198,7 @@ def test_serialises_without_pickles_and_weights_round_trip(rng, tmp_path):
     models.autoencoder.save_weights(path)
     clone.load_weights(path)
     inp = _inputs(rng, 2, mc)
-    for a, b in zip(models.autoencoder(inp), clone(inp)):
+    for a, b in zip(models.autoencoder(inp), clone(inp), strict=False):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
@@ -203,8 +223,13 @@ def test_supervised_model_outputs_modulus(rng):
 def test_trainable_flags_make_real_weights(rng):
     mc = ModelConfig(N=32, n_filters_scale=1)
     fixed = build_models(mc, probe=_probe(32), intensity_scale=2.0)
-    free = build_models(mc, probe=_probe(32), intensity_scale=2.0, probe_trainable=True,
-                        intensity_scale_trainable=True)
+    free = build_models(
+        mc,
+        probe=_probe(32),
+        intensity_scale=2.0,
+        probe_trainable=True,
+        intensity_scale_trainable=True,
+    )
     names = lambda m: {w.path.split("/")[-1] for w in m.autoencoder.trainable_weights}  # noqa: E731
     assert not {"log_intensity_scale", "probe_real", "probe_imag"} & names(fixed)
     assert {"log_intensity_scale", "probe_real", "probe_imag"} <= names(free)

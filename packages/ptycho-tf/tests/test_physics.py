@@ -56,8 +56,9 @@ def test_place_matches_oracle_and_is_adjoint(rng, crandn, n):
     assert abs(lhs - rhs) <= 1e-4 * abs(lhs)
 
 
-@pytest.mark.parametrize("n,sigma,mask", [(32, 0.0, False), (64, 0.0, True), (32, 1.5, True),
-                                          (64, 0.7, False)])
+@pytest.mark.parametrize(
+    "n,sigma,mask", [(32, 0.0, False), (64, 0.0, True), (32, 1.5, True), (64, 0.7, False)]
+)
 def test_forward_model_matches_oracle(rng, crandn, n, sigma, mask):
     obj = crandn((2, 4, n, n))
     probe = crandn((n, n))
@@ -65,8 +66,9 @@ def test_forward_model_matches_oracle(rng, crandn, n, sigma, mask):
     want = ref.forward_model(obj, probe, sigma, mask)
     np.testing.assert_allclose(got, want, atol=1e-4 * want.max(), rtol=1e-4)
     # TF layout wrapper: (B, N, N, C)
-    cl = tfp.forward_model_cl(tf.constant(np.moveaxis(obj, 1, -1)), tf.constant(probe),
-                              sigma, mask).numpy()
+    cl = tfp.forward_model_cl(
+        tf.constant(np.moveaxis(obj, 1, -1)), tf.constant(probe), sigma, mask
+    ).numpy()
     np.testing.assert_allclose(np.moveaxis(cl, -1, 1), want, atol=1e-4 * want.max(), rtol=1e-4)
 
 
@@ -74,8 +76,9 @@ def test_forward_model_parseval(rng, crandn):
     obj = crandn((3, 32, 32))
     probe = crandn((32, 32))
     amp = tfp.forward_model(tf.constant(obj), tf.constant(probe)).numpy()
-    np.testing.assert_allclose((amp ** 2).sum(axis=(-2, -1)),
-                               (np.abs(probe * obj) ** 2).sum(axis=(-2, -1)), rtol=1e-4)
+    np.testing.assert_allclose(
+        (amp**2).sum(axis=(-2, -1)), (np.abs(probe * obj) ** 2).sum(axis=(-2, -1)), rtol=1e-4
+    )
 
 
 def test_disk_and_center_masks(rng):
@@ -99,7 +102,7 @@ def _merge_oracle(patches, offsets):
     side = n + 2 * int(np.ceil(np.abs(offsets).max()))
     side += side % 2
     mask = np.zeros((n, n))
-    mask[n // 4: 3 * n // 4, n // 4: 3 * n // 4] = 1
+    mask[n // 4 : 3 * n // 4, n // 4 : 3 * n // 4] = 1
     out = np.empty_like(patches)
     for i in range(b):
         pos = offsets[i] + side / 2
@@ -115,8 +118,9 @@ def test_object_big_merge_matches_oracle(rng, crandn, n):
     b, c = 3, 4
     patches = crandn((b, c, n, n))
     offsets = rng.uniform(-7, 7, (b, c, 2))
-    got = tfp.object_big_merge(tf.constant(np.moveaxis(patches, 1, -1)),
-                               tf.constant(offsets, tf.float32)).numpy()
+    got = tfp.object_big_merge(
+        tf.constant(np.moveaxis(patches, 1, -1)), tf.constant(offsets, tf.float32)
+    ).numpy()
     want = _merge_oracle(patches.astype(np.complex128), offsets)
     np.testing.assert_allclose(np.moveaxis(got, -1, 1), want, atol=1e-4 * np.abs(patches).max())
 
@@ -124,13 +128,14 @@ def test_object_big_merge_matches_oracle(rng, crandn, n):
 def test_merge_consistent_object_is_recovered(rng, crandn):
     """Patches cut from one object at their offsets merge back to the same patches (centre
     squares; integer offsets so interpolation is exact)."""
-    n, c = 32, 4
+    n, _c = 32, 4
     obj = crandn((80, 80))
     offsets = np.array([[[0.0, 0.0], [5.0, 1.0], [-3.0, 4.0], [2.0, -6.0]]])  # integer: exact
     centre = np.array([40.0, 40.0])
     patches = ref.extract_patches(obj, offsets[0] + centre, n)[None]
-    got = tfp.object_big_merge(tf.constant(np.moveaxis(patches, 1, -1)),
-                               tf.constant(offsets, tf.float32)).numpy()
+    got = tfp.object_big_merge(
+        tf.constant(np.moveaxis(patches, 1, -1)), tf.constant(offsets, tf.float32)
+    ).numpy()
     got = np.moveaxis(got, -1, 1)
     q = slice(n // 4, 3 * n // 4)
     np.testing.assert_allclose(got[0, :, q, q], patches[0, :, q, q], atol=1e-4)

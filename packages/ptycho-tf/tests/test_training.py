@@ -1,5 +1,5 @@
 """Keras ``fit`` training: seeding, callbacks, history, trainable probe / scale, supervised,
-gridsize-2 data alignment, execution-config handling (SPEC §5, §6)."""
+gridsize-2 data alignment, execution-config handling (``specs/model.md``, ``specs/training.md``)."""
 
 import csv
 import dataclasses
@@ -20,11 +20,12 @@ from ptycho_core.workflow import prepare_training
 from ptycho_tf import physics as tfp
 from ptycho_tf.losses import LossWeights
 from ptycho_tf.model import build_models
-from ptycho_tf.training import (PtychoTrainer, build_callbacks, make_dataset, resolve_strategy)
+from ptycho_tf.training import PtychoTrainer, build_callbacks, make_dataset, resolve_strategy
 from ptycho_tf.workflows import build_training_run, log_ignored_fields, train
 
-QUIET = PyTorchExecutionConfig(accelerator="cpu", enable_progress_bar=False,
-                               enable_checkpointing=False)
+QUIET = PyTorchExecutionConfig(
+    accelerator="cpu", enable_progress_bar=False, enable_checkpointing=False
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +35,16 @@ def scan():
 
 def _config(tmp_path, **kw):
     model = kw.pop("model", ModelConfig(N=32, n_filters_scale=1))
-    return TrainingConfig(model=model, nepochs=kw.pop("nepochs", 2), batch_size=8,
-                          output_dir=tmp_path, backend="tensorflow", seed=kw.pop("seed", 7),
-                          validation_fraction=0.2, **kw)
+    return TrainingConfig(
+        model=model,
+        nepochs=kw.pop("nepochs", 2),
+        batch_size=8,
+        output_dir=tmp_path,
+        backend="tensorflow",
+        seed=kw.pop("seed", 7),
+        validation_fraction=0.2,
+        **kw,
+    )
 
 
 def test_gridsize2_ground_truth_lines_up_with_diffraction(tmp_path):
@@ -46,7 +54,7 @@ def test_gridsize2_ground_truth_lines_up_with_diffraction(tmp_path):
     cfg = _config(tmp_path, model=ModelConfig(N=32, gridsize=2, n_filters_scale=1))
     prep = prepare_training(cfg, data)
     y = prep.train.channels_last("Y")  # (G, N, N, C) complex
-    x = prep.train.channels_last()     # s·α·X
+    x = prep.train.channels_last()  # s·α·X
     pred = tfp.forward_model_cl(tf.constant(y), tf.constant(data.probe)).numpy()
 
     def rel_err(p):
@@ -82,7 +90,7 @@ def test_initial_weights_depend_only_on_seed(scan):
     np.random.default_rng().random(10)  # unrelated randomness in between
     tf.random.uniform(())
     w2 = [w.numpy() for w in build_training_run(cfg, QUIET, prep, strategy)[0].autoencoder.weights]
-    assert all(np.array_equal(x, y) for x, y in zip(w1, w2))
+    assert all(np.array_equal(x, y) for x, y in zip(w1, w2, strict=False))
 
 
 def _fit_steps(models, cfg, prep, steps=3, lr=1e-2):
@@ -94,11 +102,19 @@ def _fit_steps(models, cfg, prep, steps=3, lr=1e-2):
 
 @pytest.mark.parametrize("trainable", [True, False])
 def test_probe_and_scale_train_only_when_trainable(scan, trainable):
-    cfg = TrainingConfig(model=ModelConfig(N=32, n_filters_scale=1),
-                         probe_trainable=trainable, intensity_scale_trainable=trainable)
+    cfg = TrainingConfig(
+        model=ModelConfig(N=32, n_filters_scale=1),
+        probe_trainable=trainable,
+        intensity_scale_trainable=trainable,
+    )
     prep = prepare_training(cfg, scan)
-    models = build_models(cfg.model, probe=prep.probe, intensity_scale=prep.intensity_scale,
-                          probe_trainable=trainable, intensity_scale_trainable=trainable)
+    models = build_models(
+        cfg.model,
+        probe=prep.probe,
+        intensity_scale=prep.intensity_scale,
+        probe_trainable=trainable,
+        intensity_scale_trainable=trainable,
+    )
     s0, p0 = models.intensity_scale, models.probe.copy()
     _fit_steps(models, cfg, prep)
     changed_s = abs(models.intensity_scale - s0) > 1e-6 * s0
@@ -123,31 +139,44 @@ def test_supervised_without_ground_truth_is_a_clear_error(scan, tmp_path):
 def test_callbacks_follow_execution_config(tmp_path):
     models = build_models(ModelConfig(N=32, n_filters_scale=1), probe=np.ones((32, 32)))
     ex = PyTorchExecutionConfig(early_stop_patience=3, learning_rate=5e-4)
-    cbs = build_callbacks(ex, autoencoder=models.autoencoder, output_dir=tmp_path, nepochs=5,
-                          has_validation=True, history_path=None)
+    cbs = build_callbacks(
+        ex,
+        autoencoder=models.autoencoder,
+        output_dir=tmp_path,
+        nepochs=5,
+        has_validation=True,
+        history_path=None,
+    )
     plateau = next(c for c in cbs if isinstance(c, keras.callbacks.ReduceLROnPlateau))
     assert (plateau.factor, plateau.patience, plateau.min_lr) == (0.5, 2, 1e-4)
     assert plateau.monitor == "val_loss"
     stop = next(c for c in cbs if isinstance(c, keras.callbacks.EarlyStopping))
     assert stop.patience == 3 and stop.monitor == "val_loss"
-    cbs = build_callbacks(PyTorchExecutionConfig(scheduler="none", enable_checkpointing=False),
-                          autoencoder=models.autoencoder, output_dir=tmp_path, nepochs=5,
-                          has_validation=False, history_path=None)
+    cbs = build_callbacks(
+        PyTorchExecutionConfig(scheduler="none", enable_checkpointing=False),
+        autoencoder=models.autoencoder,
+        output_dir=tmp_path,
+        nepochs=5,
+        has_validation=False,
+        history_path=None,
+    )
     assert not any(isinstance(c, keras.callbacks.ReduceLROnPlateau) for c in cbs)
     assert next(c for c in cbs if isinstance(c, keras.callbacks.EarlyStopping)).monitor == "loss"
 
 
 def test_early_stopping_and_checkpoints(scan, tmp_path):
-    ex = PyTorchExecutionConfig(accelerator="cpu", enable_progress_bar=False,
-                                early_stop_patience=1, learning_rate=0.5)  # diverges → stops
+    ex = PyTorchExecutionConfig(
+        accelerator="cpu", enable_progress_bar=False, early_stop_patience=1, learning_rate=0.5
+    )  # diverges → stops
     res = train(_config(tmp_path, nepochs=8), ex, train_data=scan)
     assert len(res["history"]["train_loss"]) < 8
     assert (tmp_path / "checkpoints" / "last.weights.h5").is_file()
 
 
 def test_ignored_execution_fields_are_logged(caplog):
-    ex = PyTorchExecutionConfig(num_workers=2, accum_steps=3, learning_rate=2e-3,
-                                checkpoint_mode="max")
+    ex = PyTorchExecutionConfig(
+        num_workers=2, accum_steps=3, learning_rate=2e-3, checkpoint_mode="max"
+    )
     with caplog.at_level(logging.INFO, logger="ptycho_tf.workflows"):
         ignored = log_ignored_fields(ex)
     assert set(ignored) == {"num_workers", "accum_steps"}
@@ -176,9 +205,15 @@ def test_cosine_and_step_schedules_match_torch_definitions():
 
 
 def test_backend_imports_no_torch():
-    code = ("import sys, ptycho_tf.backend; "
-            "bad = [m for m in ('torch', 'lightning') if m in sys.modules]; "
-            "assert not bad, bad")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    code = (
+        "import sys, ptycho_tf.backend; "
+        "bad = [m for m in ('torch', 'lightning') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]

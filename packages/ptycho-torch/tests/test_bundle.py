@@ -2,8 +2,6 @@
 state_dict.pt is a plain tensor dict read with weights_only=True."""
 
 import io
-import pickle
-import zipfile
 
 import numpy as np
 import pytest
@@ -26,27 +24,39 @@ def scan():
 def make_model(gridsize=1, seed=0, **kw):
     torch.manual_seed(seed)
     probe = (np.exp(1j * np.linspace(0, 1, 32 * 32)).reshape(32, 32)).astype(np.complex64)
-    return PtychoModel(N=32, gridsize=gridsize, n_filters_scale=1, probe=probe, intensity_scale=4.5, **kw)
+    return PtychoModel(
+        N=32, gridsize=gridsize, n_filters_scale=1, probe=probe, intensity_scale=4.5, **kw
+    )
 
 
 def tcfg(tmp_path, gridsize=1, **kw):
-    return TrainingConfig(model=ModelConfig(N=32, gridsize=gridsize, n_filters_scale=1), output_dir=tmp_path, **kw)
+    return TrainingConfig(
+        model=ModelConfig(N=32, gridsize=gridsize, n_filters_scale=1), output_dir=tmp_path, **kw
+    )
 
 
 @pytest.mark.parametrize("gridsize", [1, 2])
 def test_save_load_reconstruct_identical(tmp_path, scan, gridsize):
     model = make_model(gridsize)
-    path = save_bundle(tmp_path / "wts.h5.zip", model, tcfg(tmp_path, gridsize), normalization={"norm_factor": 1.0})
+    path = save_bundle(
+        tmp_path / "wts.h5.zip", model, tcfg(tmp_path, gridsize), normalization={"norm_factor": 1.0}
+    )
     loaded = load_bundle(path)
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.model.state_dict()[k]), k
     x = torch.rand(3, gridsize**2, 32, 32) * 4
     off = torch.randn(3, gridsize**2, 2)
     with torch.no_grad():
-        torch.testing.assert_close(model.eval().diffraction_to_obj(x, off), loaded.model.diffraction_to_obj(x, off),
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            model.eval().diffraction_to_obj(x, off),
+            loaded.model.diffraction_to_obj(x, off),
+            rtol=0,
+            atol=0,
+        )
     ex = PyTorchExecutionConfig(accelerator="cpu", inference_batch_size=7)
-    icfg = InferenceConfig(model=ModelConfig(N=32, gridsize=gridsize, n_filters_scale=1), model_path=path)
+    icfg = InferenceConfig(
+        model=ModelConfig(N=32, gridsize=gridsize, n_filters_scale=1), model_path=path
+    )
     a = reconstruct(icfg, ex, data=scan)
     b = reconstruct(icfg, ex, data=scan, bundle=load_bundle(path))
     assert a["backend"] == "pytorch"
@@ -55,7 +65,9 @@ def test_save_load_reconstruct_identical(tmp_path, scan, gridsize):
 
 def test_state_dict_entry_is_plain_tensors(tmp_path):
     model = make_model(probe_trainable=True, intensity_scale_trainable=True)
-    path = save_bundle(tmp_path / "wts.h5.zip", model, tcfg(tmp_path, probe_trainable=True), normalization={})
+    path = save_bundle(
+        tmp_path / "wts.h5.zip", model, tcfg(tmp_path, probe_trainable=True), normalization={}
+    )
     b = core_bundle.read_bundle(path, expected_backend="pytorch")
     assert set(b.files) >= {"probe.npy", "state_dict.pt"}
     sd = torch.load(io.BytesIO(b.files["state_dict.pt"]), weights_only=True)
@@ -74,7 +86,9 @@ def test_tensorflow_bundle_is_a_mismatch(tmp_path):
     fake = tmp_path / "tf" / "wts.h5.zip"
     fake.parent.mkdir()
     manifest = dict(b.manifest, backend="tensorflow")
-    core_bundle.write_bundle(fake, manifest, {"probe.npy": b.files["probe.npy"], "model.weights.h5": b"\x89HDF"})
+    core_bundle.write_bundle(
+        fake, manifest, {"probe.npy": b.files["probe.npy"], "model.weights.h5": b"\x89HDF"}
+    )
     with pytest.raises(BundleBackendMismatchError, match="tensorflow"):
         load_bundle(fake)
 
@@ -104,9 +118,13 @@ def test_wrong_architecture_and_missing_entry_are_bundle_errors(tmp_path):
     b = core_bundle.read_bundle(path)
     other = tmp_path / "o" / "wts.h5.zip"
     other.parent.mkdir()
-    manifest = dict(b.manifest, model_config=dict(b.manifest["model_config"], n_filters_scale=2),
-                    training_config=dict(b.manifest["training_config"],
-                                         model=dict(b.manifest["model_config"], n_filters_scale=2)))
+    manifest = dict(
+        b.manifest,
+        model_config=dict(b.manifest["model_config"], n_filters_scale=2),
+        training_config=dict(
+            b.manifest["training_config"], model=dict(b.manifest["model_config"], n_filters_scale=2)
+        ),
+    )
     core_bundle.write_bundle(other, manifest, b.files)
     with pytest.raises(BundleError, match="architecture"):
         load_bundle(other)
@@ -139,7 +157,9 @@ def test_inference_batch_size_chunks_prediction(tmp_path, scan, batch):
     res = reconstruct(icfg, ex, data=scan, bundle=loaded)
     assert sum(sizes) == scan.M and max(sizes) == min(batch, scan.M)
     assert len(sizes) == -(-scan.M // batch)
-    ref = reconstruct(icfg, PyTorchExecutionConfig(accelerator="cpu", inference_batch_size=scan.M), data=scan)
+    ref = reconstruct(
+        icfg, PyTorchExecutionConfig(accelerator="cpu", inference_batch_size=scan.M), data=scan
+    )
     np.testing.assert_allclose(res["object"], ref["object"], rtol=1e-5, atol=1e-6)
 
 

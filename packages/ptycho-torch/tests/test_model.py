@@ -33,19 +33,32 @@ def adr_layers(n, gridsize, k, object_big=True, probe_big=True, pad_object=True)
             rows += [(f"{br}_up_conv1", 32 * k, 32 * k), (f"{br}_up_conv2", 32 * k, 32 * k)]
     elif probe_big:
         for br in ("amp", "phase"):
-            rows += [(f"{br}_border_conv1", 32 * k, 32 * k), (f"{br}_border_conv2", 32 * k, 32 * k),
-                     (f"{br}_border_head", 32 * k, c_out)]
+            rows += [
+                (f"{br}_border_conv1", 32 * k, 32 * k),
+                (f"{br}_border_conv2", 32 * k, 32 * k),
+                (f"{br}_border_head", 32 * k, c_out),
+            ]
     return rows
 
 
 def expected_count(n, gridsize, k, **kw):
-    return sum((9 * cin + 1) * cout for _, cin, cout in adr_layers(n, gridsize, k, **kw)) + 1 + 2 * n * n
+    return (
+        sum((9 * cin + 1) * cout for _, cin, cout in adr_layers(n, gridsize, k, **kw))
+        + 1
+        + 2 * n * n
+    )
 
 
 CASES = [
-    (32, 1, 1, {}), (64, 1, 2, {}), (64, 2, 2, {}), (128, 2, 1, {}), (256, 1, 1, {}),
-    (64, 2, 2, {"pad_object": False}), (64, 2, 2, {"probe_big": False}),
-    (32, 2, 1, {"object_big": False}), (64, 1, 3, {}),
+    (32, 1, 1, {}),
+    (64, 1, 2, {}),
+    (64, 2, 2, {}),
+    (128, 2, 1, {}),
+    (256, 1, 1, {}),
+    (64, 2, 2, {"pad_object": False}),
+    (64, 2, 2, {"probe_big": False}),
+    (32, 2, 1, {"object_big": False}),
+    (64, 1, 3, {}),
 ]
 
 
@@ -74,8 +87,14 @@ def test_default_n64_param_count_printed():
     n_params = sum(p.numel() for p in m.parameters())
     print(f"default N=64 gridsize=1 k=2 parameter count: {n_params}")
     # Spelled out by hand: encoder 32k,64k,128k with k=2 -> 64,128,256 filters.
-    enc = (9 * 1 + 1) * 64 + (9 * 64 + 1) * 64 + (9 * 64 + 1) * 128 + (9 * 128 + 1) * 128 \
-        + (9 * 128 + 1) * 256 + (9 * 256 + 1) * 256
+    enc = (
+        (9 * 1 + 1) * 64
+        + (9 * 64 + 1) * 64
+        + (9 * 64 + 1) * 128
+        + (9 * 128 + 1) * 128
+        + (9 * 128 + 1) * 256
+        + (9 * 256 + 1) * 256
+    )
     dec = 2 * ((9 * 256 + 1) * 128 + (9 * 128 + 1) * 128 + (9 * 128 + 1) * 64 + (9 * 64 + 1) * 64)
     heads = 2 * (9 * 64 + 1) * 1
     border = 2 * ((9 * 64 + 1) * 64 * 2 + (9 * 64 + 1) * 1)
@@ -88,8 +107,16 @@ def test_unsupported_n(bad):
         PtychoModel(N=bad)
 
 
-@pytest.mark.parametrize("n,gs,kw", [(32, 1, {}), (64, 2, {}), (32, 2, {"pad_object": False}),
-                                     (32, 2, {"object_big": False}), (32, 1, {"probe_big": False})])
+@pytest.mark.parametrize(
+    "n,gs,kw",
+    [
+        (32, 1, {}),
+        (64, 2, {}),
+        (32, 2, {"pad_object": False}),
+        (32, 2, {"object_big": False}),
+        (32, 1, {"probe_big": False}),
+    ],
+)
 def test_output_shapes_and_dtypes(n, gs, kw):
     torch.manual_seed(0)
     m = PtychoModel(N=n, gridsize=gs, n_filters_scale=1, intensity_scale=2.5, **kw)
@@ -116,7 +143,9 @@ def test_pad_object_confines_object_without_probe_big():
 @pytest.mark.parametrize("act", ["sigmoid", "swish", "softplus", "relu"])
 def test_amp_activation_and_phase_range(act):
     torch.manual_seed(1)
-    m = PtychoModel(N=32, gridsize=1, n_filters_scale=1, amp_activation=act, probe_big=False, object_big=False)
+    m = PtychoModel(
+        N=32, gridsize=1, n_filters_scale=1, amp_activation=act, probe_big=False, object_big=False
+    )
     obj = m.diffraction_to_obj(torch.rand(4, 1, 32, 32) * 5)
     ph = torch.angle(obj[..., 8:24, 8:24])
     assert torch.all(ph.abs() <= math.pi + 1e-5)
@@ -138,8 +167,13 @@ def test_intensity_scale_divides_input_and_multiplies_output():
     torch.testing.assert_close(ob.amplitude, 7.0 * oa.amplitude, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("flag,names", [("probe_trainable", ("probe_real", "probe_imag")),
-                                        ("intensity_scale_trainable", ("log_intensity_scale",))])
+@pytest.mark.parametrize(
+    "flag,names",
+    [
+        ("probe_trainable", ("probe_real", "probe_imag")),
+        ("intensity_scale_trainable", ("log_intensity_scale",)),
+    ],
+)
 def test_trainable_probe_and_scale_change_after_a_step(flag, names):
     torch.manual_seed(3)
     probe = (np.ones((32, 32)) * np.exp(0.3j)).astype(np.complex64)

@@ -85,8 +85,11 @@ def test_forward_model_matches_oracle(n, mask, sigma):
     got = tp.forward_model(t(obj), t(probe), sigma, mask).numpy()
     want = ref.forward_model(obj.astype(np.complex128), probe.astype(np.complex128), sigma, mask)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-    np.testing.assert_allclose(tp.illuminate(t(probe.astype(np.complex128)), sigma, mask).numpy(),
-                               ref.illuminate(probe.astype(np.complex128), sigma, mask), **TOL32)  # oracle is complex64
+    np.testing.assert_allclose(
+        tp.illuminate(t(probe.astype(np.complex128)), sigma, mask).numpy(),
+        ref.illuminate(probe.astype(np.complex128), sigma, mask),
+        **TOL32,
+    )  # oracle is complex64
 
 
 def test_forward_model_parseval():
@@ -95,7 +98,9 @@ def test_forward_model_parseval():
     probe = t(rand_complex(rng, (64, 64)))
     a = tp.forward_model(obj, probe)
     psi = probe * obj
-    torch.testing.assert_close((a**2).sum((-2, -1)), (psi.abs() ** 2).sum((-2, -1)), rtol=1e-10, atol=1e-8)
+    torch.testing.assert_close(
+        (a**2).sum((-2, -1)), (psi.abs() ** 2).sum((-2, -1)), rtol=1e-10, atol=1e-8
+    )
 
 
 def test_disk_mask_and_poisson_nll_match_oracle():
@@ -113,7 +118,7 @@ def merge_oracle(patches, offsets):
     """ADR-002 object_big merge written with the NumPy oracle's translate, one sample at a time."""
     b, c, n, _ = patches.shape
     mask = np.zeros((n, n))
-    mask[n // 4: 3 * n // 4, n // 4: 3 * n // 4] = 1
+    mask[n // 4 : 3 * n // 4, n // 4 : 3 * n // 4] = 1
     out = np.zeros_like(patches)
     side = n + 2 * int(np.ceil(np.abs(offsets).max()))
     side += side % 2
@@ -126,7 +131,7 @@ def merge_oracle(patches, offsets):
             den += ref.translate(np.pad(mask, p), offsets[s, ch]).real
         merged = np.where(den > 0, num / np.maximum(den, 1e-3), 0)
         for ch in range(c):
-            out[s, ch] = ref.translate(merged, -offsets[s, ch])[p:p + n, p:p + n]
+            out[s, ch] = ref.translate(merged, -offsets[s, ch])[p : p + n, p : p + n]
     return out
 
 
@@ -163,7 +168,9 @@ def test_object_big_merge_consistent_patches_unchanged_in_covered_centre():
     patches = ref.extract_patches(obj, centre + offs, n)[None]
     merged = tp.object_big_merge(t(patches), t(offs[None])).numpy()
     q = n // 4
-    np.testing.assert_allclose(merged[0, :, q:3 * q, q:3 * q], patches[0, :, q:3 * q, q:3 * q], **TOL64)
+    np.testing.assert_allclose(
+        merged[0, :, q : 3 * q, q : 3 * q], patches[0, :, q : 3 * q, q : 3 * q], **TOL64
+    )
 
 
 def test_object_big_merge_no_border_amplification():

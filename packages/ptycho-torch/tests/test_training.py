@@ -28,17 +28,29 @@ def scan():
 
 def cfg(tmp_path, **kw):
     model = kw.pop("model", ModelConfig(N=32, gridsize=1, n_filters_scale=1))
-    base = dict(model=model, batch_size=8, nepochs=2, output_dir=tmp_path, seed=7, validation_fraction=0.2)
+    base = dict(
+        model=model, batch_size=8, nepochs=2, output_dir=tmp_path, seed=7, validation_fraction=0.2
+    )
     base.update(kw)
     return TrainingConfig(**base)
 
 
 # ------------------------------------------------------------------------- builders (no fit)
 def test_trainer_honours_execution_fields(tmp_path):
-    ex = PyTorchExecutionConfig(accelerator="cpu", devices=1, deterministic=True, gradient_clip_val=0.5,
-                                accum_steps=3, enable_progress_bar=False, enable_checkpointing=True,
-                                checkpoint_save_top_k=2, checkpoint_monitor_metric="val_nll",
-                                checkpoint_mode="max", early_stop_patience=4, logger_backend="csv")
+    ex = PyTorchExecutionConfig(
+        accelerator="cpu",
+        devices=1,
+        deterministic=True,
+        gradient_clip_val=0.5,
+        accum_steps=3,
+        enable_progress_bar=False,
+        enable_checkpointing=True,
+        checkpoint_save_top_k=2,
+        checkpoint_monitor_metric="val_nll",
+        checkpoint_mode="max",
+        early_stop_patience=4,
+        logger_backend="csv",
+    )
     tr = build_trainer(ex, max_epochs=3, output_dir=tmp_path)
     assert type(tr.accelerator).__name__ == "CPUAccelerator"
     assert tr.gradient_clip_val == 0.5
@@ -56,8 +68,13 @@ def test_trainer_honours_execution_fields(tmp_path):
 
 
 def test_trainer_toggles(tmp_path):
-    ex = PyTorchExecutionConfig(accelerator="cpu", enable_progress_bar=True, enable_checkpointing=False,
-                                logger_backend="none", deterministic=False)
+    ex = PyTorchExecutionConfig(
+        accelerator="cpu",
+        enable_progress_bar=True,
+        enable_checkpointing=False,
+        logger_backend="none",
+        deterministic=False,
+    )
     tr = build_trainer(ex, max_epochs=1, output_dir=tmp_path)
     assert tr.progress_bar_callback is not None
     assert not any(isinstance(c, ModelCheckpoint) for c in tr.callbacks)
@@ -71,7 +88,9 @@ def test_missing_optional_logger_falls_back_to_csv(tmp_path, caplog):
 
     if importlib.util.find_spec("mlflow"):
         pytest.skip("mlflow installed here")
-    ex = PyTorchExecutionConfig(accelerator="cpu", logger_backend="mlflow", enable_progress_bar=False)
+    ex = PyTorchExecutionConfig(
+        accelerator="cpu", logger_backend="mlflow", enable_progress_bar=False
+    )
     with caplog.at_level(logging.WARNING):
         tr = build_trainer(ex, max_epochs=1, output_dir=tmp_path)
     assert isinstance(tr.logger, CSVLogger)
@@ -79,19 +98,36 @@ def test_missing_optional_logger_falls_back_to_csv(tmp_path, caplog):
 
 
 def test_ddp_strategy_and_devices_are_passed(tmp_path):
-    ex = PyTorchExecutionConfig(accelerator="cpu", strategy="ddp", devices=2, enable_progress_bar=False,
-                                logger_backend="none")
+    ex = PyTorchExecutionConfig(
+        accelerator="cpu",
+        strategy="ddp",
+        devices=2,
+        enable_progress_bar=False,
+        logger_backend="none",
+    )
     tr = build_trainer(ex, max_epochs=1, output_dir=tmp_path)
     assert type(tr.strategy).__name__ == "DDPStrategy"
     assert tr.num_devices == 2
 
 
 def test_dataloaders_honour_worker_fields(tmp_path, scan):
-    ex = PyTorchExecutionConfig(accelerator="cpu", num_workers=2, pin_memory=True, persistent_workers=True,
-                                prefetch_factor=3, **QUIET)
+    ex = PyTorchExecutionConfig(
+        accelerator="cpu",
+        num_workers=2,
+        pin_memory=True,
+        persistent_workers=True,
+        prefetch_factor=3,
+        **QUIET,
+    )
     _, module, dm, _ = build_training_run(cfg(tmp_path, batch_size=5), ex, train_data=scan)
     dl = dm.train_dataloader()
-    assert (dl.num_workers, dl.pin_memory, dl.persistent_workers, dl.prefetch_factor, dl.batch_size) == (2, True, True, 3, 5)
+    assert (
+        dl.num_workers,
+        dl.pin_memory,
+        dl.persistent_workers,
+        dl.prefetch_factor,
+        dl.batch_size,
+    ) == (2, True, True, 3, 5)
     vl = dm.val_dataloader()
     assert vl.num_workers == 2 and vl.batch_size == 5
     ex0 = PyTorchExecutionConfig(accelerator="cpu", **QUIET)
@@ -100,8 +136,15 @@ def test_dataloaders_honour_worker_fields(tmp_path, scan):
     assert (dl0.num_workers, dl0.pin_memory, dl0.persistent_workers) == (0, False, False)
 
 
-@pytest.mark.parametrize("sched,cls", [("plateau", "ReduceLROnPlateau"), ("cosine", "CosineAnnealingLR"),
-                                       ("step", "StepLR"), ("none", None)])
+@pytest.mark.parametrize(
+    "sched,cls",
+    [
+        ("plateau", "ReduceLROnPlateau"),
+        ("cosine", "CosineAnnealingLR"),
+        ("step", "StepLR"),
+        ("none", None),
+    ],
+)
 def test_optimizer_learning_rate_and_scheduler(tmp_path, scan, sched, cls):
     ex = PyTorchExecutionConfig(accelerator="cpu", learning_rate=3e-3, scheduler=sched, **QUIET)
     _, module, _, _ = build_training_run(cfg(tmp_path), ex, train_data=scan)
@@ -127,7 +170,9 @@ def test_same_seed_same_initial_weights_and_loss_curve(tmp_path, scan):
         sd.append(module.model.state_dict())
     assert all(torch.equal(sd[0][k], sd[1][k]) for k in sd[0])
     _, other, _, _ = build_training_run(cfg(tmp_path / "c", seed=8), ex, train_data=scan)
-    assert not torch.equal(other.model.state_dict()["enc0_conv1.weight"], sd[0]["enc0_conv1.weight"])
+    assert not torch.equal(
+        other.model.state_dict()["enc0_conv1.weight"], sd[0]["enc0_conv1.weight"]
+    )
     r1 = train(cfg(tmp_path / "r1"), ex, train_data=scan)
     r2 = train(cfg(tmp_path / "r2"), ex, train_data=scan)
     assert r1["history"]["train_loss"] == r2["history"]["train_loss"]
@@ -147,7 +192,9 @@ def test_train_writes_history_and_bundle(tmp_path, scan):
     for k in ("train_loss", "val_loss"):
         assert [float(r[k]) for r in rows] == pytest.approx(res["history"][k])
     # total = nll + 0.1 * mae, recorded per epoch
-    assert float(rows[-1]["train_loss"]) == pytest.approx(float(rows[-1]["train_nll"]) + 0.1 * float(rows[-1]["train_mae"]), rel=1e-4)
+    assert float(rows[-1]["train_loss"]) == pytest.approx(
+        float(rows[-1]["train_nll"]) + 0.1 * float(rows[-1]["train_mae"]), rel=1e-4
+    )
     b = read_bundle(res["bundle_path"], expected_backend="pytorch")
     assert b.manifest["backend"] == "pytorch"
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
@@ -163,12 +210,18 @@ def test_resume_from_checkpoint(tmp_path, scan):
     assert resumed["history"]["train_loss"][0] == first["history"]["train_loss"][0]
     assert len(resumed["history"]["train_loss"]) == 2
     straight = train(cfg(tmp_path / "s", nepochs=2), ex, train_data=scan)
-    assert resumed["history"]["train_loss"] == pytest.approx(straight["history"]["train_loss"], rel=1e-5)
+    assert resumed["history"]["train_loss"] == pytest.approx(
+        straight["history"]["train_loss"], rel=1e-5
+    )
 
 
 def test_trainable_probe_and_scale_train_and_are_saved(tmp_path, scan):
     ex = PyTorchExecutionConfig(accelerator="cpu", **QUIET)
-    res = train(cfg(tmp_path, nepochs=1, probe_trainable=True, intensity_scale_trainable=True), ex, train_data=scan)
+    res = train(
+        cfg(tmp_path, nepochs=1, probe_trainable=True, intensity_scale_trainable=True),
+        ex,
+        train_data=scan,
+    )
     from ptycho_core.physics import normalize_probe
 
     b = read_bundle(res["bundle_path"])
@@ -186,8 +239,12 @@ def test_frozen_probe_and_scale_do_not_change(tmp_path, scan):
     b = read_bundle(res["bundle_path"])
     from ptycho_core.physics import normalize_probe
 
-    np.testing.assert_array_equal(b.load_npy("probe.npy"), normalize_probe(scan.probe, 4.0).astype(np.complex64))
-    assert b.manifest["intensity_scale"] == pytest.approx(b.manifest["normalization"]["intensity_scale"], rel=1e-6)
+    np.testing.assert_array_equal(
+        b.load_npy("probe.npy"), normalize_probe(scan.probe, 4.0).astype(np.complex64)
+    )
+    assert b.manifest["intensity_scale"] == pytest.approx(
+        b.manifest["normalization"]["intensity_scale"], rel=1e-6
+    )
 
 
 def test_supervised_baseline_trains_and_needs_ground_truth(tmp_path, scan):
@@ -195,7 +252,11 @@ def test_supervised_baseline_trains_and_needs_ground_truth(tmp_path, scan):
     model = ModelConfig(N=32, gridsize=1, n_filters_scale=1, model_type="supervised")
     res = train(cfg(tmp_path, model=model, nepochs=2), ex, train_data=scan)
     h = res["history"]
-    assert "train_amp_mae" in h and "train_phase_mae" in h and all(math.isfinite(v) for v in h["train_loss"])
+    assert (
+        "train_amp_mae" in h
+        and "train_phase_mae" in h
+        and all(math.isfinite(v) for v in h["train_loss"])
+    )
     bare = replace(scan, Y=None, object=None)
     with pytest.raises(ValueError, match="Y"):
         train(cfg(tmp_path / "x", model=model, nepochs=1), ex, train_data=bare)

@@ -1,8 +1,8 @@
 """Put a reconstruction on the ground truth's grid and score it (``ptycho evaluate``, demo).
 
 A reconstruction canvas is in the object frame with its pixel ``(0, 0)`` at ``origin = (x0, y0)``
-object pixels (SPEC §7). It is embedded in an array of the truth's shape; the scored region is
-where the canvas has coverage. Scoring itself is :func:`ptycho_core.metrics.evaluate`.
+object pixels (``specs/training.md``). It is embedded in an array of the truth's shape; the scored
+region is where the canvas has coverage. Scoring itself is :func:`ptycho_core.metrics.evaluate`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ __all__ = ["Comparison", "embed_in_truth_frame", "compare_to_truth"]
 logger = logging.getLogger(__name__)
 
 
-def embed_in_truth_frame(recon: np.ndarray, coverage: np.ndarray, origin: Any,
-                         truth_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def embed_in_truth_frame(
+    recon: np.ndarray, coverage: np.ndarray, origin: Any, truth_shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """``(recon_on_truth_grid complex (H,W), covered bool (H,W))``.
 
     The origin is rounded to whole pixels (stitching canvases start on whole pixels; a
@@ -29,8 +30,13 @@ def embed_in_truth_frame(recon: np.ndarray, coverage: np.ndarray, origin: Any,
     x0, y0 = (float(v) for v in np.asarray(origin, np.float64).reshape(2))
     ix, iy = int(round(x0)), int(round(y0))
     if abs(ix - x0) > 1e-6 or abs(iy - y0) > 1e-6:
-        logger.warning("reconstruction origin (%g, %g) is not on whole pixels; rounded to (%d, %d)",
-                       x0, y0, ix, iy)
+        logger.warning(
+            "reconstruction origin (%g, %g) is not on whole pixels; rounded to (%d, %d)",
+            x0,
+            y0,
+            ix,
+            iy,
+        )
     out = np.zeros((h, w), np.complex64)
     cov = np.zeros((h, w), np.float32)
     rh, rw = recon.shape
@@ -38,10 +44,12 @@ def embed_in_truth_frame(recon: np.ndarray, coverage: np.ndarray, origin: Any,
     ty0, ty1 = max(iy, 0), min(iy + rh, h)
     tx0, tx1 = max(ix, 0), min(ix + rw, w)
     if ty1 <= ty0 or tx1 <= tx0:
-        raise ValueError(f"the reconstruction (origin ({x0:g}, {y0:g}), shape {recon.shape}) does "
-                         f"not overlap the ground-truth object (shape {truth_shape})")
-    out[ty0:ty1, tx0:tx1] = recon[ty0 - iy:ty1 - iy, tx0 - ix:tx1 - ix]
-    cov[ty0:ty1, tx0:tx1] = coverage[ty0 - iy:ty1 - iy, tx0 - ix:tx1 - ix]
+        raise ValueError(
+            f"the reconstruction (origin ({x0:g}, {y0:g}), shape {recon.shape}) does "
+            f"not overlap the ground-truth object (shape {truth_shape})"
+        )
+    out[ty0:ty1, tx0:tx1] = recon[ty0 - iy : ty1 - iy, tx0 - ix : tx1 - ix]
+    cov[ty0:ty1, tx0:tx1] = coverage[ty0 - iy : ty1 - iy, tx0 - ix : tx1 - ix]
     return out, cov > 0
 
 
@@ -61,8 +69,9 @@ class Comparison:
     metrics: dict[str, Any]
 
 
-def _display_aligned(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray,
-                     remove_plane: bool) -> np.ndarray:
+def _display_aligned(
+    recon: np.ndarray, truth: np.ndarray, mask: np.ndarray, remove_plane: bool
+) -> np.ndarray:
     """Recon with amplitude scaled to the truth's mean and the best constant (or plane) phase
     removed, as the metrics do (for display only)."""
     from ptycho_core.metrics import align_phase, scale_amplitude
@@ -72,16 +81,24 @@ def _display_aligned(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray,
     return (amp * np.exp(1j * phase)).astype(np.complex64)
 
 
-def compare_to_truth(recon: np.ndarray, coverage: np.ndarray, origin: Any, truth: np.ndarray,
-                     *, register: bool = False, remove_plane: bool = False,
-                     margin: int = 0) -> Comparison:
+def compare_to_truth(
+    recon: np.ndarray,
+    coverage: np.ndarray,
+    origin: Any,
+    truth: np.ndarray,
+    *,
+    register: bool = False,
+    remove_plane: bool = False,
+    margin: int = 0,
+) -> Comparison:
     """Score ``recon`` against ``truth`` on the covered region (optionally eroded by ``margin``
     pixels, to leave out the poorly constrained rim)."""
     from ptycho_core.metrics import evaluate
 
     truth = np.asarray(truth)
-    full, covered = embed_in_truth_frame(np.asarray(recon), np.asarray(coverage), origin,
-                                         truth.shape)
+    full, covered = embed_in_truth_frame(
+        np.asarray(recon), np.asarray(coverage), origin, truth.shape
+    )
     if margin > 0:
         from scipy.ndimage import binary_erosion
 
@@ -93,5 +110,6 @@ def compare_to_truth(recon: np.ndarray, coverage: np.ndarray, origin: Any, truth
     t, r, k = truth[sl], full[sl], covered[sl]
     metrics = evaluate(r, t, mask=k, register=register, remove_plane=remove_plane)
     shown = _display_aligned(r, t, k, remove_plane)
-    return Comparison(truth=t, recon=shown, mask=k, origin=(float(cols[0]), float(rows[0])),
-                      metrics=dict(metrics))
+    return Comparison(
+        truth=t, recon=shown, mask=k, origin=(float(cols[0]), float(rows[0])), metrics=dict(metrics)
+    )

@@ -19,8 +19,9 @@ PROG = "ptycho"
 class Console:
     """Where the command's messages go; ``quiet`` silences stage lines, not results or errors."""
 
-    def __init__(self, quiet: bool = False, out: TextIO | None = None,
-                 err: TextIO | None = None) -> None:
+    def __init__(
+        self, quiet: bool = False, out: TextIO | None = None, err: TextIO | None = None
+    ) -> None:
         self.quiet = quiet
         self.out = out if out is not None else sys.stdout
         self.err = err if err is not None else sys.stderr
@@ -75,8 +76,14 @@ def configure_logging(verbose: int = 0, debug: bool = False, quiet: bool = False
     tame_framework_logging(level)
 
 
-_FRAMEWORK_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning",
-                      "tensorflow", "keras")
+_FRAMEWORK_LOGGERS = (
+    "lightning",
+    "lightning.pytorch",
+    "lightning.fabric",
+    "pytorch_lightning",
+    "tensorflow",
+    "keras",
+)
 
 
 def tame_framework_logging(level: int | None = None) -> None:

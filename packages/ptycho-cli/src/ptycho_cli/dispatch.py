@@ -1,4 +1,5 @@
-"""Backend dispatch (SPEC §1, §9): run a payload on the backend it names, never another one.
+"""Backend dispatch (``specs/packages.md``, ``specs/configuration.md``): run a payload on the
+backend it names, never another one.
 
 - :func:`train` uses ``payload.config.backend``; :func:`reconstruct` uses the backend recorded in
   the bundle's manifest. A ``--backend`` that contradicts the bundle raises
@@ -18,19 +19,25 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from ptycho_core.backends import load_backend
-from ptycho_core.errors import BundleBackendMismatchError
-
 from ptycho_cli.execution import resolve_accelerator
 from ptycho_cli.factories import InferencePayload, TrainingPayload
+from ptycho_core.backends import load_backend
+from ptycho_core.errors import BundleBackendMismatchError
 
 __all__ = ["train", "reconstruct", "TRAIN_RESULT_KEYS", "check_inference_backend"]
 
 logger = logging.getLogger(__name__)
 
 #: Keys every backend's ``train`` returns (specs/core-api.md).
-TRAIN_RESULT_KEYS = ("backend", "bundle_path", "history", "intensity_scale", "norm_factor",
-                     "timings", "config")
+TRAIN_RESULT_KEYS = (
+    "backend",
+    "bundle_path",
+    "history",
+    "intensity_scale",
+    "norm_factor",
+    "timings",
+    "config",
+)
 
 
 def _resolved_execution(execution: Any, backend: str) -> Any:
@@ -43,8 +50,9 @@ def _resolved_execution(execution: Any, backend: str) -> Any:
 
 def _check_keys(results: Any, keys: tuple[str, ...], backend: str, what: str) -> dict[str, Any]:
     if not isinstance(results, dict):
-        raise RuntimeError(f"{backend} backend {what} returned {type(results).__name__}, "
-                           "expected a dict")
+        raise RuntimeError(
+            f"{backend} backend {what} returned {type(results).__name__}, expected a dict"
+        )
     missing = [k for k in keys if k not in results]
     if missing:
         raise RuntimeError(f"{backend} backend {what} result lacks the agreed keys {missing}")
@@ -58,8 +66,9 @@ def _load(name: str, on_backend_loaded: Callable[[ModuleType], None] | None) -> 
     return module
 
 
-def train(payload: TrainingPayload, *,
-          on_backend_loaded: Callable[[ModuleType], None] | None = None) -> dict[str, Any]:
+def train(
+    payload: TrainingPayload, *, on_backend_loaded: Callable[[ModuleType], None] | None = None
+) -> dict[str, Any]:
     """Train on ``payload.config.backend``; returns the backend's result dict (``backend`` set).
 
     ``on_backend_loaded(module)`` runs after the backend (and its framework) was imported and
@@ -69,8 +78,9 @@ def train(payload: TrainingPayload, *,
     execution = _resolved_execution(payload.execution, name)
     logger.info("training with the %s backend", name)
     start = time.perf_counter()
-    results = module.train(payload.config, execution, train_data=payload.train_data,
-                           test_data=payload.test_data)
+    results = module.train(
+        payload.config, execution, train_data=payload.train_data, test_data=payload.test_data
+    )
     results = _check_keys(results, TRAIN_RESULT_KEYS, name, "train")
     results["backend"] = name
     results.setdefault("timings", {}).setdefault("total_s", time.perf_counter() - start)
@@ -86,8 +96,9 @@ def check_inference_backend(payload: InferencePayload) -> str:
     return archived
 
 
-def reconstruct(payload: InferencePayload, *,
-                on_backend_loaded: Callable[[ModuleType], None] | None = None) -> dict[str, Any]:
+def reconstruct(
+    payload: InferencePayload, *, on_backend_loaded: Callable[[ModuleType], None] | None = None
+) -> dict[str, Any]:
     """Reconstruct ``payload.data`` with the bundle's backend; returns the shared result dict."""
     name = check_inference_backend(payload)
     module = _load(name, on_backend_loaded)

@@ -1,4 +1,4 @@
-"""Execution-config helpers shared by every ``ptycho`` command (ADR-003, SPEC §9–10).
+"""Execution-config helpers shared by every ``ptycho`` command (ADR-003, ``specs/cli.md``).
 
 Commands never build a :class:`~ptycho_core.config.PyTorchExecutionConfig` by hand: they call
 :func:`add_execution_arguments` on their parser and :func:`execution_overrides` (only the fields
@@ -17,13 +17,18 @@ import importlib.util
 import logging
 import sys
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ptycho_core.config import PyTorchExecutionConfig
 
 __all__ = [
-    "EXECUTION_FLAGS", "add_execution_arguments", "execution_overrides", "build_execution_config",
-    "resolve_accelerator", "parse_devices",
+    "EXECUTION_FLAGS",
+    "add_execution_arguments",
+    "execution_overrides",
+    "build_execution_config",
+    "resolve_accelerator",
+    "parse_devices",
 ]
 
 logger = logging.getLogger(__name__)
@@ -94,43 +99,117 @@ def add_execution_arguments(parser: argparse.ArgumentParser, *, training: bool =
     """Add the ADR-003 runtime flags. Every default is ``None`` (= "not given"), so the factories
     can tell a user's choice from a default. ``training=False`` omits training-only flags."""
     g = parser.add_argument_group("execution (runtime, never science)")
-    g.add_argument("--accelerator", choices=ACCELERATORS, default=None,
-                   help="hardware to run on (default auto: cuda, then mps, then cpu)")
-    g.add_argument("--devices", type=parse_devices, default=None, metavar="N|auto|I,J",
-                   help="number of devices, -1 for all, or a comma list of device indices")
+    g.add_argument(
+        "--accelerator",
+        choices=ACCELERATORS,
+        default=None,
+        help="hardware to run on (default auto: cuda, then mps, then cpu)",
+    )
+    g.add_argument(
+        "--devices",
+        type=parse_devices,
+        default=None,
+        metavar="N|auto|I,J",
+        help="number of devices, -1 for all, or a comma list of device indices",
+    )
     g.add_argument("--strategy", default=None, help="Lightning strategy, e.g. auto, ddp")
-    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
-                   help="deterministic algorithms (default on)")
-    g.add_argument("--num-workers", type=int, default=None, metavar="N",
-                   help="data-loader worker processes (default 0)")
-    g.add_argument("--inference-batch-size", type=positive_int, default=None, metavar="N",
-                   help="groups per inference batch (default 64)")
-    g.add_argument("--logger", choices=LOGGERS, default=None,
-                   help="training metrics logger (default csv; mlflow is never required)")
+    g.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="deterministic algorithms (default on)",
+    )
+    g.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="data-loader worker processes (default 0)",
+    )
+    g.add_argument(
+        "--inference-batch-size",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="groups per inference batch (default 64)",
+    )
+    g.add_argument(
+        "--logger",
+        choices=LOGGERS,
+        default=None,
+        help="training metrics logger (default csv; mlflow is never required)",
+    )
     if training:
-        g.add_argument("--learning-rate", type=positive_float, default=None, metavar="LR",
-                       help="Adam learning rate (default 1e-3)")
-        g.add_argument("--scheduler", choices=SCHEDULERS, default=None,
-                       help="learning-rate schedule (default plateau: halve on a 2-epoch plateau)")
-        g.add_argument("--accumulate-grad-batches", type=positive_int, default=None, metavar="K",
-                       help="accumulate gradients over K batches (default 1)")
-        g.add_argument("--gradient-clip-val", type=positive_float, default=None, metavar="V",
-                       help="clip gradient norm at V (default off)")
-        g.add_argument("--enable-checkpointing", "--disable-checkpointing",
-                       dest="enable_checkpointing", action=_EnableDisable, default=None,
-                       help="keep the best checkpoints during training (default enabled)")
-        g.add_argument("--checkpoint-save-top-k", type=int, default=None, metavar="K",
-                       help="checkpoints kept (-1 = all; default 1)")
-        g.add_argument("--checkpoint-monitor", default=None, metavar="METRIC",
-                       help="metric that ranks checkpoints (default val_loss)")
-        g.add_argument("--checkpoint-mode", choices=("min", "max"), default=None,
-                       help="whether a lower or higher monitored metric is better (default min)")
-        g.add_argument("--early-stop-patience", type=positive_int, default=None, metavar="E",
-                       help="stop after E epochs without improvement (default 5)")
+        g.add_argument(
+            "--learning-rate",
+            type=positive_float,
+            default=None,
+            metavar="LR",
+            help="Adam learning rate (default 1e-3)",
+        )
+        g.add_argument(
+            "--scheduler",
+            choices=SCHEDULERS,
+            default=None,
+            help="learning-rate schedule (default plateau: halve on a 2-epoch plateau)",
+        )
+        g.add_argument(
+            "--accumulate-grad-batches",
+            type=positive_int,
+            default=None,
+            metavar="K",
+            help="accumulate gradients over K batches (default 1)",
+        )
+        g.add_argument(
+            "--gradient-clip-val",
+            type=positive_float,
+            default=None,
+            metavar="V",
+            help="clip gradient norm at V (default off)",
+        )
+        g.add_argument(
+            "--enable-checkpointing",
+            "--disable-checkpointing",
+            dest="enable_checkpointing",
+            action=_EnableDisable,
+            default=None,
+            help="keep the best checkpoints during training (default enabled)",
+        )
+        g.add_argument(
+            "--checkpoint-save-top-k",
+            type=int,
+            default=None,
+            metavar="K",
+            help="checkpoints kept (-1 = all; default 1)",
+        )
+        g.add_argument(
+            "--checkpoint-monitor",
+            default=None,
+            metavar="METRIC",
+            help="metric that ranks checkpoints (default val_loss)",
+        )
+        g.add_argument(
+            "--checkpoint-mode",
+            choices=("min", "max"),
+            default=None,
+            help="whether a lower or higher monitored metric is better (default min)",
+        )
+        g.add_argument(
+            "--early-stop-patience",
+            type=positive_int,
+            default=None,
+            metavar="E",
+            help="stop after E epochs without improvement (default 5)",
+        )
     d = parser.add_argument_group("deprecated")
     d.add_argument("--device", default=None, help=argparse.SUPPRESS)
-    d.add_argument("--disable_mlflow", "--disable-mlflow", action="store_true", default=False,
-                   help=argparse.SUPPRESS)
+    d.add_argument(
+        "--disable_mlflow",
+        "--disable-mlflow",
+        action="store_true",
+        default=False,
+        help=argparse.SUPPRESS,
+    )
 
 
 class _EnableDisable(argparse.Action):
@@ -154,8 +233,10 @@ def _map_device(value: str) -> tuple[str, list[int] | None]:
     name, _, index = value.partition(":")
     name = name.strip().lower()
     if name not in ACCELERATORS:
-        raise ValueError(f"--device {value!r}: unknown device; use --accelerator with one of "
-                         f"{', '.join(ACCELERATORS)}")
+        raise ValueError(
+            f"--device {value!r}: unknown device; use --accelerator with one of "
+            f"{', '.join(ACCELERATORS)}"
+        )
     if index:
         try:
             return name, [int(index)]
@@ -164,8 +245,9 @@ def _map_device(value: str) -> tuple[str, list[int] | None]:
     return name, None
 
 
-def execution_overrides(args: argparse.Namespace,
-                        warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+def execution_overrides(
+    args: argparse.Namespace, warn: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Execution fields the user gave on the command line (no defaults), deprecated flags mapped.
 
     ``warn`` receives each deprecation message so the CLI can print it (a DeprecationWarning is
@@ -179,11 +261,16 @@ def execution_overrides(args: argparse.Namespace,
     device = getattr(args, "device", None)
     if device is not None:
         accel, devices = _map_device(device)
-        _deprecated(f"--device is deprecated; use --accelerator {accel}"
-                    + (f" --devices {devices[0]}" if devices else ""), warn)
+        _deprecated(
+            f"--device is deprecated; use --accelerator {accel}"
+            + (f" --devices {devices[0]}" if devices else ""),
+            warn,
+        )
         if "accelerator" in out and out["accelerator"] != accel:
-            raise ValueError(f"--device {device!r} conflicts with --accelerator "
-                             f"{out['accelerator']!r}; give only --accelerator")
+            raise ValueError(
+                f"--device {device!r} conflicts with --accelerator "
+                f"{out['accelerator']!r}; give only --accelerator"
+            )
         out["accelerator"] = accel
         if devices is not None:
             out.setdefault("devices", devices)
@@ -197,9 +284,11 @@ def execution_overrides(args: argparse.Namespace,
     return out
 
 
-def build_execution_config(args: argparse.Namespace,
-                           warn: Callable[[str], None] | None = None,
-                           base: PyTorchExecutionConfig | None = None) -> PyTorchExecutionConfig:
+def build_execution_config(
+    args: argparse.Namespace,
+    warn: Callable[[str], None] | None = None,
+    base: PyTorchExecutionConfig | None = None,
+) -> PyTorchExecutionConfig:
     """A full :class:`PyTorchExecutionConfig`: ``base`` (or the defaults) with the flags applied."""
     fields = (base or PyTorchExecutionConfig()).to_dict()
     fields.update(execution_overrides(args, warn))
@@ -235,6 +324,6 @@ def resolve_accelerator(accelerator: str, backend: str = "pytorch") -> str:
         tf = sys.modules["tensorflow"]
         try:
             return "cuda" if tf.config.list_physical_devices("GPU") else "cpu"
-        except Exception:  # noqa: BLE001 - a broken GPU stack means: run on the CPU
+        except Exception:  # a broken GPU stack means: run on the CPU
             return "cpu"
     return "cpu"

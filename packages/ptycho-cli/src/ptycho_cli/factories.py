@@ -1,5 +1,6 @@
 """ADR-003 factories: build validated configs from data files, a config file, overrides and an
-execution config, recording where every value came from (SPEC §9, ``specs/cli.md``).
+execution config, recording where every value came from (``specs/configuration.md``,
+``specs/cli.md``).
 
 Precedence, highest first::
 
@@ -43,14 +44,25 @@ from ptycho_core.config import (
 from ptycho_core.io import ScanData, check_enough_patterns, load_npz
 
 __all__ = [
-    "TrainingPayload", "InferencePayload", "create_training_payload", "create_inference_payload",
-    "resolve_bundle_path", "valid_keys",
+    "TrainingPayload",
+    "InferencePayload",
+    "create_training_payload",
+    "create_inference_payload",
+    "resolve_bundle_path",
+    "valid_keys",
 ]
 
 logger = logging.getLogger(__name__)
 
 OVERRIDE, EXECUTION, FILE, BUNDLE, DATA, DEFAULT, ARGUMENT = (
-    "override", "execution config", "config file", "bundle", "data", "default", "argument")
+    "override",
+    "execution config",
+    "config file",
+    "bundle",
+    "data",
+    "default",
+    "argument",
+)
 
 _MODEL_KEYS = tuple(ModelConfig.field_names())
 _EXEC_KEYS = tuple(PyTorchExecutionConfig.field_names())
@@ -134,11 +146,15 @@ class _Space:
         for raw_key, value in mapping.items():
             key = str(raw_key)
             section, _, name = key.rpartition(".")
-            if not section and key in ("model", "training", "inference", "execution") \
-                    and isinstance(value, Mapping):
+            if (
+                not section
+                and key in ("model", "training", "inference", "execution")
+                and isinstance(value, Mapping)
+            ):
                 if key == self.other:
-                    logger.debug("%s: ignoring the %r section (not used for %s)", where, key,
-                                 self.kind)
+                    logger.debug(
+                        "%s: ignoring the %r section (not used for %s)", where, key, self.kind
+                    )
                     continue
                 for sub_key, sub_value in value.items():
                     self._put(flat, unknown, str(sub_key), sub_value, key)
@@ -153,11 +169,13 @@ class _Space:
             )
         return flat
 
-    def _put(self, flat: dict[str, Any], unknown: list[str], name: str, value: Any,
-             section: str | None) -> None:
+    def _put(
+        self, flat: dict[str, Any], unknown: list[str], name: str, value: Any, section: str | None
+    ) -> None:
         if name == "n_images":
-            warnings.warn("'n_images' is deprecated; use 'n_groups'", DeprecationWarning,
-                          stacklevel=5)
+            warnings.warn(
+                "'n_images' is deprecated; use 'n_groups'", DeprecationWarning, stacklevel=5
+            )
             name = "n_groups"
         if name in self.paths:
             logger.debug("ignoring %r from a config source: it is given as an argument", name)
@@ -176,16 +194,23 @@ def _execution_layer(execution_config: Any) -> dict[str, Any]:
         return {}
     if isinstance(execution_config, PyTorchExecutionConfig):
         default = PyTorchExecutionConfig()
-        return {f: getattr(execution_config, f) for f in _EXEC_KEYS
-                if getattr(execution_config, f) != getattr(default, f)}
+        return {
+            f: getattr(execution_config, f)
+            for f in _EXEC_KEYS
+            if getattr(execution_config, f) != getattr(default, f)
+        }
     if isinstance(execution_config, Mapping):
         unknown = sorted(set(map(str, execution_config)) - set(_EXEC_KEYS))
         if unknown:
-            raise ValueError(f"execution config: unknown key(s) {unknown}; valid keys: "
-                             f"{', '.join(sorted(_EXEC_KEYS))}")
+            raise ValueError(
+                f"execution config: unknown key(s) {unknown}; valid keys: "
+                f"{', '.join(sorted(_EXEC_KEYS))}"
+            )
         return dict(execution_config)
-    raise TypeError("execution_config must be a PyTorchExecutionConfig, a mapping or None, got "
-                    f"{type(execution_config).__name__}")
+    raise TypeError(
+        "execution_config must be a PyTorchExecutionConfig, a mapping or None, got "
+        f"{type(execution_config).__name__}"
+    )
 
 
 def _require_file(path: Any, what: str) -> Path:
@@ -234,16 +259,18 @@ class _Resolver:
         return model, own, exe
 
 
-def _layers(space: _Space, overrides: Mapping[str, Any] | None, execution_config: Any,
-            config_file: Any) -> tuple[list[tuple[str, dict[str, Any]]], Path | None]:
+def _layers(
+    space: _Space, overrides: Mapping[str, Any] | None, execution_config: Any, config_file: Any
+) -> tuple[list[tuple[str, dict[str, Any]]], Path | None]:
     layers = [(OVERRIDE, space.normalise(overrides or {}, "overrides"))]
     exe = _execution_layer(execution_config)
     layers.append((EXECUTION, exe))
     cfg_path = None
     if config_file is not None:
         cfg_path = _require_file(config_file, "config file")
-        layers.append((f"{FILE} {cfg_path}", space.normalise(load_config_file(cfg_path),
-                                                             str(cfg_path))))
+        layers.append(
+            (f"{FILE} {cfg_path}", space.normalise(load_config_file(cfg_path), str(cfg_path)))
+        )
     return layers, cfg_path
 
 
@@ -270,8 +297,10 @@ def _finish(cls: type, resolver: _Resolver, paths: dict[str, Any]) -> tuple:
 def _check_n(resolver: _Resolver, n_data: int, where: str, what: str) -> None:
     found = resolver.lookup("N")
     if found is not None and found[0] != n_data:
-        raise ValueError(f"N = {found[0]!r} (from {found[1]}) conflicts with N = {n_data} of "
-                         f"{what} {where} (pattern and probe size)")
+        raise ValueError(
+            f"N = {found[0]!r} (from {found[1]}) conflicts with N = {n_data} of "
+            f"{what} {where} (pattern and probe size)"
+        )
     resolver.set("N", n_data, f"{DATA} {where}")
 
 
@@ -303,17 +332,28 @@ def create_training_payload(
     if test_path is not None:
         test = load_npz(test_path)
         if test.N != train.N:
-            raise ValueError(f"{test_path}: pattern size N = {test.N} differs from N = {train.N} "
-                             f"of the training data {train_path}")
+            raise ValueError(
+                f"{test_path}: pattern size N = {test.N} differs from N = {train.N} "
+                f"of the training data {train_path}"
+            )
     resolver.resolve_all()
-    paths = {"train_data_file": train_path, "test_data_file": test_path,
-             "output_dir": Path(output_dir)}
-    for key, value in paths.items():
+    paths = {
+        "train_data_file": train_path,
+        "test_data_file": test_path,
+        "output_dir": Path(output_dir),
+    }
+    for key, _value in paths.items():
         resolver.provenance[f"training.{key}"] = ARGUMENT
     config, execution, provenance = _finish(TrainingConfig, resolver, paths)
     check_enough_patterns(train, config.model.C, f"gridsize {config.model.gridsize}")
-    return TrainingPayload(config=config, execution=execution, provenance=provenance,
-                           train_data=train, test_data=test, config_file=cfg_path)
+    return TrainingPayload(
+        config=config,
+        execution=execution,
+        provenance=provenance,
+        train_data=train,
+        test_data=test,
+        config_file=cfg_path,
+    )
 
 
 def _bundle_layer(manifest: dict[str, Any], space: _Space) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -354,15 +394,19 @@ def create_inference_payload(
     for key, value in bundle_model.items():
         found = resolver.lookup(key)
         if found is not None and found[0] != value:
-            raise ValueError(f"{key} = {found[0]!r} (from {found[1]}) conflicts with {key} = "
-                             f"{value!r} of the model bundle {bundle_path}")
+            raise ValueError(
+                f"{key} = {found[0]!r} (from {found[1]}) conflicts with {key} = "
+                f"{value!r} of the model bundle {bundle_path}"
+            )
         resolver.set(key, value, source)
 
     data = load_npz(data_path)
     n_bundle = bundle_model.get("N")
     if n_bundle is not None and n_bundle != data.N:
-        raise ValueError(f"{data_path}: pattern size N = {data.N} conflicts with N = {n_bundle} "
-                         f"of the model bundle {bundle_path}")
+        raise ValueError(
+            f"{data_path}: pattern size N = {data.N} conflicts with N = {n_bundle} "
+            f"of the model bundle {bundle_path}"
+        )
     if n_bundle is None:
         _check_n(resolver, data.N, str(data_path), "the data")
     resolver.resolve_all()
@@ -371,6 +415,12 @@ def create_inference_payload(
         resolver.provenance[f"inference.{key}"] = ARGUMENT
     config, execution, provenance = _finish(InferenceConfig, resolver, paths)
     check_enough_patterns(data, config.model.C, f"gridsize {config.model.gridsize}")
-    return InferencePayload(config=config, execution=execution, provenance=provenance,
-                            manifest=manifest, bundle_path=bundle_path, data=data,
-                            config_file=cfg_path)
+    return InferencePayload(
+        config=config,
+        execution=execution,
+        provenance=provenance,
+        manifest=manifest,
+        bundle_path=bundle_path,
+        data=data,
+        config_file=cfg_path,
+    )

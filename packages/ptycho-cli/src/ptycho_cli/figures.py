@@ -1,8 +1,8 @@
 """PNG figures written by the ``ptycho`` commands (matplotlib, Agg, written atomically).
 
-Every image panel is in object-frame pixels (``x`` = column, ``y`` = row, SPEC §2.1) with axis
-labels and a colour bar. Uncovered pixels are masked (grey). matplotlib is imported lazily so
-``ptycho --help`` stays light.
+Every image panel is in object-frame pixels (``x`` = column, ``y`` = row, ``specs/physics.md``)
+with axis labels and a colour bar. Uncovered pixels are masked (grey). matplotlib is imported
+lazily so ``ptycho --help`` stays light.
 
 - :func:`reconstruction_figure`: amplitude and phase of a reconstruction with scan positions.
 - :func:`loss_figure`: the training history (``train_loss``, ``val_loss`` per epoch).
@@ -22,8 +22,13 @@ import numpy as np
 
 from ptycho_core.io import atomic_write
 
-__all__ = ["reconstruction_figure", "loss_figure", "comparison_figure", "demo_figure",
-           "save_figure"]
+__all__ = [
+    "reconstruction_figure",
+    "loss_figure",
+    "comparison_figure",
+    "demo_figure",
+    "save_figure",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +82,32 @@ def _limits(a: np.ndarray, mask: np.ndarray | None, lo: float = 0.5, hi: float =
     return float(vmin), float(vmax)
 
 
-def _panel(fig: Any, ax: Any, image: np.ndarray, *, title: str, cmap: str, origin=(0.0, 0.0),
-           mask: np.ndarray | None = None, vmin=None, vmax=None, label: str = "") -> None:
+def _panel(
+    fig: Any,
+    ax: Any,
+    image: np.ndarray,
+    *,
+    title: str,
+    cmap: str,
+    origin=(0.0, 0.0),
+    mask: np.ndarray | None = None,
+    vmin=None,
+    vmax=None,
+    label: str = "",
+) -> None:
     if vmin is None or vmax is None:
         lo, hi = _limits(image, mask)
         vmin = lo if vmin is None else vmin
         vmax = hi if vmax is None else vmax
     cmap_obj = _plt().get_cmap(cmap).with_extremes(bad="0.85")
-    im = ax.imshow(_masked(image, mask), cmap=cmap_obj, vmin=vmin, vmax=vmax,
-                   extent=_extent(image.shape, origin), interpolation="nearest")
+    im = ax.imshow(
+        _masked(image, mask),
+        cmap=cmap_obj,
+        vmin=vmin,
+        vmax=vmax,
+        extent=_extent(image.shape, origin),
+        interpolation="nearest",
+    )
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("x (pixels)")
     ax.set_ylabel("y (pixels)")
@@ -94,8 +116,13 @@ def _panel(fig: Any, ax: Any, image: np.ndarray, *, title: str, cmap: str, origi
         cbar.set_label(label)
 
 
-def _scatter(ax: Any, positions: np.ndarray | None, color: str = "tab:red", label=None,
-             size: float | None = None) -> None:
+def _scatter(
+    ax: Any,
+    positions: np.ndarray | None,
+    color: str = "tab:red",
+    label=None,
+    size: float | None = None,
+) -> None:
     if positions is None or len(positions) == 0:
         return
     p = np.asarray(positions)
@@ -103,17 +130,40 @@ def _scatter(ax: Any, positions: np.ndarray | None, color: str = "tab:red", labe
     ax.scatter(p[:, 0], p[:, 1], s=s, c=color, marker="o", linewidths=0, alpha=0.55, label=label)
 
 
-def reconstruction_figure(path: str | Path, amplitude: np.ndarray, phase: np.ndarray, *,
-                          positions: np.ndarray | None = None, origin=(0.0, 0.0),
-                          coverage: np.ndarray | None = None, title: str = "") -> Path:
+def reconstruction_figure(
+    path: str | Path,
+    amplitude: np.ndarray,
+    phase: np.ndarray,
+    *,
+    positions: np.ndarray | None = None,
+    origin=(0.0, 0.0),
+    coverage: np.ndarray | None = None,
+    title: str = "",
+) -> Path:
     """Amplitude and phase side by side with the scan positions overlaid (object pixels)."""
     plt = _plt()
     mask = None if coverage is None else np.asarray(coverage) > 0
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), constrained_layout=True)
-    _panel(fig, axes[0], amplitude, title="amplitude", cmap=_AMP_CMAP, origin=origin, mask=mask,
-           label="amplitude (a.u.)")
-    _panel(fig, axes[1], phase, title="phase", cmap=_PHASE_CMAP, origin=origin, mask=mask,
-           label="phase (rad)")
+    _panel(
+        fig,
+        axes[0],
+        amplitude,
+        title="amplitude",
+        cmap=_AMP_CMAP,
+        origin=origin,
+        mask=mask,
+        label="amplitude (a.u.)",
+    )
+    _panel(
+        fig,
+        axes[1],
+        phase,
+        title="phase",
+        cmap=_PHASE_CMAP,
+        origin=origin,
+        mask=mask,
+        label="phase (rad)",
+    )
     for ax in axes:
         _scatter(ax, positions)
         ax.set_xlim(*_extent(np.shape(amplitude), origin)[:2])
@@ -157,8 +207,15 @@ def _fmt(metrics: Mapping[str, Any], key: str, spec: str) -> str:
     return "n/a" if v is None else format(float(v), spec)
 
 
-def _comparison_panels(fig: Any, axes: Any, truth: np.ndarray, recon: np.ndarray,
-                       mask: np.ndarray, metrics: Mapping[str, Any], origin) -> None:
+def _comparison_panels(
+    fig: Any,
+    axes: Any,
+    truth: np.ndarray,
+    recon: np.ndarray,
+    mask: np.ndarray,
+    metrics: Mapping[str, Any],
+    origin,
+) -> None:
     """axes: 2×3 (rows amplitude, phase; columns truth, reconstruction, error)."""
     t_amp, r_amp = np.abs(truth), np.abs(recon)
     t_ph, r_ph = np.angle(truth), np.angle(recon)
@@ -169,23 +226,90 @@ def _comparison_panels(fig: Any, axes: Any, truth: np.ndarray, recon: np.ndarray
     a_e = np.nanpercentile(np.abs(amp_err[mask]), 99) if mask.any() else 1.0
     p_e = np.nanpercentile(np.abs(ph_err[mask]), 99) if mask.any() else 1.0
     amp_t = f"SSIM {_fmt(metrics, 'ssim_amp', '.3f')}, PSNR {_fmt(metrics, 'psnr_amp', '.1f')} dB"
-    ph_t = f"SSIM {_fmt(metrics, 'ssim_phase', '.3f')}, PSNR {_fmt(metrics, 'psnr_phase', '.1f')} dB"
-    _panel(fig, axes[0, 0], t_amp, title="truth amplitude", cmap=_AMP_CMAP, origin=origin,
-           mask=mask, vmin=amp_lim[0], vmax=amp_lim[1])
-    _panel(fig, axes[0, 1], r_amp, title=f"reconstruction amplitude\n{amp_t}", cmap=_AMP_CMAP,
-           origin=origin, mask=mask, vmin=amp_lim[0], vmax=amp_lim[1])
-    _panel(fig, axes[0, 2], amp_err, title="amplitude error (recon − truth)", cmap=_ERR_CMAP,
-           origin=origin, mask=mask, vmin=-max(a_e, 1e-6), vmax=max(a_e, 1e-6))
-    _panel(fig, axes[1, 0], t_ph, title="truth phase", cmap=_PHASE_CMAP, origin=origin,
-           mask=mask, vmin=ph_lim[0], vmax=ph_lim[1], label="rad")
-    _panel(fig, axes[1, 1], r_ph, title=f"reconstruction phase\n{ph_t}", cmap=_PHASE_CMAP,
-           origin=origin, mask=mask, vmin=ph_lim[0], vmax=ph_lim[1], label="rad")
-    _panel(fig, axes[1, 2], ph_err, title="phase error (wrapped)", cmap=_ERR_CMAP,
-           origin=origin, mask=mask, vmin=-max(p_e, 1e-6), vmax=max(p_e, 1e-6), label="rad")
+    ph_t = (
+        f"SSIM {_fmt(metrics, 'ssim_phase', '.3f')}, PSNR {_fmt(metrics, 'psnr_phase', '.1f')} dB"
+    )
+    _panel(
+        fig,
+        axes[0, 0],
+        t_amp,
+        title="truth amplitude",
+        cmap=_AMP_CMAP,
+        origin=origin,
+        mask=mask,
+        vmin=amp_lim[0],
+        vmax=amp_lim[1],
+    )
+    _panel(
+        fig,
+        axes[0, 1],
+        r_amp,
+        title=f"reconstruction amplitude\n{amp_t}",
+        cmap=_AMP_CMAP,
+        origin=origin,
+        mask=mask,
+        vmin=amp_lim[0],
+        vmax=amp_lim[1],
+    )
+    _panel(
+        fig,
+        axes[0, 2],
+        amp_err,
+        title="amplitude error (recon − truth)",
+        cmap=_ERR_CMAP,
+        origin=origin,
+        mask=mask,
+        vmin=-max(a_e, 1e-6),
+        vmax=max(a_e, 1e-6),
+    )
+    _panel(
+        fig,
+        axes[1, 0],
+        t_ph,
+        title="truth phase",
+        cmap=_PHASE_CMAP,
+        origin=origin,
+        mask=mask,
+        vmin=ph_lim[0],
+        vmax=ph_lim[1],
+        label="rad",
+    )
+    _panel(
+        fig,
+        axes[1, 1],
+        r_ph,
+        title=f"reconstruction phase\n{ph_t}",
+        cmap=_PHASE_CMAP,
+        origin=origin,
+        mask=mask,
+        vmin=ph_lim[0],
+        vmax=ph_lim[1],
+        label="rad",
+    )
+    _panel(
+        fig,
+        axes[1, 2],
+        ph_err,
+        title="phase error (wrapped)",
+        cmap=_ERR_CMAP,
+        origin=origin,
+        mask=mask,
+        vmin=-max(p_e, 1e-6),
+        vmax=max(p_e, 1e-6),
+        label="rad",
+    )
 
 
-def comparison_figure(path: str | Path, truth: np.ndarray, recon: np.ndarray, mask: np.ndarray,
-                      metrics: Mapping[str, Any], *, origin=(0.0, 0.0), title: str = "") -> Path:
+def comparison_figure(
+    path: str | Path,
+    truth: np.ndarray,
+    recon: np.ndarray,
+    mask: np.ndarray,
+    metrics: Mapping[str, Any],
+    *,
+    origin=(0.0, 0.0),
+    title: str = "",
+) -> Path:
     """Truth / reconstruction / error for amplitude (row 1) and phase (row 2).
 
     ``truth`` and ``recon`` are complex ``(H, W)`` on the same grid, ``recon`` already scaled and
@@ -199,10 +323,20 @@ def comparison_figure(path: str | Path, truth: np.ndarray, recon: np.ndarray, ma
     return save_figure(fig, path)
 
 
-def demo_figure(path: str | Path, truth: np.ndarray, recon: np.ndarray, mask: np.ndarray,
-                metrics: Mapping[str, Any], history: Mapping[str, Sequence[float]], *,
-                truth_full: np.ndarray, train_positions: np.ndarray,
-                test_positions: np.ndarray, origin=(0.0, 0.0), title: str = "") -> Path:
+def demo_figure(
+    path: str | Path,
+    truth: np.ndarray,
+    recon: np.ndarray,
+    mask: np.ndarray,
+    metrics: Mapping[str, Any],
+    history: Mapping[str, Sequence[float]],
+    *,
+    truth_full: np.ndarray,
+    train_positions: np.ndarray,
+    test_positions: np.ndarray,
+    origin=(0.0, 0.0),
+    title: str = "",
+) -> Path:
     """One page: the 2×3 comparison on the held-out region, the scan layout and the loss curve."""
     plt = _plt()
     fig = plt.figure(figsize=(19, 9), constrained_layout=True)
@@ -210,8 +344,7 @@ def demo_figure(path: str | Path, truth: np.ndarray, recon: np.ndarray, mask: np
     axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(3)] for r in range(2)])
     _comparison_panels(fig, axes, truth, recon, np.asarray(mask, bool), metrics, origin)
     ax = fig.add_subplot(grid[0, 3])
-    _panel(fig, ax, np.abs(truth_full), title="scan layout on the true amplitude",
-           cmap=_AMP_CMAP)
+    _panel(fig, ax, np.abs(truth_full), title="scan layout on the true amplitude", cmap=_AMP_CMAP)
     _scatter(ax, train_positions, "tab:blue", label=f"train ({len(train_positions)})")
     _scatter(ax, test_positions, "tab:orange", label=f"held out ({len(test_positions)})")
     ax.legend(loc="upper right", fontsize=8, markerscale=4, framealpha=0.8)

@@ -1,4 +1,4 @@
-"""The ``ptycho`` command (SPEC §10, ``specs/cli.md``).
+"""The ``ptycho`` command (``specs/cli.md``, ``specs/cli.md``).
 
 Exit codes: 0 success; 1 failure, reported as one line ``ptycho: error: <file>: <problem>`` (the
 traceback only with ``--debug``); 2 usage errors (argparse); 130 interrupted (Ctrl-C).
@@ -40,12 +40,26 @@ def _global_options(top: bool) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     default = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
     g = p.add_argument_group("general")
-    g.add_argument("--debug", action="store_true", default=default(False),
-                   help="show tracebacks and debug logs")
-    g.add_argument("-q", "--quiet", action="store_true", default=default(False),
-                   help="no progress bars or stage messages (results and errors still shown)")
-    g.add_argument("-v", "--verbose", action="count", default=default(0),
-                   help="log applied config values and library messages (-vv for more)")
+    g.add_argument(
+        "--debug",
+        action="store_true",
+        default=default(False),
+        help="show tracebacks and debug logs",
+    )
+    g.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default(False),
+        help="no progress bars or stage messages (results and errors still shown)",
+    )
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default(0),
+        help="log applied config values and library messages (-vv for more)",
+    )
     return p
 
 
@@ -53,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ptycho_cli.commands import COMMANDS
 
     parser = argparse.ArgumentParser(
-        prog="ptycho", description=_DESCRIPTION, parents=[_global_options(True)],
+        prog="ptycho",
+        description=_DESCRIPTION,
+        parents=[_global_options(True)],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"ptycho-cli {__version__}")
@@ -102,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `ptycho inspect x | head`
         return EXIT_OK
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one line (traceback: --debug)
+    except Exception as exc:  # every failure becomes one line (traceback: --debug)
         if args.debug:
             traceback.print_exc()
         console.error(format_error(exc))

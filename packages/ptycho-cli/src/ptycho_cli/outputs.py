@@ -24,12 +24,20 @@ from typing import Any
 
 import numpy as np
 
+from ptycho_cli import figures
 from ptycho_core.io import ScanData, atomic_write, scan_to_product, write_product
 
-from ptycho_cli import figures
-
-__all__ = ["staged", "write_json", "write_recon_npz", "read_recon_npz", "write_reconstruction",
-           "to_jsonable", "DEFAULT_PIXEL_SIZE_M", "RECON_NPZ", "RECON_H5"]
+__all__ = [
+    "staged",
+    "write_json",
+    "write_recon_npz",
+    "read_recon_npz",
+    "write_reconstruction",
+    "to_jsonable",
+    "DEFAULT_PIXEL_SIZE_M",
+    "RECON_NPZ",
+    "RECON_H5",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +93,14 @@ def write_recon_npz(path: str | Path, results: Mapping[str, Any]) -> Path:
     """``object`` (H,W) complex64, ``amplitude``, ``phase``, ``coverage`` (H,W) float32,
     ``origin`` (2,) (x0, y0) object pixels of array pixel (0, 0), ``positions`` (M,2) (x, y),
     and ``_metadata`` (JSON: backend, config, timings)."""
-    meta = {"backend": results.get("backend"), "config": results.get("config"),
-            "timings": results.get("timings"), "format": "ptycho-recon", "version": 1,
-            "units": {"positions": "object pixels (x, y)", "phase": "rad"}}
+    meta = {
+        "backend": results.get("backend"),
+        "config": results.get("config"),
+        "timings": results.get("timings"),
+        "format": "ptycho-recon",
+        "version": 1,
+        "units": {"positions": "object pixels (x, y)", "phase": "rad"},
+    }
     arrays = {
         "object": np.asarray(results["object"], np.complex64),
         "amplitude": np.asarray(results["amplitude"], np.float32),
@@ -113,12 +126,14 @@ def read_recon_npz(path: str | Path) -> dict[str, Any]:
     try:
         with np.load(p, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except Exception as exc:  # noqa: BLE001 - numpy reports damage with many types
+    except Exception as exc:  # numpy reports damage with many types
         raise ValueError(f"{p}: not a readable reconstruction .npz ({exc})") from exc
     missing = [k for k in ("object", "coverage", "origin") if k not in data]
     if missing:
-        raise ValueError(f"{p}: not a ptycho reconstruction: missing key(s) {missing} "
-                         f"(keys present: {sorted(data)})")
+        raise ValueError(
+            f"{p}: not a ptycho reconstruction: missing key(s) {missing} "
+            f"(keys present: {sorted(data)})"
+        )
     meta = {}
     if "_metadata" in data:
         try:
@@ -139,28 +154,45 @@ def _pixel_size(scan: ScanData | None) -> float:
     return DEFAULT_PIXEL_SIZE_M
 
 
-def write_reconstruction(folder: str | Path, results: Mapping[str, Any], scan: ScanData, *,
-                         history: Mapping[str, Any] | None = None, title: str = "") -> list[Path]:
+def write_reconstruction(
+    folder: str | Path,
+    results: Mapping[str, Any],
+    scan: ScanData,
+    *,
+    history: Mapping[str, Any] | None = None,
+    title: str = "",
+) -> list[Path]:
     """``recon.npz``, ``recon.h5`` (with ``history["train_loss"]`` as its loss values) and
     ``recon.png`` into ``folder`` (use a :func:`staged` folder). Returns the written paths."""
     folder = Path(folder)
     written = [write_recon_npz(folder / RECON_NPZ, results)]
     pixel = _pixel_size(scan)
     losses = np.asarray((history or {}).get("train_loss", []), np.float64)
-    comment = (f"ptycho {results.get('backend')} reconstruction"
-               + ("" if pixel != DEFAULT_PIXEL_SIZE_M else
-                  f"; pixel size {pixel:g} m is nominal (not recorded in the input scan)"))
+    comment = f"ptycho {results.get('backend')} reconstruction" + (
+        ""
+        if pixel != DEFAULT_PIXEL_SIZE_M
+        else f"; pixel size {pixel:g} m is nominal (not recorded in the input scan)"
+    )
     product = scan_to_product(
-        scan, np.asarray(results["object"], np.complex64), pixel_size_m=pixel,
+        scan,
+        np.asarray(results["object"], np.complex64),
+        pixel_size_m=pixel,
         origin_px=tuple(float(v) for v in np.asarray(results["origin"]).reshape(2)),
-        loss_values=losses if losses.size else None, name="ptycho", comments=comment,
+        loss_values=losses if losses.size else None,
+        name="ptycho",
+        comments=comment,
     )
     write_product(folder / RECON_H5, product)
     written.append(folder / RECON_H5)
-    written.append(figures.reconstruction_figure(
-        folder / RECON_PNG, np.asarray(results["amplitude"]), np.asarray(results["phase"]),
-        positions=np.asarray(results["positions"]).reshape(-1, 2),
-        origin=np.asarray(results["origin"]).reshape(2), coverage=np.asarray(results["coverage"]),
-        title=title,
-    ))
+    written.append(
+        figures.reconstruction_figure(
+            folder / RECON_PNG,
+            np.asarray(results["amplitude"]),
+            np.asarray(results["phase"]),
+            positions=np.asarray(results["positions"]).reshape(-1, 2),
+            origin=np.asarray(results["origin"]).reshape(2),
+            coverage=np.asarray(results["coverage"]),
+            title=title,
+        )
+    )
     return written

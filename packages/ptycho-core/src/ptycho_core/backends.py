@@ -1,4 +1,4 @@
-"""The backend registry (SPEC §1): entry-point group ``ptycho.backends``.
+"""The backend registry (``specs/packages.md``): entry-point group ``ptycho.backends``.
 
 Each backend distribution registers one entry point whose name is the backend name and whose
 value is its backend module (``pytorch = "ptycho_torch.backend"``, ``tensorflow =
@@ -23,8 +23,13 @@ from types import ModuleType
 from ptycho_core.config import BACKEND_NAMES
 from ptycho_core.errors import BackendUnavailableError
 
-__all__ = ["BACKEND_NAMES", "ENTRY_POINT_GROUP", "available_backends", "check_backend_name",
-           "load_backend"]
+__all__ = [
+    "BACKEND_NAMES",
+    "ENTRY_POINT_GROUP",
+    "available_backends",
+    "check_backend_name",
+    "load_backend",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +45,7 @@ _REQUIRED_API = ("NAME", "train", "reconstruct")
 def check_backend_name(name: object) -> str:
     """Return ``name`` if it is a known backend name, else ``ValueError`` listing the valid ones."""
     if not isinstance(name, str) or name not in BACKEND_NAMES:
-        raise ValueError(
-            f"unknown backend {name!r}; valid backends: {', '.join(BACKEND_NAMES)}"
-        )
+        raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(BACKEND_NAMES)}")
     return name
 
 
@@ -51,8 +54,13 @@ def _entry_points() -> dict[str, EntryPoint]:
     found: dict[str, EntryPoint] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in found and found[ep.name].value != ep.value:
-            logger.warning("backend %r registered twice (%s, %s); using %s", ep.name,
-                           found[ep.name].value, ep.value, found[ep.name].value)
+            logger.warning(
+                "backend %r registered twice (%s, %s); using %s",
+                ep.name,
+                found[ep.name].value,
+                ep.value,
+                found[ep.name].value,
+            )
             continue
         found.setdefault(ep.name, ep)
     return found
@@ -71,8 +79,11 @@ def available_backends() -> list[str]:
     Order follows :data:`BACKEND_NAMES`. Imports nothing.
     """
     eps = _entry_points()
-    return [name for name in BACKEND_NAMES
-            if name in eps and all(_findable(m) for m in _FRAMEWORKS.get(name, ()))]
+    return [
+        name
+        for name in BACKEND_NAMES
+        if name in eps and all(_findable(m) for m in _FRAMEWORKS.get(name, ()))
+    ]
 
 
 def load_backend(name: str) -> ModuleType:

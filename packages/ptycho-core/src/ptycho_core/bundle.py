@@ -1,4 +1,5 @@
-"""Model bundles: one zip archive ``wts.h5.zip`` holding ``manifest.json`` and payload files (SPEC §8).
+"""Model bundles: one zip archive ``wts.h5.zip`` holding ``manifest.json`` and payload files
+(``specs/data-contracts.md``).
 
 Layout::
 
@@ -38,9 +39,21 @@ from ptycho_core.errors import BundleBackendMismatchError, BundleError
 from ptycho_core.io._atomic import atomic_write
 
 __all__ = [
-    "BUNDLE_FORMAT", "SCHEMA_VERSION", "BUNDLE_NAME", "MANIFEST_NAME", "PROBE_NAME",
-    "MAX_TOTAL_BYTES", "Bundle", "BundleNotFoundError", "make_manifest", "write_bundle",
-    "read_bundle", "read_manifest", "bundle_file", "npy_bytes", "load_npy_bytes",
+    "BUNDLE_FORMAT",
+    "SCHEMA_VERSION",
+    "BUNDLE_NAME",
+    "MANIFEST_NAME",
+    "PROBE_NAME",
+    "MAX_TOTAL_BYTES",
+    "Bundle",
+    "BundleNotFoundError",
+    "make_manifest",
+    "write_bundle",
+    "read_bundle",
+    "read_manifest",
+    "bundle_file",
+    "npy_bytes",
+    "load_npy_bytes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,8 +70,19 @@ _MAX_MANIFEST_BYTES = 16 * 1024**2
 _BACKENDS = ("pytorch", "tensorflow")
 _CREATOR_DISTS = ("ptycho-core", "ptycho-tf", "ptycho-torch", "ptycho-cli", "numpy")
 _FRAMEWORK_DISTS = {"pytorch": ("torch", "lightning"), "tensorflow": ("tensorflow", "keras")}
-_RESERVED = ("format", "schema_version", "backend", "model_names", "model_config",
-             "training_config", "intensity_scale", "normalization", "creator", "created", "files")
+_RESERVED = (
+    "format",
+    "schema_version",
+    "backend",
+    "model_names",
+    "model_config",
+    "training_config",
+    "intensity_scale",
+    "normalization",
+    "creator",
+    "created",
+    "files",
+)
 
 
 class BundleNotFoundError(BundleError, FileNotFoundError):
@@ -101,8 +125,10 @@ def _config_dict(config: Any, what: str) -> dict[str, Any] | None:
         return dict(to_dict())
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return dataclasses.asdict(config)
-    raise TypeError(f"{what}: expected a dict, a dataclass or an object with to_dict(), "
-                    f"got {type(config).__name__}")
+    raise TypeError(
+        f"{what}: expected a dict, a dataclass or an object with to_dict(), "
+        f"got {type(config).__name__}"
+    )
 
 
 def _creator_versions(backend: str) -> dict[str, str]:
@@ -146,7 +172,7 @@ def make_manifest(
         "intensity_scale": s,
         "normalization": _config_dict(normalization, "normalization") or {},
         "creator": _creator_versions(backend),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     for key, value in (extra or {}).items():
         if key in _RESERVED:
@@ -154,8 +180,6 @@ def make_manifest(
         manifest[key] = value
     json.dumps(manifest, allow_nan=False, default=json_default)  # fail early if not JSON-safe
     return json.loads(json.dumps(manifest, default=json_default))
-
-
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -176,8 +200,9 @@ def _check_name(name: str, where: object) -> None:
         raise BundleError(f"{where}: unsafe entry name {name!r} ({problem}); refusing to read")
 
 
-def write_bundle(path: str | os.PathLike[str], manifest: dict[str, Any],
-                 files: dict[str, bytes]) -> Path:
+def write_bundle(
+    path: str | os.PathLike[str], manifest: dict[str, Any], files: dict[str, bytes]
+) -> Path:
     """Write the archive atomically: ``manifest.json`` first (with per-file size and SHA-256), then
     ``files`` in the given order. Returns the path."""
     target = Path(path)
@@ -195,8 +220,9 @@ def write_bundle(path: str | os.PathLike[str], manifest: dict[str, Any],
         zf.writestr(MANIFEST_NAME, text.encode("utf-8"), compress_type=zipfile.ZIP_DEFLATED)
         for name, data in files.items():
             zf.writestr(name, bytes(data), compress_type=zipfile.ZIP_DEFLATED)
-    logger.info("wrote bundle %s (%s backend, %d entries)", target, manifest.get("backend"),
-                len(files) + 1)
+    logger.info(
+        "wrote bundle %s (%s backend, %d entries)", target, manifest.get("backend"), len(files) + 1
+    )
     return target
 
 
@@ -205,17 +231,26 @@ def _check_manifest(manifest: Any, where: object) -> dict[str, Any]:
         raise BundleError(f"{where}: manifest.json is not a JSON object")
     fmt = manifest.get("format")
     if fmt != BUNDLE_FORMAT:
-        raise BundleError(f"{where}: unknown bundle format {fmt!r} (expected {BUNDLE_FORMAT!r}); "
-                          "not a ptycho model bundle")
+        raise BundleError(
+            f"{where}: unknown bundle format {fmt!r} (expected {BUNDLE_FORMAT!r}); "
+            "not a ptycho model bundle"
+        )
     version = manifest.get("schema_version")
     if type(version) is not int or version != SCHEMA_VERSION:
-        hint = " (written by a newer ptycho; upgrade ptycho-core)" if (
-            type(version) is int and version > SCHEMA_VERSION) else ""
-        raise BundleError(f"{where}: unsupported bundle schema_version {version!r}; this ptycho "
-                          f"reads version {SCHEMA_VERSION}{hint}")
+        hint = (
+            " (written by a newer ptycho; upgrade ptycho-core)"
+            if (type(version) is int and version > SCHEMA_VERSION)
+            else ""
+        )
+        raise BundleError(
+            f"{where}: unsupported bundle schema_version {version!r}; this ptycho "
+            f"reads version {SCHEMA_VERSION}{hint}"
+        )
     if manifest.get("backend") not in _BACKENDS:
-        raise BundleError(f"{where}: manifest 'backend' is {manifest.get('backend')!r}, expected "
-                          f"one of {_BACKENDS}")
+        raise BundleError(
+            f"{where}: manifest 'backend' is {manifest.get('backend')!r}, expected "
+            f"one of {_BACKENDS}"
+        )
     listed = manifest.get("files", {})
     if not isinstance(listed, dict) or not all(
         isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("sha256"), str)
@@ -225,7 +260,9 @@ def _check_manifest(manifest: Any, where: object) -> dict[str, Any]:
     return manifest
 
 
-def _open_checked(zf: zipfile.ZipFile, where: object, max_total_bytes: int) -> list[zipfile.ZipInfo]:
+def _open_checked(
+    zf: zipfile.ZipFile, where: object, max_total_bytes: int
+) -> list[zipfile.ZipInfo]:
     infos = zf.infolist()
     if len(infos) > MAX_ENTRIES:
         raise BundleError(f"{where}: {len(infos)} entries (more than {MAX_ENTRIES}); refusing")
@@ -240,8 +277,10 @@ def _open_checked(zf: zipfile.ZipFile, where: object, max_total_bytes: int) -> l
             raise BundleError(f"{where}: unexpected folder entry {info.filename!r}")
         total += info.file_size
     if total > max_total_bytes:
-        raise BundleError(f"{where}: entries would expand to {total} bytes, more than the limit "
-                          f"{max_total_bytes} (zip bomb guard; pass max_total_bytes to raise it)")
+        raise BundleError(
+            f"{where}: entries would expand to {total} bytes, more than the limit "
+            f"{max_total_bytes} (zip bomb guard; pass max_total_bytes to raise it)"
+        )
     if MANIFEST_NAME not in seen:
         raise BundleError(f"{where}: missing {MANIFEST_NAME}; not a ptycho model bundle")
     return infos
@@ -268,9 +307,10 @@ def _guarded(path: Path, fn: Any) -> Any:
     except BundleError:
         raise
     except zipfile.BadZipFile as exc:
-        raise BundleError(f"{path}: not a valid zip archive, truncated or tampered with ({exc})") \
-            from exc
-    except Exception as exc:  # noqa: BLE001 - zipfile/zlib report damage with many types
+        raise BundleError(
+            f"{path}: not a valid zip archive, truncated or tampered with ({exc})"
+        ) from exc
+    except Exception as exc:  # zipfile/zlib report damage with many types
         raise BundleError(f"{path}: damaged bundle archive ({type(exc).__name__}: {exc})") from exc
 
 
@@ -281,8 +321,9 @@ def bundle_file(path: str | os.PathLike[str]) -> Path:
     return p / BUNDLE_NAME if p.is_dir() else p
 
 
-def read_manifest(path: str | os.PathLike[str], *,
-                  max_total_bytes: int = MAX_TOTAL_BYTES) -> dict[str, Any]:
+def read_manifest(
+    path: str | os.PathLike[str], *, max_total_bytes: int = MAX_TOTAL_BYTES
+) -> dict[str, Any]:
     """Read and validate only ``manifest.json`` (for ``ptycho inspect``; no payload is read).
     ``path`` may be the archive or the folder holding it (:func:`bundle_file`)."""
     p = bundle_file(path)
@@ -294,8 +335,12 @@ def read_manifest(path: str | os.PathLike[str], *,
     return _guarded(p, run)
 
 
-def read_bundle(path: str | os.PathLike[str], expected_backend: str | None = None, *,
-                max_total_bytes: int = MAX_TOTAL_BYTES) -> Bundle:
+def read_bundle(
+    path: str | os.PathLike[str],
+    expected_backend: str | None = None,
+    *,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+) -> Bundle:
     """Read and fully validate a bundle (see the module docstring for every check).
 
     Raises :class:`BundleBackendMismatchError` when ``expected_backend`` is given and differs from
@@ -316,13 +361,17 @@ def read_bundle(path: str | os.PathLike[str], expected_backend: str | None = Non
             if info.filename == MANIFEST_NAME:
                 continue
             if info.filename not in listed:
-                raise BundleError(f"{p}: entry {info.filename!r} is not listed in the manifest "
-                                  "(added after writing?)")
+                raise BundleError(
+                    f"{p}: entry {info.filename!r} is not listed in the manifest "
+                    "(added after writing?)"
+                )
             data = zf.read(info)  # zipfile checks the CRC-32 (BadZipFile on mismatch)
             want = listed[info.filename]
             if len(data) != want["size"] or hashlib.sha256(data).hexdigest() != want["sha256"]:
-                raise BundleError(f"{p}: entry {info.filename!r} does not match its manifest "
-                                  "checksum (tampered or corrupted)")
+                raise BundleError(
+                    f"{p}: entry {info.filename!r} does not match its manifest "
+                    "checksum (tampered or corrupted)"
+                )
             files[info.filename] = data
         missing = sorted(set(listed) - set(files))
         if missing:
@@ -345,5 +394,5 @@ def load_npy_bytes(data: bytes, name: str = "array") -> np.ndarray:
     """Decode ``.npy`` bytes with ``allow_pickle=False``; damage → :class:`BundleError`."""
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - the .npy parser raises several types on damage
+    except Exception as exc:  # the .npy parser raises several types on damage
         raise BundleError(f"{name}: not a valid (non-pickled) .npy array ({exc})") from exc

@@ -1,4 +1,4 @@
-"""Canonical configuration dataclasses (SPEC §9, ``specs/configuration.md``).
+"""Canonical configuration dataclasses (``specs/configuration.md``, ``specs/configuration.md``).
 
 Science configs (:class:`ModelConfig`, :class:`TrainingConfig`, :class:`InferenceConfig`) and the
 runtime-only :class:`PyTorchExecutionConfig` are frozen dataclasses validated on construction.
@@ -30,8 +30,14 @@ from typing import Any, ClassVar
 from ptycho_core.errors import ConfigError
 
 __all__ = [
-    "BACKEND_NAMES", "SUPPORTED_N", "ModelConfig", "TrainingConfig", "InferenceConfig",
-    "PyTorchExecutionConfig", "TF_NEUTRAL_EXECUTION_FIELDS", "ignored_execution_fields",
+    "BACKEND_NAMES",
+    "SUPPORTED_N",
+    "ModelConfig",
+    "TrainingConfig",
+    "InferenceConfig",
+    "PyTorchExecutionConfig",
+    "TF_NEUTRAL_EXECUTION_FIELDS",
+    "ignored_execution_fields",
     "load_config_file",
 ]
 
@@ -48,11 +54,22 @@ CHECKPOINT_MODES = ("min", "max")
 
 #: Execution fields the TensorFlow backend honours; the others are logged as ignored.
 #: ``logger_backend`` is honoured only for ``csv`` and ``none``.
-TF_NEUTRAL_EXECUTION_FIELDS: frozenset[str] = frozenset({
-    "learning_rate", "scheduler", "early_stop_patience", "enable_progress_bar",
-    "enable_checkpointing", "inference_batch_size", "deterministic", "devices", "accelerator",
-    "logger_backend", "checkpoint_monitor_metric", "checkpoint_mode",
-})
+TF_NEUTRAL_EXECUTION_FIELDS: frozenset[str] = frozenset(
+    {
+        "learning_rate",
+        "scheduler",
+        "early_stop_patience",
+        "enable_progress_bar",
+        "enable_checkpointing",
+        "inference_batch_size",
+        "deterministic",
+        "devices",
+        "accelerator",
+        "logger_backend",
+        "checkpoint_monitor_metric",
+        "checkpoint_mode",
+    }
+)
 _TF_LOGGERS = ("csv", "none")
 
 
@@ -126,7 +143,9 @@ class _Checker:
         if v is None and optional:
             return
         if not isinstance(v, (str, Path)) or str(v) == "":
-            raise self.fail(name, "a file-system path (str or Path)" + (" or None" if optional else ""))
+            raise self.fail(
+                name, "a file-system path (str or Path)" + (" or None" if optional else "")
+            )
         self._set(name, Path(v))
 
     def model(self) -> None:
@@ -140,12 +159,16 @@ class _Checker:
         if n_images is None:
             return
         warnings.warn(
-            f"{self.owner}: 'n_images' is deprecated; use 'n_groups'", DeprecationWarning,
+            f"{self.owner}: 'n_images' is deprecated; use 'n_groups'",
+            DeprecationWarning,
             stacklevel=4,
         )
         if self.obj.n_groups is not None and self.obj.n_groups != n_images:
-            raise self.fail("n_groups", f"the same value as the deprecated alias n_images="
-                            f"{n_images!r} (give only n_groups)")
+            raise self.fail(
+                "n_groups",
+                f"the same value as the deprecated alias n_images="
+                f"{n_images!r} (give only n_groups)",
+            )
         self._set("n_groups", n_images)
 
 
@@ -192,13 +215,18 @@ class _ConfigBase:
             )
         if "n_images" in kwargs:
             warnings.warn(
-                f"{cls.__name__}: 'n_images' is deprecated; use 'n_groups'", DeprecationWarning,
+                f"{cls.__name__}: 'n_images' is deprecated; use 'n_groups'",
+                DeprecationWarning,
                 stacklevel=2,
             )
             alias = kwargs.pop("n_images")
             if kwargs.get("n_groups") is not None and kwargs["n_groups"] != alias:
-                raise _err(cls.__name__, "n_groups", kwargs["n_groups"],
-                           f"the same value as the deprecated alias n_images={alias!r}")
+                raise _err(
+                    cls.__name__,
+                    "n_groups",
+                    kwargs["n_groups"],
+                    f"the same value as the deprecated alias n_images={alias!r}",
+                )
             kwargs["n_groups"] = alias
         if isinstance(kwargs.get("model"), Mapping):
             kwargs["model"] = ModelConfig.from_dict(kwargs["model"])
@@ -208,7 +236,10 @@ class _ConfigBase:
 # ----------------------------------------------------------------------------- science configs
 @dataclass(frozen=True)
 class ModelConfig(_ConfigBase):
-    """Architecture and physics options (SPEC §5, ADR-002). ``N`` in pixels, ``C = gridsize²``."""
+    """Architecture and physics options (``specs/model.md``, ADR-002).
+
+    ``N`` in pixels, ``C = gridsize²``.
+    """
 
     N: int = 64
     gridsize: int = 1
@@ -244,13 +275,19 @@ class ModelConfig(_ConfigBase):
 def _check_neighbors(c: _Checker, model: ModelConfig) -> None:
     c.integer("neighbor_count", 1)
     if model.gridsize > 1 and c.obj.neighbor_count < model.C - 1:
-        raise c.fail("neighbor_count", f"an integer >= C - 1 = {model.C - 1} "
-                     f"(gridsize={model.gridsize} needs {model.C - 1} neighbours per group)")
+        raise c.fail(
+            "neighbor_count",
+            f"an integer >= C - 1 = {model.C - 1} "
+            f"(gridsize={model.gridsize} needs {model.C - 1} neighbours per group)",
+        )
 
 
 @dataclass(frozen=True)
 class TrainingConfig(_ConfigBase):
-    """What to train and on which data (SPEC §6, §9). ``nphotons``: mean photons per pattern."""
+    """What to train and on which data (``specs/training.md``, ``specs/configuration.md``).
+
+    ``nphotons``: mean photons per pattern.
+    """
 
     _aliases: ClassVar[tuple[str, ...]] = ("n_images",)
 
@@ -288,17 +325,26 @@ class TrainingConfig(_ConfigBase):
         c.integer("nepochs", 1)
         for w in ("nll_weight", "mae_weight", "realspace_weight"):
             c.real(w, 0.0, strict=False)
-        if self.nll_weight + self.mae_weight + self.realspace_weight <= 0 \
-                and self.model.model_type == "pinn":
-            raise c.fail("nll_weight", "at least one of nll_weight, mae_weight, realspace_weight "
-                         "> 0 for model_type='pinn'")
+        if (
+            self.nll_weight + self.mae_weight + self.realspace_weight <= 0
+            and self.model.model_type == "pinn"
+        ):
+            raise c.fail(
+                "nll_weight",
+                "at least one of nll_weight, mae_weight, realspace_weight "
+                "> 0 for model_type='pinn'",
+            )
         c.real("nphotons", 0.0, strict=True, optional=True)
         c.integer("n_groups", 1, optional=True)
         c.integer("n_subsample", 1, optional=True)
         c.integer("subsample_seed", 0, optional=True)
         _check_neighbors(c, self.model)
-        c.boolean("sequential_sampling", "positions_provided", "probe_trainable",
-                  "intensity_scale_trainable")
+        c.boolean(
+            "sequential_sampling",
+            "positions_provided",
+            "probe_trainable",
+            "intensity_scale_trainable",
+        )
         c.choice("backend", BACKEND_NAMES)
         c.integer("seed", 0)
         v = self.validation_fraction
@@ -309,7 +355,10 @@ class TrainingConfig(_ConfigBase):
 
 @dataclass(frozen=True)
 class InferenceConfig(_ConfigBase):
-    """What to reconstruct with which bundle (SPEC §7, §9). ``stitch_crop`` in pixels (even)."""
+    """What to reconstruct with which bundle (``specs/training.md``, ``specs/configuration.md``).
+
+    ``stitch_crop`` in pixels (even).
+    """
 
     _aliases: ClassVar[tuple[str, ...]] = ("n_images",)
 
@@ -384,18 +433,26 @@ class PyTorchExecutionConfig(_ConfigBase):
             object.__setattr__(self, "devices", tuple(int(i) for i in d))
         elif d != "auto" and not (_is_int(d) and (d >= 1 or d == -1)):
             raise c.fail("devices", "an integer >= 1, -1 (all), 'auto' or a list of indices")
-        c.boolean("deterministic", "pin_memory", "persistent_workers", "enable_progress_bar",
-                  "enable_checkpointing")
+        c.boolean(
+            "deterministic",
+            "pin_memory",
+            "persistent_workers",
+            "enable_progress_bar",
+            "enable_checkpointing",
+        )
         c.real("gradient_clip_val", 0.0, strict=True, optional=True)
         c.integer("accum_steps", 1)
         c.integer("num_workers", 0)
         if self.persistent_workers and self.num_workers == 0:
-            raise c.fail("persistent_workers", "False when num_workers == 0 "
-                         "(persistent workers need num_workers > 0)")
+            raise c.fail(
+                "persistent_workers",
+                "False when num_workers == 0 (persistent workers need num_workers > 0)",
+            )
         c.integer("prefetch_factor", 1, optional=True)
         if self.prefetch_factor is not None and self.num_workers == 0:
-            raise c.fail("prefetch_factor", "None when num_workers == 0 "
-                         "(prefetching needs num_workers > 0)")
+            raise c.fail(
+                "prefetch_factor", "None when num_workers == 0 (prefetching needs num_workers > 0)"
+            )
         c.real("learning_rate", 0.0, strict=True)
         c.choice("scheduler", SCHEDULERS)
         c.integer("checkpoint_save_top_k", -1)
@@ -416,7 +473,8 @@ def ignored_execution_fields(
         return {}
     default = PyTorchExecutionConfig()
     out = {
-        f.name: getattr(execution, f.name) for f in dataclasses.fields(execution)
+        f.name: getattr(execution, f.name)
+        for f in dataclasses.fields(execution)
         if f.name not in honoured and getattr(execution, f.name) != getattr(default, f.name)
     }
     if honoured is TF_NEUTRAL_EXECUTION_FIELDS and execution.logger_backend not in _TF_LOGGERS:
@@ -458,8 +516,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: invalid TOML: {exc}") from exc
     else:
-        raise ConfigError(f"{p}: unsupported config file type {suffix!r}; "
-                          "allowed: .yaml, .yml, .toml")
+        raise ConfigError(
+            f"{p}: unsupported config file type {suffix!r}; allowed: .yaml, .yml, .toml"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
     logger.debug("read config file %s: keys %s", p, sorted(data))

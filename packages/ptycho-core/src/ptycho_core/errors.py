@@ -1,4 +1,4 @@
-"""The ptycho exception hierarchy (SPEC §1, §2.2, §8).
+"""The ptycho exception hierarchy (``specs/packages.md``, ``specs/data-contracts.md``).
 
 Every error raised on purpose by ptycho derives from :class:`PtychoError`, and
 also from the builtin that callers would naturally catch (``ValueError`` for bad

@@ -1,4 +1,4 @@
-"""Grouping scan positions into sets of ``C = gridsize²`` neighbours (SPEC §3).
+"""Grouping scan positions into sets of ``C = gridsize²`` neighbours (``specs/configuration.md``).
 
 Frames and units: positions are ``(x, y)`` in object pixels (float). A group is a *seed*
 position (channel 0) plus ``C − 1`` positions drawn without replacement from the seed's ``K``
@@ -45,8 +45,9 @@ def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _seed_indices(m: int, n_groups: int | None, sequential: bool, oversample: bool,
-                  rng: np.random.Generator) -> np.ndarray:
+def _seed_indices(
+    m: int, n_groups: int | None, sequential: bool, oversample: bool, rng: np.random.Generator
+) -> np.ndarray:
     if n_groups is None or n_groups == m:
         return np.arange(m, dtype=np.int64)
     if isinstance(n_groups, bool) or int(n_groups) != n_groups or n_groups < 1:
@@ -184,19 +185,19 @@ class GroupedData:
         return out
 
     @cached_property
-    def Y(self) -> np.ndarray | None:  # noqa: N802 - the contract name
+    def Y(self) -> np.ndarray | None:  # the contract name
         """``(G, C, N, N) complex64`` ground-truth patches, or None."""
         if self.source_Y is None:
             return None
         return self.source_Y[self.indices].astype(np.complex64)
 
     @property
-    def N(self) -> int:  # noqa: N802
+    def N(self) -> int:
         """Pattern size in pixels."""
         return int(self.source_diffraction.shape[-1])
 
     @property
-    def C(self) -> int:  # noqa: N802
+    def C(self) -> int:
         """Members per group."""
         return int(self.indices.shape[1])
 
@@ -213,8 +214,11 @@ class GroupedData:
     def subset(self, idx: Any) -> GroupedData:
         """Groups ``idx`` (int array, slice or bool mask); shares the source arrays."""
         return dataclasses.replace(
-            self, indices=self.indices[idx], positions=self.positions[idx],
-            centers=self.centers[idx], offsets=self.offsets[idx],
+            self,
+            indices=self.indices[idx],
+            positions=self.positions[idx],
+            centers=self.centers[idx],
+            offsets=self.offsets[idx],
         )
 
     def with_scale(self, scale: float) -> GroupedData:
@@ -222,15 +226,26 @@ class GroupedData:
         return dataclasses.replace(self, scale=float(scale))
 
 
-def groups_from_indices(indices: np.ndarray, positions: np.ndarray, diffraction: np.ndarray,
-                        Y: np.ndarray | None = None, scale: float = 1.0) -> GroupedData:  # noqa: N803
+def groups_from_indices(
+    indices: np.ndarray,
+    positions: np.ndarray,
+    diffraction: np.ndarray,
+    Y: np.ndarray | None = None,
+    scale: float = 1.0,
+) -> GroupedData:
     """Build :class:`GroupedData` from ``(G, C)`` indices into ``(M, 2)`` positions."""
     idx = np.asarray(indices, dtype=np.int64)
     pos = np.asarray(positions, dtype=np.float64)[idx]
     centers = pos.mean(axis=1)
-    return GroupedData(indices=idx, positions=pos, centers=centers,
-                       offsets=pos - centers[:, None, :], source_diffraction=diffraction,
-                       source_Y=Y, scale=scale)
+    return GroupedData(
+        indices=idx,
+        positions=pos,
+        centers=centers,
+        offsets=pos - centers[:, None, :],
+        source_diffraction=diffraction,
+        source_Y=Y,
+        scale=scale,
+    )
 
 
 def group_scan(
@@ -241,7 +256,7 @@ def group_scan(
     seed: int | np.random.Generator | None = None,
     sequential: bool = False,
     oversample: bool = False,
-    Y: np.ndarray | None = None,  # noqa: N803
+    Y: np.ndarray | None = None,
 ) -> GroupedData:
     """Group a :class:`~ptycho_core.io.ScanData` (see :func:`group_indices`).
 
@@ -254,9 +269,14 @@ def group_scan(
             f"{scan.source or '<in-memory scan>'}: key 'diffraction': expected at least {c} "
             f"patterns (a gridsize-{gridsize} group needs {c}), got {scan.M} pattern(s)"
         )
-    idx = group_indices(scan.positions, gridsize, n_groups=n_groups,
-                        neighbor_count=neighbor_count, seed=seed, sequential=sequential,
-                        oversample=oversample)
+    idx = group_indices(
+        scan.positions,
+        gridsize,
+        n_groups=n_groups,
+        neighbor_count=neighbor_count,
+        seed=seed,
+        sequential=sequential,
+        oversample=oversample,
+    )
     logger.debug("grouped %d positions into %d groups of %d", scan.M, len(idx), idx.shape[1])
-    return groups_from_indices(idx, scan.positions, scan.diffraction,
-                               scan.Y if Y is None else Y)
+    return groups_from_indices(idx, scan.positions, scan.diffraction, scan.Y if Y is None else Y)

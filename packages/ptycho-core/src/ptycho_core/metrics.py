@@ -1,4 +1,4 @@
-"""Reconstruction quality against a ground-truth object (SPEC §11).
+"""Reconstruction quality against a ground-truth object (``specs/data-contracts.md``).
 
 Conventions: ``recon`` and ``truth`` are ``(H, W)`` complex arrays on the same grid (object
 frame). Amplitudes are compared after scaling the reconstruction to the truth's mean; phases after
@@ -18,8 +18,16 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "scale_amplitude", "align_phase", "wrap_phase", "ssim", "psnr", "psnr255", "mae", "frc",
-    "register_images", "evaluate",
+    "scale_amplitude",
+    "align_phase",
+    "wrap_phase",
+    "ssim",
+    "psnr",
+    "psnr255",
+    "mae",
+    "frc",
+    "register_images",
+    "evaluate",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,8 +49,9 @@ def wrap_phase(phase: np.ndarray) -> np.ndarray:
     return np.pi - np.mod(np.pi - np.asarray(phase, dtype=np.float64), 2 * np.pi)
 
 
-def scale_amplitude(amp: np.ndarray, truth_amp: np.ndarray, mask: np.ndarray | None = None
-                    ) -> np.ndarray:
+def scale_amplitude(
+    amp: np.ndarray, truth_amp: np.ndarray, mask: np.ndarray | None = None
+) -> np.ndarray:
     """``amp · mean(truth_amp) / mean(amp)`` over ``mask``: float64, same shape (unitless)."""
     a = np.asarray(amp, dtype=np.float64)
     m = _mask(a.shape, mask)
@@ -53,8 +62,12 @@ def scale_amplitude(amp: np.ndarray, truth_amp: np.ndarray, mask: np.ndarray | N
     return a * (np.asarray(truth_amp, dtype=np.float64)[m].mean() / mean)
 
 
-def align_phase(phase: np.ndarray, truth_phase: np.ndarray, mask: np.ndarray | None = None,
-                remove_plane: bool = False) -> np.ndarray:
+def align_phase(
+    phase: np.ndarray,
+    truth_phase: np.ndarray,
+    mask: np.ndarray | None = None,
+    remove_plane: bool = False,
+) -> np.ndarray:
     """Remove the best constant (and optionally plane) phase offset relative to the truth.
 
     Returns ``truth + wrap(phase − truth − offset)`` (float64 radians, ``(H, W)``): the residual is
@@ -96,8 +109,12 @@ def _range(truth: np.ndarray, m: np.ndarray) -> float:
     return r if r > 0 else 1.0
 
 
-def ssim(image: np.ndarray, truth: np.ndarray, data_range: float | None = None,
-         mask: np.ndarray | None = None) -> float:
+def ssim(
+    image: np.ndarray,
+    truth: np.ndarray,
+    data_range: float | None = None,
+    mask: np.ndarray | None = None,
+) -> float:
     """Structural similarity (scikit-image), averaged over ``mask``.
 
     ``data_range`` defaults to the truth's range on the mask (1 when flat). The window is 7 or
@@ -117,8 +134,12 @@ def ssim(image: np.ndarray, truth: np.ndarray, data_range: float | None = None,
     return float(np.mean(smap[m]))
 
 
-def psnr(image: np.ndarray, truth: np.ndarray, data_range: float | None = None,
-         mask: np.ndarray | None = None) -> float:
+def psnr(
+    image: np.ndarray,
+    truth: np.ndarray,
+    data_range: float | None = None,
+    mask: np.ndarray | None = None,
+) -> float:
     """Standard PSNR in dB: ``10·log10(data_range² / MSE)``; ``data_range`` defaults to the
     truth's range on the mask. ``inf`` for identical images."""
     a, b = _as_pair(image, truth)
@@ -190,8 +211,9 @@ def frc(image: np.ndarray, truth: np.ndarray, apodize: bool = True) -> dict[str,
     }
 
 
-def register_images(image: np.ndarray, truth: np.ndarray, upsample_factor: int = 20
-             ) -> tuple[np.ndarray, tuple[float, float]]:
+def register_images(
+    image: np.ndarray, truth: np.ndarray, upsample_factor: int = 20
+) -> tuple[np.ndarray, tuple[float, float]]:
     """Sub-pixel registration of ``image`` onto ``truth`` (phase cross-correlation).
 
     Returns the shifted image (same dtype kind, cubic interpolation, edges repeated) and the
@@ -200,7 +222,9 @@ def register_images(image: np.ndarray, truth: np.ndarray, upsample_factor: int =
     try:
         from skimage.registration import phase_cross_correlation
     except ImportError as exc:  # pragma: no cover
-        raise ImportError("register_images needs scikit-image: pip install 'ptycho-core[metrics]'") from exc
+        raise ImportError(
+            "register_images needs scikit-image: pip install 'ptycho-core[metrics]'"
+        ) from exc
     from scipy import ndimage
 
     img = np.asarray(image)
@@ -210,11 +234,16 @@ def register_images(image: np.ndarray, truth: np.ndarray, upsample_factor: int =
     # Mean removed and Hann-windowed for the estimate only: the image edges and the DC term
     # otherwise dominate the cross-correlation of non-periodic objects.
     win = np.outer(np.hanning(img.shape[0]), np.hanning(img.shape[1]))
-    shift, _, _ = phase_cross_correlation((ref - ref.mean()) * win, (img - img.mean()) * win,
-                                          upsample_factor=upsample_factor, normalization=None)
+    shift, _, _ = phase_cross_correlation(
+        (ref - ref.mean()) * win,
+        (img - img.mean()) * win,
+        upsample_factor=upsample_factor,
+        normalization=None,
+    )
     if np.iscomplexobj(img):
-        moved = (ndimage.shift(img.real, shift, order=3, mode="nearest")
-                 + 1j * ndimage.shift(img.imag, shift, order=3, mode="nearest"))
+        moved = ndimage.shift(img.real, shift, order=3, mode="nearest") + 1j * ndimage.shift(
+            img.imag, shift, order=3, mode="nearest"
+        )
     else:
         moved = ndimage.shift(img.astype(np.float64), shift, order=3, mode="nearest")
     return moved, (float(shift[1]), float(shift[0]))
@@ -224,8 +253,13 @@ def _finite_or_none(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def evaluate(recon: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None,
-             register: bool = False, remove_plane: bool = False) -> dict[str, Any]:
+def evaluate(
+    recon: np.ndarray,
+    truth: np.ndarray,
+    mask: np.ndarray | None = None,
+    register: bool = False,
+    remove_plane: bool = False,
+) -> dict[str, Any]:
     """Score a complex reconstruction against the complex truth, both ``(H, W)`` on one grid.
 
     ``mask`` (bool ``(H, W)``) selects the covered region (e.g. ``StitchResult.covered``);

@@ -1,4 +1,5 @@
-"""NumPy reference physics (SPEC §2.1, §4): the oracle the TF and torch ops are tested against.
+"""NumPy reference physics (``specs/physics.md``): the oracle the TF and torch ops are tested
+against.
 
 Frames and units
 ----------------
@@ -69,7 +70,8 @@ def _split(coord: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _weights(f: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """``(1 - f, f)`` shaped ``(B, 1, 1)`` in the block's own dtype (avoids slow mixed-type loops)."""
+    """``(1 - f, f)`` shaped ``(B, 1, 1)`` in the block's own dtype (avoids slow mixed-type
+    loops)."""
     f = np.asarray(f, dtype=np.float64).reshape(-1, 1, 1)
     return (1.0 - f).astype(dtype), f.astype(dtype)
 
@@ -105,8 +107,9 @@ def _blend_adjoint(patch: np.ndarray, fy: np.ndarray, fx: np.ndarray) -> np.ndar
     return out
 
 
-def _padded_block_index(r0: np.ndarray, c0: np.ndarray, hb: int, wb: int,
-                        shape: tuple[int, int], pad: int) -> np.ndarray:
+def _padded_block_index(
+    r0: np.ndarray, c0: np.ndarray, hb: int, wb: int, shape: tuple[int, int], pad: int
+) -> np.ndarray:
     """Flat indices ``(B, hb, wb)`` into an array of ``shape`` zero-padded by ``pad >= hb, wb``.
 
     Block origins are clipped to ``[-pad, H]``: a block starting further out lies entirely
@@ -123,7 +126,8 @@ def _padded_block_index(r0: np.ndarray, c0: np.ndarray, hb: int, wb: int,
 def _block_index(
     r0: np.ndarray, c0: np.ndarray, hb: int, wb: int, shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices ``(B, hb, wb)`` (clipped) and validity mask of blocks starting at ``(r0, c0)``."""
+    """Flat indices ``(B, hb, wb)`` (clipped) and validity mask of blocks starting at
+    ``(r0, c0)``."""
     h, w = shape
     rows = r0.reshape(-1, 1, 1) + np.arange(hb).reshape(1, -1, 1)
     cols = c0.reshape(-1, 1, 1) + np.arange(wb).reshape(1, 1, -1)
@@ -178,7 +182,7 @@ def _check_patch_args(positions: np.ndarray, n: int) -> np.ndarray:
     return pos
 
 
-def extract_patches(obj: np.ndarray, positions: np.ndarray, N: int) -> np.ndarray:  # noqa: N803
+def extract_patches(obj: np.ndarray, positions: np.ndarray, N: int) -> np.ndarray:
     """Cut ``N×N`` patches out of an object at scan positions (bilinear, zero outside).
 
     Parameters
@@ -202,11 +206,11 @@ def extract_patches(obj: np.ndarray, positions: np.ndarray, N: int) -> np.ndarra
     out = np.empty((m, N, N), dtype=obj.dtype)
     step = max(1, _CHUNK_ELEMS // ((N + 1) ** 2))
     for s in range(0, m, step):
-        p = pos[s:s + step]
+        p = pos[s : s + step]
         ky, fy = _split(p[:, 1] - N / 2)
         kx, fx = _split(p[:, 0] - N / 2)
         flat = _padded_block_index(ky, kx, N + 1, N + 1, obj.shape, pad)
-        out[s:s + step] = _blend(np.take(src, flat), fy, fx)
+        out[s : s + step] = _blend(np.take(src, flat), fy, fx)
     return out
 
 
@@ -224,7 +228,7 @@ def _scatter(values: np.ndarray, positions: np.ndarray, out_padded: np.ndarray, 
     block = np.empty((b, n + 1, n + 1), dtype=values.dtype)
     sub = max(1, _CHUNK_ELEMS // ((n + 1) ** 2))
     for s in range(0, b, sub):
-        block[s:s + sub] = _blend_adjoint(values[s:s + sub], fy[s:s + sub], fx[s:s + sub])
+        block[s : s + sub] = _blend_adjoint(values[s : s + sub], fy[s : s + sub], fx[s : s + sub])
     flat = _padded_block_index(ky, kx, n + 1, n + 1, (hp - 2 * pad, wp - 2 * pad), pad).ravel()
     lo, hi = int(flat.min()), int(flat.max()) + 1
     flat -= lo  # bincount only over the span this chunk touches
@@ -264,12 +268,12 @@ def place_patches(patches: np.ndarray, positions: np.ndarray, shape: tuple[int, 
     out = np.zeros((h + 2 * pad, w + 2 * pad), dtype=dtype)
     step = max(1, _SCATTER_ELEMS // ((n + 1) ** 2))
     for s in range(0, patches.shape[0], step):
-        _scatter(_as_float(patches[s:s + step]), pos[s:s + step], out, pad)
-    return out[pad:pad + h, pad:pad + w].copy()
+        _scatter(_as_float(patches[s : s + step]), pos[s : s + step], out, pad)
+    return out[pad : pad + h, pad : pad + w].copy()
 
 
 # ----------------------------------------------------------------------------- probe
-def disk_mask(N: int, radius: float | None = None) -> np.ndarray:  # noqa: N803
+def disk_mask(N: int, radius: float | None = None) -> np.ndarray:
     """Disk of ``radius`` (default ``N/4``) pixels centred at ``((N-1)/2, (N-1)/2)``.
 
     Returns ``(N, N) float32`` with 1 where the pixel-centre distance ``<= radius``, else 0.
@@ -301,9 +305,10 @@ def gaussian_kernel1d(sigma: float) -> np.ndarray:
     return k / k.sum()
 
 
-def illuminate(probe: np.ndarray, gaussian_smoothing_sigma: float = 0.0,
-               probe_mask: bool = False) -> np.ndarray:
-    """The illumination actually applied to the object in the forward model (SPEC §4.1).
+def illuminate(
+    probe: np.ndarray, gaussian_smoothing_sigma: float = 0.0, probe_mask: bool = False
+) -> np.ndarray:
+    """The illumination actually applied to the object in the forward model (``specs/physics.md``).
 
     ``probe``: (N, N) complex (normally already normalised by :func:`normalize_probe`).
     With ``gaussian_smoothing_sigma > 0`` the probe (real and imaginary parts) is convolved with
@@ -316,17 +321,22 @@ def illuminate(probe: np.ndarray, gaussian_smoothing_sigma: float = 0.0,
     if gaussian_smoothing_sigma > 0:
         k = gaussian_kernel1d(gaussian_smoothing_sigma)
         for axis in (0, 1):
-            p = (ndimage.convolve1d(p.real, k, axis=axis, mode="constant")
-                 + 1j * ndimage.convolve1d(p.imag, k, axis=axis, mode="constant"))
+            p = ndimage.convolve1d(p.real, k, axis=axis, mode="constant") + 1j * ndimage.convolve1d(
+                p.imag, k, axis=axis, mode="constant"
+            )
     if probe_mask:
         p = p * disk_mask(p.shape[-1])
     return p.astype(np.complex64)
 
 
 # ----------------------------------------------------------------------------- forward model
-def forward_model(obj_patches: np.ndarray, probe: np.ndarray, gaussian_smoothing_sigma: float = 0.0,
-                  probe_mask: bool = False) -> np.ndarray:
-    """Far-field amplitude ``A = |fftshift(fft2(illuminate(P) · O))| / N`` (SPEC §4.1).
+def forward_model(
+    obj_patches: np.ndarray,
+    probe: np.ndarray,
+    gaussian_smoothing_sigma: float = 0.0,
+    probe_mask: bool = False,
+) -> np.ndarray:
+    """Far-field amplitude ``A = |fftshift(fft2(illuminate(P) · O))| / N`` (``specs/physics.md``).
 
     Parameters
     ----------
@@ -348,9 +358,9 @@ def forward_model(obj_patches: np.ndarray, probe: np.ndarray, gaussian_smoothing
     out = np.empty(flat.shape, dtype=np.float32)
     step = max(1, _FFT_ELEMS // (n * n))
     for s in range(0, flat.shape[0], step):
-        psi = flat[s:s + step].astype(np.complex64) * p
+        psi = flat[s : s + step].astype(np.complex64) * p
         f = sp_fft.fft2(psi, axes=(-2, -1), overwrite_x=True)
-        np.abs(f, out=out[s:s + step])
+        np.abs(f, out=out[s : s + step])
     out *= np.float32(1.0 / n)
     return out.reshape(lead + (n, n))
 
@@ -361,7 +371,9 @@ def _checkerboard(n: int) -> np.ndarray:
     return np.where((i[:, None] + i[None, :]) % 2, -1.0, 1.0).astype(np.complex64)
 
 
-def poisson_nll(pred_intensity: np.ndarray, observed_counts: np.ndarray, eps: float = 1e-12) -> float:
+def poisson_nll(
+    pred_intensity: np.ndarray, observed_counts: np.ndarray, eps: float = 1e-12
+) -> float:
     """Poisson negative log-likelihood (up to a data-only constant): ``mean(I − k·log(I + eps))``.
 
     Both arrays in photon counts (same shape, broadcastable). Returns a Python float.
@@ -381,7 +393,8 @@ def poisson_sample(intensity: np.ndarray, rng: np.random.Generator) -> np.ndarra
 
 # ----------------------------------------------------------------------------- scales
 def estimate_nphotons(diffraction: np.ndarray) -> float:
-    """Mean photon count per pattern, ``mean_m sum_hw X_m²``, for photon-unit amplitudes (M, N, N)."""
+    """Mean photon count per pattern, ``mean_m sum_hw X_m²``, for photon-unit amplitudes
+    (M, N, N)."""
     d = np.asarray(diffraction, dtype=np.float64)
     return float(np.mean(np.sum(d * d, axis=(-2, -1))))
 
@@ -396,8 +409,9 @@ def diffraction_norm_factor(diffraction: np.ndarray) -> float:
     return float(np.sqrt((n / 2) ** 2 / energy))
 
 
-def intensity_scale(nphotons: float, N: int) -> float:  # noqa: N803
-    """``s = sqrt(nphotons) / (N/2)`` (SPEC §4.2); ``nphotons`` = mean counts per pattern."""
+def intensity_scale(nphotons: float, N: int) -> float:
+    """``s = sqrt(nphotons) / (N/2)`` (``specs/physics.md``); ``nphotons`` = mean counts per
+    pattern."""
     if not nphotons > 0:
         raise ValueError(f"nphotons must be > 0, got {nphotons}")
     return float(np.sqrt(nphotons) / (N / 2))

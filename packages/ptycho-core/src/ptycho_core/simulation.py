@@ -1,4 +1,4 @@
-"""Procedural objects, probes, scans and the Poisson simulator (SPEC §4.3).
+"""Procedural objects, probes, scans and the Poisson simulator (``specs/simulation.md``).
 
 Nothing is downloaded: objects are random lines smoothed at several scales (amplitude) and a
 Gaussian random field (phase). All randomness comes from ``numpy.random.default_rng(seed)``;
@@ -49,8 +49,12 @@ def _shape(size: int | tuple[int, int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def lines_object(size: int | tuple[int, int], seed: int | None = None, n_lines: int | None = None,
-                 scales: tuple[float, ...] = (0.7, 1.5, 3.0)) -> np.ndarray:
+def lines_object(
+    size: int | tuple[int, int],
+    seed: int | None = None,
+    n_lines: int | None = None,
+    scales: tuple[float, ...] = (0.7, 1.5, 3.0),
+) -> np.ndarray:
     """Random straight lines, smoothed at several scales, normalised to ``[0, 1]``.
 
     Parameters
@@ -91,8 +95,12 @@ def lines_object(size: int | tuple[int, int], seed: int | None = None, n_lines: 
     return (out / peak if peak > 0 else out).astype(np.float32)
 
 
-def grf_phase(size: int | tuple[int, int], seed: int | None = None, correlation_px: float = 12.0,
-              max_phase: float = 1.0) -> np.ndarray:
+def grf_phase(
+    size: int | tuple[int, int],
+    seed: int | None = None,
+    correlation_px: float = 12.0,
+    max_phase: float = 1.0,
+) -> np.ndarray:
     """Gaussian random field (Gaussian power spectrum), zero mean, scaled to ``±max_phase``.
 
     ``correlation_px`` is the real-space Gaussian correlation length in pixels. Returns
@@ -110,14 +118,18 @@ def grf_phase(size: int | tuple[int, int], seed: int | None = None, correlation_
     return (max_phase * field / peak if peak > 0 else field).astype(np.float32)
 
 
-def procedural_object(size: int | tuple[int, int], seed: int | None = None,
-                      amp_range: tuple[float, float] = (0.5, 1.0), max_phase: float = 1.0) -> np.ndarray:
+def procedural_object(
+    size: int | tuple[int, int],
+    seed: int | None = None,
+    amp_range: tuple[float, float] = (0.5, 1.0),
+    max_phase: float = 1.0,
+) -> np.ndarray:
     """Complex test object: absorbing lines, GRF phase within ``±max_phase`` rad.
 
     The amplitude is a transmission: ``hi`` on the open background, down to ``lo`` on the lines
     (``amp = hi − (hi − lo)·lines``). Bright lines on a dark background would make the object's
-    RMS amplitude far below its peak; since the data normalisation (SPEC §4.2) fixes the RMS of
-    the object the network must produce, such a peak would land above 1, out of reach of the
+    RMS amplitude far below its peak; since the data normalisation (``specs/physics.md``) fixes the
+    RMS of the object the network must produce, such a peak would land above 1, out of reach of the
     default sigmoid amplitude head (see specs/simulation.md).
 
     Returns (H, W) complex64.
@@ -130,8 +142,12 @@ def procedural_object(size: int | tuple[int, int], seed: int | None = None,
     return (amp * np.exp(1j * phase)).astype(np.complex64)
 
 
-def default_probe(N: int, defocus: float = 0.0, radius_frac: float = 0.17,  # noqa: N803
-                  blur_px: float | None = None) -> np.ndarray:
+def default_probe(
+    N: int,
+    defocus: float = 0.0,
+    radius_frac: float = 0.17,
+    blur_px: float | None = None,
+) -> np.ndarray:
     """Disk probe of radius ``radius_frac·N`` centred at ``(N/2, N/2)``, Gaussian-blurred.
 
     ``blur_px`` (default ``N/32``) is the Gaussian sigma of the edge blur in pixels; ``defocus``
@@ -151,18 +167,20 @@ def default_probe(N: int, defocus: float = 0.0, radius_frac: float = 0.17,  # no
     return (amp * np.exp(1j * defocus * r2)).astype(np.complex64)
 
 
-def _position_limits(object_shape: tuple[int, int], N: int) -> tuple[float, float, float, float]:  # noqa: N803
+def _position_limits(object_shape: tuple[int, int], N: int) -> tuple[float, float, float, float]:
     """``(xmin, xmax, ymin, ymax)`` such that a bilinear N×N patch lies inside the object."""
     h, w = object_shape
     lo = N / 2
     xmax, ymax = w - N / 2 - 1, h - N / 2 - 1
     if xmax < lo or ymax < lo:
-        raise ValueError(f"object {object_shape} is too small for patches of N = {N} "
-                         f"(needs at least {N + 1} pixels per side)")
+        raise ValueError(
+            f"object {object_shape} is too small for patches of N = {N} "
+            f"(needs at least {N + 1} pixels per side)"
+        )
     return lo, xmax, lo, ymax
 
 
-def patch_inside(positions: np.ndarray, object_shape: tuple[int, int], N: int) -> np.ndarray:  # noqa: N803
+def patch_inside(positions: np.ndarray, object_shape: tuple[int, int], N: int) -> np.ndarray:
     """(M,) bool: the bilinear N×N patch at each ``(x, y)`` uses only pixels inside the object."""
     p = np.asarray(positions, dtype=np.float64)
     h, w = object_shape
@@ -171,14 +189,18 @@ def patch_inside(positions: np.ndarray, object_shape: tuple[int, int], N: int) -
     return (x0 >= 0) & (y0 >= 0) & (np.ceil(x0) + N - 1 <= w - 1) & (np.ceil(y0) + N - 1 <= h - 1)
 
 
-def random_scan(n: int, object_shape: int | tuple[int, int], N: int, seed: int | None = None) -> np.ndarray:  # noqa: N803
+def random_scan(
+    n: int, object_shape: int | tuple[int, int], N: int, seed: int | None = None
+) -> np.ndarray:
     """``n`` uniform random positions ``(M, 2) float64 (x, y)`` keeping every patch inside."""
     xmin, xmax, ymin, ymax = _position_limits(_shape(object_shape), N)
     rng = np.random.default_rng(seed)
     return rng.uniform((xmin, ymin), (xmax, ymax), size=(int(n), 2))
 
 
-def raster_scan(object_shape: int | tuple[int, int], N: int, step: float | None = None) -> np.ndarray:  # noqa: N803
+def raster_scan(
+    object_shape: int | tuple[int, int], N: int, step: float | None = None
+) -> np.ndarray:
     """Row-major raster ``(M, 2) float64 (x, y)`` with spacing ``step`` px (default ``N/4``),
     starting at ``(N/2, N/2)``, keeping every patch inside the object."""
     shape = _shape(object_shape)
@@ -204,9 +226,16 @@ def _workers(workers: int | None) -> int:
     return int(workers)
 
 
-def simulate(obj: np.ndarray, probe: np.ndarray, positions: np.ndarray, nphotons: float,
-             seed: int | None = None, *, workers: int | None = None) -> ScanData:
-    """Simulate a ptychographic scan with Poisson noise (SPEC §4.3).
+def simulate(
+    obj: np.ndarray,
+    probe: np.ndarray,
+    positions: np.ndarray,
+    nphotons: float,
+    seed: int | None = None,
+    *,
+    workers: int | None = None,
+) -> ScanData:
+    """Simulate a ptychographic scan with Poisson noise (``specs/simulation.md``).
 
     Exit waves ``psi_m = P · O_{p_m}`` (patches by :func:`physics.extract_patches`), intensities
     ``|fftshift fft2 psi_m|² / N²`` scaled by one factor so that the *expected* total count per
@@ -283,14 +312,27 @@ def simulate(obj: np.ndarray, probe: np.ndarray, positions: np.ndarray, nphotons
         "creator_version": __version__,
     }
     logger.info("simulated %d patterns N=%d, nphotons=%.3g", m, n, nphotons)
-    return ScanData(diffraction=diff, xcoords=pos[:, 0].copy(), ycoords=pos[:, 1].copy(),
-                    probe=probe, object=obj, Y=y, metadata=meta)
+    return ScanData(
+        diffraction=diff,
+        xcoords=pos[:, 0].copy(),
+        ycoords=pos[:, 1].copy(),
+        probe=probe,
+        object=obj,
+        Y=y,
+        metadata=meta,
+    )
 
 
-def simulate_scan(N: int = 64, n_positions: int = 512, nphotons: float = 1e9,  # noqa: N803
-                  seed: int = 0, object_size: int | tuple[int, int] | None = None,
-                  scan: str = "random", defocus: float = 0.0,
-                  workers: int | None = None) -> ScanData:
+def simulate_scan(
+    N: int = 64,
+    n_positions: int = 512,
+    nphotons: float = 1e9,
+    seed: int = 0,
+    object_size: int | tuple[int, int] | None = None,
+    scan: str = "random",
+    defocus: float = 0.0,
+    workers: int | None = None,
+) -> ScanData:
     """One-call default scan: procedural object, :func:`default_probe`, random or raster scan.
 
     ``object_size`` defaults to ``max(2N, N + 8·ceil(sqrt(n_positions)))`` (even), which gives

@@ -1,4 +1,4 @@
-"""Stitching object patches into one object in the object frame (SPEC §7).
+"""Stitching object patches into one object in the object frame (``specs/training.md``).
 
 The central ``crop × crop`` square of each ``N × N`` patch at scan position ``p = (x, y)`` is
 placed on the canvas with sub-pixel bilinear weights: crop pixel ``(a, b)`` sits at object
@@ -32,7 +32,7 @@ __all__ = ["default_stitch_crop", "Stitcher", "StitchResult", "stitch"]
 logger = logging.getLogger(__name__)
 
 
-def default_stitch_crop(N: int) -> int:  # noqa: N803
+def default_stitch_crop(N: int) -> int:
     """The even integer nearest ``20·N/64`` (at least 2, at most ``N``); N=64 → 20, N=128 → 40."""
     return int(min(N, max(2, 2 * round(10 * N / 64))))
 
@@ -81,9 +81,14 @@ class Stitcher:
         the bounding-box canvas. One of the two is required.
     """
 
-    def __init__(self, N: int, crop: int | None = None, *,  # noqa: N803
-                 object_shape: tuple[int, int] | None = None,
-                 positions: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        N: int,
+        crop: int | None = None,
+        *,
+        object_shape: tuple[int, int] | None = None,
+        positions: np.ndarray | None = None,
+    ) -> None:
         if N <= 0 or N % 2:
             raise ValueError(f"N must be a positive even integer, got {N}")
         crop = default_stitch_crop(N) if crop is None else int(crop)
@@ -120,14 +125,16 @@ class Stitcher:
         patches = np.asarray(patches)
         pos = _check_positions(positions)
         if patches.ndim != 3 or patches.shape[1:] != (self.N, self.N):
-            raise ValueError(f"patches must have shape (B, {self.N}, {self.N}), got {patches.shape}")
+            raise ValueError(
+                f"patches must have shape (B, {self.N}, {self.N}), got {patches.shape}"
+            )
         if patches.shape[0] != pos.shape[0]:
             raise ValueError(f"{patches.shape[0]} patches but {pos.shape[0]} positions")
         b = patches.shape[0]
         if b == 0:
             return
         lo = (self.N - self.crop) // 2
-        core = patches[:, lo:lo + self.crop, lo:lo + self.crop]
+        core = patches[:, lo : lo + self.crop, lo : lo + self.crop]
         if not np.iscomplexobj(core):
             core = core.astype(np.complex64)
         local = pos - np.asarray(self.origin, dtype=np.float64)
@@ -141,15 +148,20 @@ class Stitcher:
         """The stitched object: ``Σ placed values / Σ placed weights`` where weights > 0."""
         p = self._pad
         h, w = self.shape
-        num = self._num[p:p + h, p:p + w]
-        wt = self._wt[p:p + h, p:p + w]
+        num = self._num[p : p + h, p : p + w]
+        wt = self._wt[p : p + h, p : p + w]
         # weights are sums of products of bilinear fractions: treat round-off as uncovered
         covered = wt > 1e-9
         obj = np.zeros((h, w), dtype=np.complex64)
         np.divide(num, wt, out=obj, where=covered, casting="unsafe")
         coverage = np.where(covered, wt, 0.0).astype(np.float32)
-        logger.debug("stitched %d patches onto %dx%d canvas, %.1f%% covered",
-                     self.n_added, h, w, 100 * covered.mean() if covered.size else 0.0)
+        logger.debug(
+            "stitched %d patches onto %dx%d canvas, %.1f%% covered",
+            self.n_added,
+            h,
+            w,
+            100 * covered.mean() if covered.size else 0.0,
+        )
         return StitchResult(object=obj, coverage=coverage, origin=self.origin)
 
 
@@ -162,9 +174,14 @@ def _check_positions(positions: np.ndarray) -> np.ndarray:
     return pos
 
 
-def stitch(patches: np.ndarray, positions: np.ndarray, N: int | None = None,  # noqa: N803
-           crop: int | None = None, object_shape: tuple[int, int] | None = None,
-           chunk: int = 4096) -> StitchResult:
+def stitch(
+    patches: np.ndarray,
+    positions: np.ndarray,
+    N: int | None = None,
+    crop: int | None = None,
+    object_shape: tuple[int, int] | None = None,
+    chunk: int = 4096,
+) -> StitchResult:
     """Stitch ``patches (M, N, N)`` complex at ``positions (M, 2)`` in ``chunk``-sized pieces.
 
     ``N`` defaults to the patch size; see :class:`Stitcher` for ``crop`` and ``object_shape``
@@ -175,7 +192,9 @@ def stitch(patches: np.ndarray, positions: np.ndarray, N: int | None = None,  # 
     pos = _check_positions(positions)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    st = Stitcher(n, crop, object_shape=object_shape, positions=pos if object_shape is None else None)
+    st = Stitcher(
+        n, crop, object_shape=object_shape, positions=pos if object_shape is None else None
+    )
     for s in range(0, len(pos), chunk):
-        st.add(patches[s:s + chunk], pos[s:s + chunk])
+        st.add(patches[s : s + chunk], pos[s : s + chunk])
     return st.result()

@@ -41,8 +41,15 @@ from ptycho_core.workflow import RESULT_KEYS
 
 __all__ = ["BackendConformance"]
 
-TRAIN_KEYS = ("backend", "bundle_path", "history", "intensity_scale", "norm_factor", "timings",
-              "config")
+TRAIN_KEYS = (
+    "backend",
+    "bundle_path",
+    "history",
+    "intensity_scale",
+    "norm_factor",
+    "timings",
+    "config",
+)
 
 
 class BackendConformance:
@@ -59,20 +66,34 @@ class BackendConformance:
     # ------------------------------------------------------------------ hooks
     def execution_config(self) -> PyTorchExecutionConfig:
         """Execution settings for the tests (CPU, quiet, small inference batches)."""
-        return PyTorchExecutionConfig(accelerator="cpu", devices=1, enable_progress_bar=False,
-                                      deterministic=True, inference_batch_size=16)
+        return PyTorchExecutionConfig(
+            accelerator="cpu",
+            devices=1,
+            enable_progress_bar=False,
+            deterministic=True,
+            inference_batch_size=16,
+        )
 
     def training_config(self, output_dir: Path, gridsize: int = 1, **kw: Any) -> TrainingConfig:
         model = ModelConfig(N=self.N, gridsize=gridsize, n_filters_scale=1)
-        return TrainingConfig(model=model, nepochs=self.nepochs, batch_size=self.batch_size,
-                              output_dir=output_dir, backend=self.backend_name, seed=3,
-                              validation_fraction=0.1, **kw)
+        return TrainingConfig(
+            model=model,
+            nepochs=self.nepochs,
+            batch_size=self.batch_size,
+            output_dir=output_dir,
+            backend=self.backend_name,
+            seed=3,
+            validation_fraction=0.1,
+            **kw,
+        )
 
-    def inference_config(self, bundle_path: Path, output_dir: Path,
-                         gridsize: int = 1) -> InferenceConfig:
+    def inference_config(
+        self, bundle_path: Path, output_dir: Path, gridsize: int = 1
+    ) -> InferenceConfig:
         model = ModelConfig(N=self.N, gridsize=gridsize, n_filters_scale=1)
-        return InferenceConfig(model=model, model_path=bundle_path, output_dir=output_dir,
-                               backend=self.backend_name)
+        return InferenceConfig(
+            model=model, model_path=bundle_path, output_dir=output_dir, backend=self.backend_name
+        )
 
     # ------------------------------------------------------------------ fixtures
     # Class-scoped fixtures are classmethods (pytest deprecates instance-method ones); they call
@@ -81,14 +102,16 @@ class BackendConformance:
     @classmethod
     def backend(cls):
         assert cls.backend_name in BACKEND_NAMES, (
-            f"{cls.__name__}.backend_name must be one of {BACKEND_NAMES}")
+            f"{cls.__name__}.backend_name must be one of {BACKEND_NAMES}"
+        )
         return load_backend(cls.backend_name)  # fails (never skips) when unavailable
 
     @pytest.fixture(scope="class")
     @classmethod
     def scan(cls) -> ScanData:
-        return simulate_scan(N=cls.N, n_positions=cls.n_positions, nphotons=cls.nphotons,
-                             seed=cls.data_seed)
+        return simulate_scan(
+            N=cls.N, n_positions=cls.n_positions, nphotons=cls.nphotons, seed=cls.data_seed
+        )
 
     def _train(self, backend, scan, out: Path, gridsize: int) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
@@ -142,8 +165,7 @@ class BackendConformance:
         assert (path.parent / "history.csv").is_file()
         b = _bundle.read_bundle(path, expected_backend=self.backend_name)
         assert b.manifest["backend"] == self.backend_name
-        assert math.isclose(b.manifest["intensity_scale"], trained["intensity_scale"],
-                            rel_tol=1e-6)
+        assert math.isclose(b.manifest["intensity_scale"], trained["intensity_scale"], rel_tol=1e-6)
         assert b.manifest["model_config"]["N"] == self.N
         assert _bundle.PROBE_NAME in b.files
         hist = trained["history"]
@@ -167,8 +189,9 @@ class BackendConformance:
 
     def test_same_seed_same_history(self, backend, scan, trained, tmp_path):
         again = self._train(backend, scan, tmp_path / "again", 1)
-        np.testing.assert_allclose(again["history"]["train_loss"],
-                                   trained["history"]["train_loss"], rtol=1e-5)
+        np.testing.assert_allclose(
+            again["history"]["train_loss"], trained["history"]["train_loss"], rtol=1e-5
+        )
 
     def test_other_backend_bundle_is_rejected(self, backend, scan, trained, tmp_path):
         original = _bundle.read_bundle(trained["bundle_path"])

@@ -1,4 +1,5 @@
-"""Backend-neutral orchestration shared by both backends (SPEC §4.2, §6, §7).
+"""Backend-neutral orchestration shared by both backends (``specs/physics.md``,
+``specs/training.md``).
 
 A backend's ``train`` calls :func:`prepare_training` and feeds ``prepared.train.diffraction``
 (``(G, C, N, N) float32`` = ``s·α·X``, photon-count amplitude; TF: ``.channels_last()``) and
@@ -34,14 +35,31 @@ from ptycho_core.io import ScanData, atomic_write, load_npz
 from ptycho_core.stitching import Stitcher, StitchResult, default_stitch_crop
 
 __all__ = [
-    "INFERENCE_SEED", "RESULT_KEYS", "PreparedInference", "PreparedTraining", "iter_batches",
-    "make_result", "prepare_inference", "prepare_training", "run_inference", "write_history_csv",
+    "INFERENCE_SEED",
+    "RESULT_KEYS",
+    "PreparedInference",
+    "PreparedTraining",
+    "iter_batches",
+    "make_result",
+    "prepare_inference",
+    "prepare_training",
+    "run_inference",
+    "write_history_csv",
 ]
 
 logger = logging.getLogger(__name__)
 
-RESULT_KEYS: tuple[str, ...] = ("amplitude", "phase", "object", "coverage", "origin",
-                                "positions", "backend", "config", "timings")
+RESULT_KEYS: tuple[str, ...] = (
+    "amplitude",
+    "phase",
+    "object",
+    "coverage",
+    "origin",
+    "positions",
+    "backend",
+    "config",
+    "timings",
+)
 INFERENCE_SEED = 0
 
 
@@ -49,8 +67,10 @@ def _load(data: ScanData | None, path: Path | None, field_name: str, owner: str)
     if data is not None:
         return data
     if path is None:
-        raise ConfigError(f"{owner}.{field_name} = None is invalid; allowed: a path to an NPZ "
-                          "scan when no data are passed in")
+        raise ConfigError(
+            f"{owner}.{field_name} = None is invalid; allowed: a path to an NPZ "
+            "scan when no data are passed in"
+        )
     return load_npz(path)
 
 
@@ -103,10 +123,13 @@ class PreparedTraining:
 
     def normalization(self) -> dict[str, Any]:
         """JSON-safe normalisation facts for the bundle manifest."""
-        return {"norm_factor": self.norm_factor, "nphotons": self.nphotons,
-                "nphotons_source": self.nphotons_source,
-                "intensity_scale": self.intensity_scale,
-                "probe_scale": self.config.model.probe_scale}
+        return {
+            "norm_factor": self.norm_factor,
+            "nphotons": self.nphotons,
+            "nphotons_source": self.nphotons_source,
+            "intensity_scale": self.intensity_scale,
+            "probe_scale": self.config.model.probe_scale,
+        }
 
 
 def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -115,8 +138,9 @@ def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarra
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def prepare_training(config: TrainingConfig, train_data: ScanData | None = None
-                     ) -> PreparedTraining:
+def prepare_training(
+    config: TrainingConfig, train_data: ScanData | None = None
+) -> PreparedTraining:
     """Load, normalise, group and split a training scan (see the module docstring).
 
     Raises ConfigError when the patterns' N differs from ``config.model.N`` or the grouping
@@ -139,12 +163,17 @@ def prepare_training(config: TrainingConfig, train_data: ScanData | None = None
         nphotons, source = float(config.nphotons), "config"
     else:
         nphotons, source = float(physics.estimate_nphotons(scan.diffraction)), "estimated"
-        logger.info("nphotons not given: estimated %.6g mean photons per pattern from the data "
-                    "(assumes photon-unit amplitudes)", nphotons)
+        logger.info(
+            "nphotons not given: estimated %.6g mean photons per pattern from the data "
+            "(assumes photon-unit amplitudes)",
+            nphotons,
+        )
     s = float(physics.intensity_scale(nphotons, model.N))
     if not (math.isfinite(s) and s > 0 and math.isfinite(alpha) and alpha > 0):
-        raise DataContractError(f"{scan.source or '<in-memory scan>'}: key 'diffraction': "
-                                f"expected non-zero patterns, got α = {alpha}, s = {s}")
+        raise DataContractError(
+            f"{scan.source or '<in-memory scan>'}: key 'diffraction': "
+            f"expected non-zero patterns, got α = {alpha}, s = {s}"
+        )
 
     truth = _ground_truth(scan)
     if model.model_type == "supervised" and truth is None:
@@ -153,17 +182,38 @@ def prepare_training(config: TrainingConfig, train_data: ScanData | None = None
             "(or an 'objectGuess' to cut them from) for model_type='supervised', got neither"
         )
     rng = make_rng(config.seed)
-    grouped = _group(scan, model, owner, n_groups=config.n_groups,
-                     neighbor_count=config.neighbor_count, seed=rng,
-                     sequential=config.sequential_sampling, Y=truth).with_scale(s * alpha)
+    grouped = _group(
+        scan,
+        model,
+        owner,
+        n_groups=config.n_groups,
+        neighbor_count=config.neighbor_count,
+        seed=rng,
+        sequential=config.sequential_sampling,
+        Y=truth,
+    ).with_scale(s * alpha)
     tr, va = _split(len(grouped), config.validation_fraction, rng)
     probe = np.asarray(physics.normalize_probe(scan.probe, model.probe_scale), np.complex64)
-    logger.info("training data: %d groups (%d train, %d val) of C=%d, N=%d, α=%.6g, s=%.6g",
-                len(grouped), len(tr), len(va), model.C, model.N, alpha, s)
+    logger.info(
+        "training data: %d groups (%d train, %d val) of C=%d, N=%d, α=%.6g, s=%.6g",
+        len(grouped),
+        len(tr),
+        len(va),
+        model.C,
+        model.N,
+        alpha,
+        s,
+    )
     return PreparedTraining(
-        config=config, scan=scan, train=grouped.subset(tr),
-        val=grouped.subset(va) if len(va) else None, probe=probe, norm_factor=alpha,
-        nphotons=nphotons, nphotons_source=source, intensity_scale=s,
+        config=config,
+        scan=scan,
+        train=grouped.subset(tr),
+        val=grouped.subset(va) if len(va) else None,
+        probe=probe,
+        norm_factor=alpha,
+        nphotons=nphotons,
+        nphotons_source=source,
+        intensity_scale=s,
         timings={"prepare_s": time.perf_counter() - t0},
     )
 
@@ -188,12 +238,17 @@ class PreparedInference:
 
     def make_stitcher(self) -> Stitcher:
         """A stitcher in the object frame (the scan's object, else the positions' bounding box)."""
-        return Stitcher(self.model.N, self.stitch_crop, object_shape=self.object_shape,
-                        positions=self.scan.positions)
+        return Stitcher(
+            self.model.N,
+            self.stitch_crop,
+            object_shape=self.object_shape,
+            positions=self.scan.positions,
+        )
 
 
-def prepare_inference(config: InferenceConfig, manifest: Mapping[str, Any],
-                      data: ScanData | None = None) -> PreparedInference:
+def prepare_inference(
+    config: InferenceConfig, manifest: Mapping[str, Any], data: ScanData | None = None
+) -> PreparedInference:
     """Group all positions of a scan for a trained bundle (``manifest`` = its manifest dict).
 
     α comes from the data, ``s`` from ``manifest['intensity_scale']``; gridsize and N from
@@ -205,28 +260,51 @@ def prepare_inference(config: InferenceConfig, manifest: Mapping[str, Any],
         model = ModelConfig.from_dict(manifest["model_config"])
         s = float(manifest["intensity_scale"])
     except (KeyError, TypeError) as exc:
-        raise ConfigError(f"bundle manifest lacks a usable model_config/intensity_scale: {exc}"
-                          ) from exc
+        raise ConfigError(
+            f"bundle manifest lacks a usable model_config/intensity_scale: {exc}"
+        ) from exc
     scan = _load(data, config.test_data_file, "test_data_file", owner)
     _check_n(scan, model, owner)
     alpha = float(physics.diffraction_norm_factor(scan.diffraction))
     if config.neighbor_count < model.C - 1:
-        raise ConfigError(f"{owner}.neighbor_count = {config.neighbor_count} is invalid for the "
-                          f"bundle's gridsize {model.gridsize}; allowed: >= {model.C - 1}")
-    grouped = _group(scan, model, owner, n_groups=config.n_groups,
-                     neighbor_count=config.neighbor_count, seed=INFERENCE_SEED,
-                     sequential=True).with_scale(s * alpha)
-    crop = config.stitch_crop if config.stitch_crop is not None else \
-        int(default_stitch_crop(model.N))
+        raise ConfigError(
+            f"{owner}.neighbor_count = {config.neighbor_count} is invalid for the "
+            f"bundle's gridsize {model.gridsize}; allowed: >= {model.C - 1}"
+        )
+    grouped = _group(
+        scan,
+        model,
+        owner,
+        n_groups=config.n_groups,
+        neighbor_count=config.neighbor_count,
+        seed=INFERENCE_SEED,
+        sequential=True,
+    ).with_scale(s * alpha)
+    crop = (
+        config.stitch_crop if config.stitch_crop is not None else int(default_stitch_crop(model.N))
+    )
     if crop > model.N:
         raise ConfigError(f"{owner}.stitch_crop = {crop} is invalid; allowed: <= N = {model.N}")
     shape = None if scan.object is None else tuple(int(v) for v in scan.object.shape)
-    logger.info("inference data: %d groups of C=%d, N=%d, α=%.6g, s=%.6g", len(grouped),
-                model.C, model.N, alpha, s)
-    return PreparedInference(config=config, model=model, scan=scan, grouped=grouped,
-                             norm_factor=alpha, intensity_scale=s, stitch_crop=crop,
-                             object_shape=shape,  # type: ignore[arg-type]
-                             timings={"prepare_s": time.perf_counter() - t0})
+    logger.info(
+        "inference data: %d groups of C=%d, N=%d, α=%.6g, s=%.6g",
+        len(grouped),
+        model.C,
+        model.N,
+        alpha,
+        s,
+    )
+    return PreparedInference(
+        config=config,
+        model=model,
+        scan=scan,
+        grouped=grouped,
+        norm_factor=alpha,
+        intensity_scale=s,
+        stitch_crop=crop,
+        object_shape=shape,  # type: ignore[arg-type]
+        timings={"prepare_s": time.perf_counter() - t0},
+    )
 
 
 def iter_batches(grouped: GroupedData, batch_size: int) -> Iterator[GroupedData]:
@@ -239,18 +317,27 @@ def iter_batches(grouped: GroupedData, batch_size: int) -> Iterator[GroupedData]
 
 def _stitch_inputs(patches: np.ndarray, batch: GroupedData) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(patches)
-    if p.ndim != 4 or p.shape[0] != len(batch) or p.shape[2:] != (batch.N, batch.N) \
-            or p.shape[1] not in (1, batch.C):
-        raise ValueError(f"predict returned shape {p.shape}; expected ({len(batch)}, C_out, "
-                         f"{batch.N}, {batch.N}) with C_out in (1, {batch.C})")
+    if (
+        p.ndim != 4
+        or p.shape[0] != len(batch)
+        or p.shape[2:] != (batch.N, batch.N)
+        or p.shape[1] not in (1, batch.C)
+    ):
+        raise ValueError(
+            f"predict returned shape {p.shape}; expected ({len(batch)}, C_out, "
+            f"{batch.N}, {batch.N}) with C_out in (1, {batch.C})"
+        )
     if p.shape[1] == batch.C:
         return p.reshape(-1, batch.N, batch.N), batch.positions.reshape(-1, 2)
     return p[:, 0], batch.centers  # one patch per group sits at the group centre
 
 
-def run_inference(prepared: PreparedInference,
-                  predict: Callable[[GroupedData], np.ndarray], batch_size: int,
-                  backend: str) -> dict[str, Any]:
+def run_inference(
+    prepared: PreparedInference,
+    predict: Callable[[GroupedData], np.ndarray],
+    batch_size: int,
+    backend: str,
+) -> dict[str, Any]:
     """Chunked predict-and-stitch. ``predict(batch)`` maps a :class:`GroupedData` batch (use
     ``batch.diffraction`` ``(B, C, N, N)`` = ``s·α·X`` and ``batch.offsets``) to complex object
     patches ``(B, C_out, N, N)`` (``C_out`` = C, or 1: placed at the group centre)."""
@@ -263,16 +350,27 @@ def run_inference(prepared: PreparedInference,
         t_pred += time.perf_counter() - t1
         stitcher.add(*_stitch_inputs(patches, batch))
     stitched = stitcher.result()
-    timings = dict(prepared.timings, predict_s=t_pred,
-                   inference_s=time.perf_counter() - t0)
-    return make_result(stitched, positions=prepared.scan.positions, backend=backend,
-                       config=prepared.config, timings=timings,
-                       norm_factor=prepared.norm_factor,
-                       intensity_scale=prepared.intensity_scale)
+    timings = dict(prepared.timings, predict_s=t_pred, inference_s=time.perf_counter() - t0)
+    return make_result(
+        stitched,
+        positions=prepared.scan.positions,
+        backend=backend,
+        config=prepared.config,
+        timings=timings,
+        norm_factor=prepared.norm_factor,
+        intensity_scale=prepared.intensity_scale,
+    )
 
 
-def make_result(stitched: StitchResult, *, positions: np.ndarray, backend: str,
-                config: Any, timings: Mapping[str, float], **extra: Any) -> dict[str, Any]:
+def make_result(
+    stitched: StitchResult,
+    *,
+    positions: np.ndarray,
+    backend: str,
+    config: Any,
+    timings: Mapping[str, float],
+    **extra: Any,
+) -> dict[str, Any]:
     """The shared result dict (:data:`RESULT_KEYS` plus ``extra``).
 
     ``amplitude``/``phase`` ``(H, W) float32`` (phase in [−π, π]), ``object`` ``(H, W)

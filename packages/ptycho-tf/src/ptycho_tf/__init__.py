@@ -1,4 +1,5 @@
-"""ptycho-tf: the TensorFlow / Keras 3 backend of ptycho (SPEC §1, §5–8).
+"""ptycho-tf: the TensorFlow / Keras 3 backend of ptycho (``specs/packages.md``,
+``specs/model.md``, ``specs/training.md``, ``specs/data-contracts.md``).
 
 Modules mirror ``ptycho_torch``: :mod:`~ptycho_tf.model` (the Keras network),
 :mod:`~ptycho_tf.physics` (differentiable physics ops, tested against ``ptycho_core.physics``),

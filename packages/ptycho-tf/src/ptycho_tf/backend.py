@@ -1,4 +1,5 @@
-"""The ``tensorflow`` backend module (entry point ``ptycho.backends: tensorflow``, SPEC §1).
+"""The ``tensorflow`` backend module (entry point ``ptycho.backends: tensorflow``,
+``specs/packages.md``).
 
 Exposes :data:`NAME`, :func:`train` and :func:`reconstruct` with the signatures of
 ``specs/core-api.md``; the work is done in :mod:`ptycho_tf.workflows`.

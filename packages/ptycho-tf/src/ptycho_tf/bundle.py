@@ -1,4 +1,4 @@
-"""TensorFlow model bundles (SPEC §8) on top of :mod:`ptycho_core.bundle`.
+"""TensorFlow model bundles (``specs/data-contracts.md``) on top of :mod:`ptycho_core.bundle`.
 
 Archive entries: ``manifest.json`` (backend ``tensorflow``, model names ``autoencoder`` and
 ``diffraction_to_obj``, the full model and training config, ``s``, normalisation facts),
@@ -25,8 +25,17 @@ from ptycho_core.config import ModelConfig, TrainingConfig
 from ptycho_core.errors import BundleError
 from ptycho_tf.model import PtychoModels, build_models
 
-__all__ = ["NAME", "WEIGHTS_ENTRY", "PROBE_ENTRY", "MODEL_NAMES", "LoadedBundle", "save_bundle",
-           "load_bundle", "weights_bytes", "load_weights_bytes"]
+__all__ = [
+    "NAME",
+    "WEIGHTS_ENTRY",
+    "PROBE_ENTRY",
+    "MODEL_NAMES",
+    "LoadedBundle",
+    "save_bundle",
+    "load_bundle",
+    "weights_bytes",
+    "load_weights_bytes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +59,9 @@ def _count_arrays(path: str) -> int:
 
     found: list[str] = []
     with h5py.File(path, "r") as fh:
-        fh.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset)
-                      else None)
+        fh.visititems(
+            lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None
+        )
     return len(found)
 
 
@@ -67,30 +77,47 @@ def load_weights_bytes(models: PtychoModels, data: bytes, where: object = "bundl
         try:
             n_file = _count_arrays(path)
         except OSError as exc:
-            raise BundleError(f"{where}: {WEIGHTS_ENTRY} is not a readable HDF5 file ({exc})"
-                              ) from exc
+            raise BundleError(
+                f"{where}: {WEIGHTS_ENTRY} is not a readable HDF5 file ({exc})"
+            ) from exc
         if n_file != n_model:
-            raise BundleError(f"{where}: {WEIGHTS_ENTRY} holds {n_file} arrays but the "
-                              f"architecture in the manifest has {n_model} weights")
+            raise BundleError(
+                f"{where}: {WEIGHTS_ENTRY} holds {n_file} arrays but the "
+                f"architecture in the manifest has {n_model} weights"
+            )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
                 models.autoencoder.load_weights(path)
         except (ValueError, KeyError, OSError, UserWarning) as exc:
-            raise BundleError(f"{where}: weights do not match the architecture in the manifest "
-                              f"({exc})") from exc
+            raise BundleError(
+                f"{where}: weights do not match the architecture in the manifest ({exc})"
+            ) from exc
 
 
-def save_bundle(path: str | Path, models: PtychoModels, training_config: TrainingConfig, *,
-                normalization: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+def save_bundle(
+    path: str | Path,
+    models: PtychoModels,
+    training_config: TrainingConfig,
+    *,
+    normalization: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write ``models`` to ``path`` (usually ``<output_dir>/wts.h5.zip``) atomically.
 
     The manifest's intensity scale and ``probe.npy`` are the model's *current* ``s`` and probe
     (trained values when trainable). ``normalization``: JSON-safe facts (``norm_factor``, …).
     """
     s = models.intensity_scale
-    manifest = core_bundle.make_manifest(NAME, training_config.model, training_config, s,
-                                         dict(normalization), list(MODEL_NAMES), extra=extra)
+    manifest = core_bundle.make_manifest(
+        NAME,
+        training_config.model,
+        training_config,
+        s,
+        dict(normalization),
+        list(MODEL_NAMES),
+        extra=extra,
+    )
     files = {}
     if models.forward_layer is not None:
         files[PROBE_ENTRY] = core_bundle.npy_bytes(models.probe.astype(np.complex64))
@@ -125,8 +152,9 @@ def _configs(manifest: dict[str, Any], where: object) -> tuple[ModelConfig, Trai
         tc_d = manifest.get("training_config")
         tc = TrainingConfig.from_dict(tc_d) if tc_d else None
     except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{where}: bundle manifest has no usable model configuration "
-                          f"({exc})") from exc
+        raise BundleError(
+            f"{where}: bundle manifest has no usable model configuration ({exc})"
+        ) from exc
     return mc, tc
 
 
@@ -143,8 +171,11 @@ def load_bundle(path: str | Path) -> LoadedBundle:
     if probe.shape != (mc.N, mc.N):
         raise BundleError(f"{p}: probe.npy has shape {probe.shape}; expected ({mc.N}, {mc.N})")
     models = build_models(
-        mc, probe=probe, intensity_scale=float(b.manifest["intensity_scale"]),
+        mc,
+        probe=probe,
+        intensity_scale=float(b.manifest["intensity_scale"]),
         probe_trainable=bool(tc.probe_trainable) if tc else False,
-        intensity_scale_trainable=bool(tc.intensity_scale_trainable) if tc else False)
+        intensity_scale_trainable=bool(tc.intensity_scale_trainable) if tc else False,
+    )
     load_weights_bytes(models, b.require(WEIGHTS_ENTRY), p)
     return LoadedBundle(models, b.manifest, mc, tc, p)

@@ -16,8 +16,15 @@ import tensorflow as tf
 from ptycho_tf import physics
 
 __all__ = [
-    "IntensityScale", "PiTanh", "BorderCombine", "ComplexFromPolar", "ObjectMerge",
-    "ChannelTranslate", "ForwardModel", "Modulus", "Square",
+    "IntensityScale",
+    "PiTanh",
+    "BorderCombine",
+    "ComplexFromPolar",
+    "ObjectMerge",
+    "ChannelTranslate",
+    "ForwardModel",
+    "Modulus",
+    "Square",
 ]
 
 _PKG = "ptycho_tf"
@@ -28,7 +35,8 @@ class IntensityScale(keras.layers.Layer):
     """Holds ``log s`` (weight ``log_intensity_scale``, shape ``()``, float32).
 
     ``call(x)`` returns ``x · s``; ``call(x, inverse=True)`` returns ``x / s``. The weight is
-    trainable only when ``scale_trainable`` (SPEC §4.2); it is a real tracked variable either way.
+    trainable only when ``scale_trainable`` (``specs/physics.md``); it is a real tracked variable
+    either way.
     """
 
     def __init__(self, initial_scale: float = 1.0, scale_trainable: bool = False, **kwargs):
@@ -38,9 +46,12 @@ class IntensityScale(keras.layers.Layer):
         self.initial_scale = float(initial_scale)
         self.scale_trainable = bool(scale_trainable)
         self.log_intensity_scale = self.add_weight(
-            name="log_intensity_scale", shape=(), dtype="float32",
+            name="log_intensity_scale",
+            shape=(),
+            dtype="float32",
             initializer=keras.initializers.Constant(math.log(self.initial_scale)),
-            trainable=self.scale_trainable)
+            trainable=self.scale_trainable,
+        )
 
     def scale(self) -> tf.Tensor:
         """``s`` as a scalar float32 tensor."""
@@ -54,8 +65,11 @@ class IntensityScale(keras.layers.Layer):
         return keras.KerasTensor(x.shape, dtype=x.dtype)
 
     def get_config(self):
-        return {**super().get_config(), "initial_scale": self.initial_scale,
-                "scale_trainable": self.scale_trainable}
+        return {
+            **super().get_config(),
+            "initial_scale": self.initial_scale,
+            "scale_trainable": self.scale_trainable,
+        }
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
@@ -120,25 +134,41 @@ class ChannelTranslate(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PKG)
 class ForwardModel(keras.layers.Layer):
-    """Far-field amplitude of object patches under the probe (SPEC §4.1), TF layout.
+    """Far-field amplitude of object patches under the probe (``specs/physics.md``), TF layout.
 
     Weights ``probe_real``, ``probe_imag`` ``(N, N)`` float32 (the normalised probe ``P̃``;
     trainable only when ``probe_trainable``). Input ``(B, N, N, C)`` complex64; output
     ``(B, N, N, C)`` float32, normalised units (multiply by ``s`` for photon amplitude).
     """
 
-    def __init__(self, N: int, gaussian_smoothing_sigma: float = 0.0, probe_mask: bool = False,
-                 probe_trainable: bool = False, **kwargs):
+    def __init__(
+        self,
+        N: int,
+        gaussian_smoothing_sigma: float = 0.0,
+        probe_mask: bool = False,
+        probe_trainable: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.N = int(N)
         self.gaussian_smoothing_sigma = float(gaussian_smoothing_sigma)
         self.probe_mask = bool(probe_mask)
         self.probe_trainable = bool(probe_trainable)
         shape = (self.N, self.N)
-        self.probe_real = self.add_weight(name="probe_real", shape=shape, dtype="float32",
-                                          initializer="ones", trainable=self.probe_trainable)
-        self.probe_imag = self.add_weight(name="probe_imag", shape=shape, dtype="float32",
-                                          initializer="zeros", trainable=self.probe_trainable)
+        self.probe_real = self.add_weight(
+            name="probe_real",
+            shape=shape,
+            dtype="float32",
+            initializer="ones",
+            trainable=self.probe_trainable,
+        )
+        self.probe_imag = self.add_weight(
+            name="probe_imag",
+            shape=shape,
+            dtype="float32",
+            initializer="zeros",
+            trainable=self.probe_trainable,
+        )
 
     def set_probe(self, probe: np.ndarray) -> None:
         """Assign the normalised probe ``(N, N)`` complex."""
@@ -150,20 +180,26 @@ class ForwardModel(keras.layers.Layer):
 
     def probe(self) -> tf.Tensor:
         """The probe ``(N, N)`` complex64."""
-        return tf.complex(tf.convert_to_tensor(self.probe_real),
-                          tf.convert_to_tensor(self.probe_imag))
+        return tf.complex(
+            tf.convert_to_tensor(self.probe_real), tf.convert_to_tensor(self.probe_imag)
+        )
 
     def call(self, obj):
-        return physics.forward_model_cl(obj, self.probe(), self.gaussian_smoothing_sigma,
-                                        self.probe_mask)
+        return physics.forward_model_cl(
+            obj, self.probe(), self.gaussian_smoothing_sigma, self.probe_mask
+        )
 
     def compute_output_spec(self, obj):
         return keras.KerasTensor(obj.shape, dtype="float32")
 
     def get_config(self):
-        return {**super().get_config(), "N": self.N,
-                "gaussian_smoothing_sigma": self.gaussian_smoothing_sigma,
-                "probe_mask": self.probe_mask, "probe_trainable": self.probe_trainable}
+        return {
+            **super().get_config(),
+            "N": self.N,
+            "gaussian_smoothing_sigma": self.gaussian_smoothing_sigma,
+            "probe_mask": self.probe_mask,
+            "probe_trainable": self.probe_trainable,
+        }
 
 
 @keras.saving.register_keras_serializable(package=_PKG)

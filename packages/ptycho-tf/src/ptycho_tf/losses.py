@@ -1,4 +1,4 @@
-"""Training losses (SPEC §5) in TensorFlow, TF layout ``(B, N, N, C)``.
+"""Training losses (``specs/model.md``) in TensorFlow, TF layout ``(B, N, N, C)``.
 
 All terms are means over every element of the batch (scalar float32 tensors). ``x_scaled`` is the
 measured amplitude in model units, ``s·α·X`` (photon-count amplitude); its square is the observed
@@ -50,9 +50,13 @@ class LossWeights:
         return ("nll", "mae", "realspace") if self.realspace_weight > 0 else ("nll", "mae")
 
     @classmethod
-    def from_training_config(cls, config) -> "LossWeights":
-        return cls(config.nll_weight, config.mae_weight, config.realspace_weight,
-                   supervised=config.model.model_type == "supervised")
+    def from_training_config(cls, config) -> LossWeights:
+        return cls(
+            config.nll_weight,
+            config.mae_weight,
+            config.realspace_weight,
+            supervised=config.model.model_type == "supervised",
+        )
 
 
 def wrapped_phase_difference(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
@@ -60,8 +64,9 @@ def wrapped_phase_difference(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     return tf.math.floormod(a - b + math.pi, 2 * math.pi) - math.pi
 
 
-def loss_terms(outputs, x_scaled: tf.Tensor, y: tf.Tensor | None,
-               weights: LossWeights) -> dict[str, tf.Tensor]:
+def loss_terms(
+    outputs, x_scaled: tf.Tensor, y: tf.Tensor | None, weights: LossWeights
+) -> dict[str, tf.Tensor]:
     """The total ``loss`` and its components for one batch.
 
     outputs: ``[obj complex64, amplitude float32, intensity float32]`` each ``(B, N, N, C)``;
@@ -70,15 +75,20 @@ def loss_terms(outputs, x_scaled: tf.Tensor, y: tf.Tensor | None,
     """
     obj, amp, intensity = outputs
     if weights.needs_ground_truth and y is None:
-        what = ("model_type='supervised'" if weights.supervised
-                else f"realspace_weight={weights.realspace_weight}")
-        raise ValueError(f"{what} needs ground-truth patches (Y in the data, or objectGuess to "
-                         "cut them from)")
+        what = (
+            "model_type='supervised'"
+            if weights.supervised
+            else f"realspace_weight={weights.realspace_weight}"
+        )
+        raise ValueError(
+            f"{what} needs ground-truth patches (Y in the data, or objectGuess to cut them from)"
+        )
     if weights.supervised:
         y = tf.cast(y, tf.complex64)
         amp_mae = tf.reduce_mean(tf.abs(tf.abs(obj) - tf.abs(y)))
-        phase_mae = tf.reduce_mean(tf.abs(wrapped_phase_difference(tf.math.angle(obj),
-                                                                   tf.math.angle(y))))
+        phase_mae = tf.reduce_mean(
+            tf.abs(wrapped_phase_difference(tf.math.angle(obj), tf.math.angle(y)))
+        )
         return {"loss": amp_mae + phase_mae, "amp_mae": amp_mae, "phase_mae": phase_mae}
     x_scaled = tf.cast(x_scaled, tf.float32)
     nll = poisson_nll(intensity, tf.square(x_scaled), weights.eps)

@@ -1,4 +1,4 @@
-"""The PtychoPINN network in Keras 3 (SPEC §5, ADR-002 ``specs/model.md``).
+"""The PtychoPINN network in Keras 3 (ADR-002, ``specs/model.md``).
 
 :func:`build_models` returns two functional models sharing every layer:
 
@@ -27,11 +27,26 @@ from typing import Any
 import keras
 import numpy as np
 
-from ptycho_tf.layers import (BorderCombine, ChannelTranslate, ComplexFromPolar, ForwardModel,
-                              IntensityScale, Modulus, ObjectMerge, PiTanh, Square)
+from ptycho_tf.layers import (
+    BorderCombine,
+    ChannelTranslate,
+    ComplexFromPolar,
+    ForwardModel,
+    IntensityScale,
+    Modulus,
+    ObjectMerge,
+    PiTanh,
+    Square,
+)
 
-__all__ = ["SUPPORTED_N", "PtychoModels", "conv_layer_specs", "build_models", "weight_mapping",
-           "conv_flops_per_group"]
+__all__ = [
+    "SUPPORTED_N",
+    "PtychoModels",
+    "conv_layer_specs",
+    "build_models",
+    "weight_mapping",
+    "conv_flops_per_group",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +60,7 @@ def conv_layer_specs(model_config: Any) -> list[tuple[str, int, int, int]]:
     if n not in SUPPORTED_N:
         raise ValueError(f"N={n} is not supported; the model supports N in {SUPPORTED_N}")
     levels = int(round(math.log2(n / 8)))
-    c = model_config.gridsize ** 2
+    c = model_config.gridsize**2
     c_out = c if model_config.object_big else 1
     specs = []
     cin = c
@@ -58,28 +73,35 @@ def conv_layer_specs(model_config: Any) -> list[tuple[str, int, int, int]]:
         cin = bottleneck
         for j in range(levels - 1):
             g = 32 * k * 2 ** (levels - 2 - j)
-            specs += [(f"{branch}_dec{j}_conv1", cin, g, 8 << j),
-                      (f"{branch}_dec{j}_conv2", g, g, 8 << j)]
+            specs += [
+                (f"{branch}_dec{j}_conv1", cin, g, 8 << j),
+                (f"{branch}_dec{j}_conv2", g, g, 8 << j),
+            ]
             cin = g
     top = 32 * k
     head_size = n // 2 if model_config.pad_object else n
     specs += [("amp_head", top, c_out, head_size), ("phase_head", top, c_out, head_size)]
     if not model_config.pad_object:
         for branch in ("amp", "phase"):
-            specs += [(f"{branch}_up_conv1", top, top, n // 2),
-                      (f"{branch}_up_conv2", top, top, n // 2)]
+            specs += [
+                (f"{branch}_up_conv1", top, top, n // 2),
+                (f"{branch}_up_conv2", top, top, n // 2),
+            ]
     elif model_config.probe_big:
         for branch in ("amp", "phase"):
-            specs += [(f"{branch}_border_conv1", top, top, n // 2),
-                      (f"{branch}_border_conv2", top, top, n // 2),
-                      (f"{branch}_border_head", top, c_out, n)]
+            specs += [
+                (f"{branch}_border_conv1", top, top, n // 2),
+                (f"{branch}_border_conv2", top, top, n // 2),
+                (f"{branch}_border_head", top, c_out, n),
+            ]
     return specs
 
 
 def conv_flops_per_group(model_config: Any) -> int:
     """Forward FLOPs (2 per multiply-add) of all convs for one group (one input sample)."""
-    return int(sum(2 * 9 * cin * cout * s * s for _, cin, cout, s in
-                   conv_layer_specs(model_config)))
+    return int(
+        sum(2 * 9 * cin * cout * s * s for _, cin, cout, s in conv_layer_specs(model_config))
+    )
 
 
 @dataclass
@@ -144,9 +166,14 @@ def _decoder(branch: str, z, mc, specs: dict[str, tuple[int, int, int]]):
     return out
 
 
-def build_models(model_config: Any, *, probe: np.ndarray | None = None,
-                 intensity_scale: float = 1.0, probe_trainable: bool = False,
-                 intensity_scale_trainable: bool = False) -> PtychoModels:
+def build_models(
+    model_config: Any,
+    *,
+    probe: np.ndarray | None = None,
+    intensity_scale: float = 1.0,
+    probe_trainable: bool = False,
+    intensity_scale_trainable: bool = False,
+) -> PtychoModels:
     """Build ``autoencoder`` and ``diffraction_to_obj`` for a :class:`ModelConfig`.
 
     probe: ``(N, N)`` complex, the *normalised* probe ``P̃`` (required for ``pinn``; ignored
@@ -179,8 +206,9 @@ def build_models(model_config: Any, *, probe: np.ndarray | None = None,
 
     forward = None
     if mc.model_type == "pinn":
-        forward = ForwardModel(n, mc.gaussian_smoothing_sigma, mc.probe_mask, probe_trainable,
-                               name="forward_model")
+        forward = ForwardModel(
+            n, mc.gaussian_smoothing_sigma, mc.probe_mask, probe_trainable, name="forward_model"
+        )
         pred_amp = scale(forward(obj))
         if probe is None:
             raise ValueError("a 'pinn' model needs the normalised probe (N, N) complex")
@@ -205,6 +233,8 @@ def weight_mapping(models: PtychoModels) -> list[tuple[str, Any]]:
         out += [(f"{name}.weight", layer.kernel), (f"{name}.bias", layer.bias)]
     out.append(("log_intensity_scale", models.intensity_scale_layer.log_intensity_scale))
     if models.forward_layer is not None:
-        out += [("probe_real", models.forward_layer.probe_real),
-                ("probe_imag", models.forward_layer.probe_imag)]
+        out += [
+            ("probe_real", models.forward_layer.probe_real),
+            ("probe_imag", models.forward_layer.probe_imag),
+        ]
     return out

@@ -1,4 +1,5 @@
-"""Differentiable TensorFlow counterparts of :mod:`ptycho_core.physics` (SPEC §2.1, §4, §5).
+"""Differentiable TensorFlow counterparts of :mod:`ptycho_core.physics` (``specs/physics.md``,
+``specs/model.md``).
 
 Frames: images are indexed ``[..., row, col] = [..., y, x]``; shifts and positions are ``(x, y)``
 in pixels (float), pixel centres at integer coordinates. ONE sign convention everywhere:
@@ -21,9 +22,20 @@ from __future__ import annotations
 import tensorflow as tf
 
 __all__ = [
-    "shift_operator", "translate", "extract_patches", "place_patches", "disk_mask",
-    "center_mask", "gaussian_kernel1d", "gaussian_smooth", "illuminate", "forward_model",
-    "forward_model_cl", "poisson_nll", "merge_canvas_size", "object_big_merge",
+    "shift_operator",
+    "translate",
+    "extract_patches",
+    "place_patches",
+    "disk_mask",
+    "center_mask",
+    "gaussian_kernel1d",
+    "gaussian_smooth",
+    "illuminate",
+    "forward_model",
+    "forward_model_cl",
+    "poisson_nll",
+    "merge_canvas_size",
+    "object_big_merge",
     "translate_channels_cl",
 ]
 
@@ -113,8 +125,12 @@ def extract_patches(obj: tf.Tensor, positions: tf.Tensor, n: int) -> tf.Tensor:
     w00, w01, w10, w11 = _corner_weights(fx, fy, _real_dtype(obj))
     if obj.dtype.is_complex:
         w00, w01, w10, w11 = (tf.cast(t, obj.dtype) for t in (w00, w01, w10, w11))
-    return (w00 * win[:, :-1, :-1] + w01 * win[:, :-1, 1:]
-            + w10 * win[:, 1:, :-1] + w11 * win[:, 1:, 1:])
+    return (
+        w00 * win[:, :-1, :-1]
+        + w01 * win[:, :-1, 1:]
+        + w10 * win[:, 1:, :-1]
+        + w11 * win[:, 1:, 1:]
+    )
 
 
 def place_patches(patches: tf.Tensor, positions: tf.Tensor, shape) -> tf.Tensor:
@@ -127,10 +143,12 @@ def place_patches(patches: tf.Tensor, positions: tf.Tensor, shape) -> tf.Tensor:
     w00, w01, w10, w11 = _corner_weights(fx, fy, _real_dtype(patches))
     if patches.dtype.is_complex:
         w00, w01, w10, w11 = (tf.cast(t, patches.dtype) for t in (w00, w01, w10, w11))
-    win = (tf.pad(w00 * patches, [[0, 0], [0, 1], [0, 1]])
-           + tf.pad(w01 * patches, [[0, 0], [0, 1], [1, 0]])
-           + tf.pad(w10 * patches, [[0, 0], [1, 0], [0, 1]])
-           + tf.pad(w11 * patches, [[0, 0], [1, 0], [1, 0]]))
+    win = (
+        tf.pad(w00 * patches, [[0, 0], [0, 1], [0, 1]])
+        + tf.pad(w01 * patches, [[0, 0], [0, 1], [1, 0]])
+        + tf.pad(w10 * patches, [[0, 0], [1, 0], [0, 1]])
+        + tf.pad(w11 * patches, [[0, 0], [1, 0], [1, 0]])
+    )
     flat, valid = _window_index(x0, y0, n, h, w)
     seg = tf.where(valid, flat, tf.cast(h * w, tf.int64))  # out-of-bounds → a dropped bucket
     out = tf.math.unsorted_segment_sum(tf.reshape(win, [-1]), tf.reshape(seg, [-1]), h * w + 1)
@@ -180,8 +198,9 @@ def gaussian_smooth(img: tf.Tensor, sigma: float) -> tf.Tensor:
     return _apply_separable(img, _band(h, k), _band(w, k))
 
 
-def illuminate(probe: tf.Tensor, gaussian_smoothing_sigma: float = 0.0,
-               probe_mask: bool = False) -> tf.Tensor:
+def illuminate(
+    probe: tf.Tensor, gaussian_smoothing_sigma: float = 0.0, probe_mask: bool = False
+) -> tf.Tensor:
     """Illumination used by the forward model: optional Gaussian blur, then the ``N/4`` disk.
     probe: ``(N, N)`` complex64 (normalised). Returns ``(N, N)`` complex64."""
     p = gaussian_smooth(probe, gaussian_smoothing_sigma)
@@ -190,9 +209,13 @@ def illuminate(probe: tf.Tensor, gaussian_smoothing_sigma: float = 0.0,
     return p
 
 
-def forward_model(obj_patches: tf.Tensor, probe: tf.Tensor, gaussian_smoothing_sigma: float = 0.0,
-                  probe_mask: bool = False) -> tf.Tensor:
-    """Far-field amplitude ``|fftshift(fft2(illuminate(P)·O))| / N`` (SPEC §4.1).
+def forward_model(
+    obj_patches: tf.Tensor,
+    probe: tf.Tensor,
+    gaussian_smoothing_sigma: float = 0.0,
+    probe_mask: bool = False,
+) -> tf.Tensor:
+    """Far-field amplitude ``|fftshift(fft2(illuminate(P)·O))| / N`` (``specs/physics.md``).
 
     obj_patches: ``(..., N, N)`` complex64; probe ``(N, N)`` complex64. Returns ``(..., N, N)``
     float32 with DC at ``(N/2, N/2)``; ``ΣA² = Σ|ψ|²`` (Parseval).
@@ -203,16 +226,22 @@ def forward_model(obj_patches: tf.Tensor, probe: tf.Tensor, gaussian_smoothing_s
     return tf.abs(far) / n
 
 
-def forward_model_cl(obj: tf.Tensor, probe: tf.Tensor, gaussian_smoothing_sigma: float = 0.0,
-                     probe_mask: bool = False) -> tf.Tensor:
+def forward_model_cl(
+    obj: tf.Tensor,
+    probe: tf.Tensor,
+    gaussian_smoothing_sigma: float = 0.0,
+    probe_mask: bool = False,
+) -> tf.Tensor:
     """:func:`forward_model` in TF layout: ``(B, N, N, C)`` complex64 → ``(B, N, N, C)`` float32."""
-    amp = forward_model(tf.transpose(obj, (0, 3, 1, 2)), probe, gaussian_smoothing_sigma,
-                        probe_mask)
+    amp = forward_model(
+        tf.transpose(obj, (0, 3, 1, 2)), probe, gaussian_smoothing_sigma, probe_mask
+    )
     return tf.transpose(amp, (0, 2, 3, 1))
 
 
-def poisson_nll(pred_intensity: tf.Tensor, observed_counts: tf.Tensor,
-                eps: float = 1e-12) -> tf.Tensor:
+def poisson_nll(
+    pred_intensity: tf.Tensor, observed_counts: tf.Tensor, eps: float = 1e-12
+) -> tf.Tensor:
     """``mean(I_pred − I_obs·log(I_pred + eps))``, scalar float32 (counts in photons)."""
     return tf.reduce_mean(pred_intensity - observed_counts * tf.math.log(pred_intensity + eps))
 
@@ -225,7 +254,7 @@ def merge_canvas_size(n: int, offsets: tf.Tensor) -> tf.Tensor:
 
 
 def object_big_merge(patches: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
-    """Per-sample overlap merge and re-extraction (SPEC §5 ``object_big``, ADR-002).
+    """Per-sample overlap merge and re-extraction (``specs/model.md`` ``object_big``, ADR-002).
 
     patches: ``(B, N, N, C)`` complex64 object patches (TF layout); offsets: ``(B, C, 2)``
     ``(dx, dy)`` pixels of each channel from its group centre. Sample ``b``'s channels are
@@ -261,4 +290,3 @@ def translate_channels_cl(patch: tf.Tensor, shifts: tf.Tensor) -> tf.Tensor:
     channel ``c`` moved by ``+shifts[:, c]`` (``(B, C, 2)``, pixels). Returns ``(B, N, N, C)``."""
     x = tf.transpose(patch, (0, 3, 1, 2))  # (B, 1|C, N, N)
     return tf.transpose(translate(x, shifts), (0, 2, 3, 1))
-

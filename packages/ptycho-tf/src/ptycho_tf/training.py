@@ -1,5 +1,5 @@
-"""Keras ``fit`` training (SPEC §6): the loss-computing trainer model, datasets, callbacks,
-device strategy, history CSV and loss plot.
+"""Keras ``fit`` training (``specs/training.md``): the loss-computing trainer model, datasets,
+callbacks, device strategy, history CSV and loss plot.
 
 :class:`PtychoTrainer` only orchestrates (like the torch LightningModule): it wraps the
 ``autoencoder`` from :mod:`ptycho_tf.model`, computes :func:`ptycho_tf.losses.loss_terms` in
@@ -26,9 +26,20 @@ from ptycho_core.io import atomic_write
 from ptycho_core.workflow import write_history_csv
 from ptycho_tf.losses import LossWeights, loss_terms
 
-__all__ = ["PtychoTrainer", "HistoryRecorder", "AtomicBestWeights", "make_dataset",
-           "build_callbacks", "resolve_strategy", "select_devices", "plot_history",
-           "PLATEAU_FACTOR", "PLATEAU_PATIENCE", "MIN_LR", "HISTORY_COLUMNS"]
+__all__ = [
+    "PtychoTrainer",
+    "HistoryRecorder",
+    "AtomicBestWeights",
+    "make_dataset",
+    "build_callbacks",
+    "resolve_strategy",
+    "select_devices",
+    "plot_history",
+    "PLATEAU_FACTOR",
+    "PLATEAU_PATIENCE",
+    "MIN_LR",
+    "HISTORY_COLUMNS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +81,22 @@ class PtychoTrainer(keras.Model):
         return list(super().metrics) + list(self.component_trackers)
 
 
-def make_dataset(grouped: Any, batch_size: int, *, shuffle: bool, seed: int,
-                 with_ground_truth: bool) -> tf.data.Dataset:
+def make_dataset(
+    grouped: Any, batch_size: int, *, shuffle: bool, seed: int, with_ground_truth: bool
+) -> tf.data.Dataset:
     """``tf.data`` pipeline over a :class:`ptycho_core.grouping.GroupedData` (already scaled to
     ``s·α·X``): elements ``{"x", "offsets"}`` (+ ``Y`` channels-last) batched by ``batch_size``;
     shuffled each epoch with the op seed ``seed`` when ``shuffle``."""
-    inputs = {"x": grouped.channels_last().astype(np.float32),
-              "offsets": np.asarray(grouped.offsets, np.float32)}
+    inputs = {
+        "x": grouped.channels_last().astype(np.float32),
+        "offsets": np.asarray(grouped.offsets, np.float32),
+    }
     if with_ground_truth:
         if grouped.Y is None:
             raise ValueError("the loss needs ground-truth patches Y but the data have none")
-        ds = tf.data.Dataset.from_tensor_slices((inputs, grouped.channels_last("Y")
-                                                 .astype(np.complex64)))
+        ds = tf.data.Dataset.from_tensor_slices(
+            (inputs, grouped.channels_last("Y").astype(np.complex64))
+        )
     else:
         ds = tf.data.Dataset.from_tensor_slices(inputs)
     if shuffle:
@@ -101,17 +116,25 @@ class HistoryRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = dict(logs or {})
-        row = {"epoch": float(epoch), "train_loss": float(logs.get("loss", math.nan)),
-               "val_loss": float(logs.get("val_loss", math.nan)),
-               "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
+        row = {
+            "epoch": float(epoch),
+            "train_loss": float(logs.get("loss", math.nan)),
+            "val_loss": float(logs.get("val_loss", math.nan)),
+            "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+        }
         for key in sorted(logs):
             if key in ("loss", "val_loss", "learning_rate"):
                 continue
             name = key if key.startswith("val_") else f"train_{key}"
             row[name] = float(logs[key])
         self.rows.append(row)
-        log.info("epoch %d: train_loss=%.6g val_loss=%.6g lr=%.3g", epoch, row["train_loss"],
-                 row["val_loss"], row["lr"])
+        log.info(
+            "epoch %d: train_loss=%.6g val_loss=%.6g lr=%.3g",
+            epoch,
+            row["train_loss"],
+            row["val_loss"],
+            row["lr"],
+        )
         if self.path is not None:
             hist = self.history()
             hist.pop("epoch")
@@ -130,8 +153,13 @@ class AtomicBestWeights(keras.callbacks.Callback):
     as ``<folder>/best.weights.h5`` and the latest as ``last.weights.h5``, each written to a
     temporary ``.weights.h5`` in the same folder and renamed (atomic)."""
 
-    def __init__(self, autoencoder: keras.Model, folder: str | Path, monitor: str = "val_loss",
-                 mode: str = "min") -> None:
+    def __init__(
+        self,
+        autoencoder: keras.Model,
+        folder: str | Path,
+        monitor: str = "val_loss",
+        mode: str = "min",
+    ) -> None:
         super().__init__()
         self.autoencoder, self.folder = autoencoder, Path(folder)
         self.monitor, self.mode = monitor, mode
@@ -170,13 +198,20 @@ def _schedule(name: str, lr0: float, nepochs: int):
     raise ValueError(f"scheduler={name!r} is not one of ('plateau', 'none', 'cosine', 'step')")
 
 
-def build_callbacks(execution: Any, *, autoencoder: keras.Model, output_dir: str | Path,
-                    nepochs: int, has_validation: bool,
-                    history_path: str | Path | None) -> list[keras.callbacks.Callback]:
+def build_callbacks(
+    execution: Any,
+    *,
+    autoencoder: keras.Model,
+    output_dir: str | Path,
+    nepochs: int,
+    has_validation: bool,
+    history_path: str | Path | None,
+) -> list[keras.callbacks.Callback]:
     """History first, then the learning-rate schedule (``plateau``: ReduceLROnPlateau 0.5,
     patience 2, floor 1e-4), EarlyStopping (``early_stop_patience``) and, with
     ``enable_checkpointing``, :class:`AtomicBestWeights` under ``<output_dir>/checkpoints``.
     Without validation data, monitors fall back from ``val_*`` to the training metric."""
+
     def monitored(metric: str) -> str:
         if has_validation:
             return metric
@@ -186,19 +221,35 @@ def build_callbacks(execution: Any, *, autoencoder: keras.Model, output_dir: str
     cbs: list[keras.callbacks.Callback] = [HistoryRecorder(history_path)]
     lr0 = float(execution.learning_rate)
     if execution.scheduler == "plateau":
-        cbs.append(keras.callbacks.ReduceLROnPlateau(
-            monitor=monitored("val_loss"), factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE,
-            min_lr=min(MIN_LR, lr0), verbose=0))
+        cbs.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitored("val_loss"),
+                factor=PLATEAU_FACTOR,
+                patience=PLATEAU_PATIENCE,
+                min_lr=min(MIN_LR, lr0),
+                verbose=0,
+            )
+        )
     elif execution.scheduler != "none":
-        cbs.append(keras.callbacks.LearningRateScheduler(_schedule(execution.scheduler, lr0,
-                                                                   nepochs)))
-    cbs.append(keras.callbacks.EarlyStopping(monitor=monitored("val_loss"), mode="min",
-                                             patience=int(execution.early_stop_patience)))
+        cbs.append(
+            keras.callbacks.LearningRateScheduler(_schedule(execution.scheduler, lr0, nepochs))
+        )
+    cbs.append(
+        keras.callbacks.EarlyStopping(
+            monitor=monitored("val_loss"), mode="min", patience=int(execution.early_stop_patience)
+        )
+    )
     if execution.enable_checkpointing:
         metric = execution.checkpoint_monitor_metric  # torch names → Keras log names
         metric = metric[6:] if metric.startswith("train_") else metric
-        cbs.append(AtomicBestWeights(autoencoder, Path(output_dir) / "checkpoints",
-                                     monitor=monitored(metric), mode=execution.checkpoint_mode))
+        cbs.append(
+            AtomicBestWeights(
+                autoencoder,
+                Path(output_dir) / "checkpoints",
+                monitor=monitored(metric),
+                mode=execution.checkpoint_mode,
+            )
+        )
     return cbs
 
 
@@ -209,8 +260,10 @@ def _device_type(accelerator: str) -> str:
         return "CPU"
     if accelerator == "auto":
         return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-    raise ValueError(f"accelerator={accelerator!r} is not supported by the TensorFlow backend; "
-                     "allowed: auto, cpu, gpu, cuda, mps")
+    raise ValueError(
+        f"accelerator={accelerator!r} is not supported by the TensorFlow backend; "
+        "allowed: auto, cpu, gpu, cuda, mps"
+    )
 
 
 def select_devices(execution: Any) -> list[str]:
@@ -220,20 +273,24 @@ def select_devices(execution: Any) -> list[str]:
     kind = _device_type(execution.accelerator)
     present = [d.name for d in tf.config.list_logical_devices(kind)]
     if not present:
-        raise RuntimeError(f"accelerator={execution.accelerator!r} selected but TensorFlow sees "
-                           f"no {kind} device")
+        raise RuntimeError(
+            f"accelerator={execution.accelerator!r} selected but TensorFlow sees no {kind} device"
+        )
     want = execution.devices
     if isinstance(want, tuple):
         bad = [i for i in want if i >= len(present)]
         if bad:
-            raise RuntimeError(f"devices={list(want)} requested; only {len(present)} {kind} "
-                               f"device(s) present: {present}")
+            raise RuntimeError(
+                f"devices={list(want)} requested; only {len(present)} {kind} "
+                f"device(s) present: {present}"
+            )
         return [present[i] for i in want]
     if want in (-1, "auto"):
         return present
     if int(want) > len(present):
-        raise RuntimeError(f"devices={want} requested; only {len(present)} {kind} device(s) "
-                           f"present: {present}")
+        raise RuntimeError(
+            f"devices={want} requested; only {len(present)} {kind} device(s) present: {present}"
+        )
     return present[: int(want)]
 
 
@@ -265,8 +322,11 @@ def plot_history(history: dict[str, list[float]], path: str | Path) -> Path | No
         vals = np.asarray(history.get(key, []), float)
         if vals.size and np.isfinite(vals).any():
             ax.plot(epochs[: vals.size], vals, marker="o", label=key)
-    vals = np.concatenate([np.asarray(history.get(k, []), float)
-                           for k in ("train_loss", "val_loss")]) if history else np.array([])
+    vals = (
+        np.concatenate([np.asarray(history.get(k, []), float) for k in ("train_loss", "val_loss")])
+        if history
+        else np.array([])
+    )
     finite = vals[np.isfinite(vals)]
     if finite.size and (finite > 0).all():
         ax.set_yscale("log")

@@ -1,4 +1,5 @@
-"""ptycho-torch: the PyTorch + Lightning backend of ptycho (SPEC §1, §5–8).
+"""ptycho-torch: the PyTorch + Lightning backend of ptycho (``specs/packages.md``,
+``specs/model.md``, ``specs/training.md``, ``specs/data-contracts.md``).
 
 Modules mirror ``ptycho_tf`` file by file: ``model`` (the network), ``physics`` (differentiable
 ops tested against ``ptycho_core.physics``), ``losses``, ``data`` (datasets, DataModule),

@@ -1,4 +1,4 @@
-"""The ``pytorch`` backend module (entry point ``ptycho.backends: pytorch``, SPEC §1).
+"""The ``pytorch`` backend module (entry point ``ptycho.backends: pytorch``, ``specs/packages.md``).
 
 Exposes :data:`NAME`, :func:`train` and :func:`reconstruct` with the signatures of
 ``specs/core-api.md``; the work is done in :mod:`ptycho_torch.workflows`.

@@ -1,4 +1,5 @@
-"""Model bundles ``wts.h5.zip`` for the PyTorch backend (SPEC §8), via :mod:`ptycho_core.bundle`.
+"""Model bundles ``wts.h5.zip`` for the PyTorch backend (``specs/data-contracts.md``), via
+:mod:`ptycho_core.bundle`.
 
 Archive entries: ``manifest.json`` (backend ``pytorch``), ``probe.npy`` (the normalised probe the
 model holds, complex64 ``(N, N)``) and ``state_dict.pt`` — ``torch.save`` of a plain
@@ -22,7 +23,14 @@ from ptycho_core.config import ModelConfig, TrainingConfig
 from ptycho_core.errors import BundleError
 from ptycho_torch.model import PtychoModel, build_model
 
-__all__ = ["NAME", "STATE_DICT_ENTRY", "state_dict_bytes", "save_bundle", "load_bundle", "LoadedBundle"]
+__all__ = [
+    "NAME",
+    "STATE_DICT_ENTRY",
+    "state_dict_bytes",
+    "save_bundle",
+    "load_bundle",
+    "LoadedBundle",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +42,37 @@ MODEL_NAMES = ["autoencoder", "diffraction_to_obj"]
 
 def state_dict_bytes(model: torch.nn.Module) -> bytes:
     """``torch.save`` of ``{name: cpu tensor}`` (no module objects, nothing else pickled)."""
-    plain = OrderedDict((k, v.detach().cpu().contiguous().clone()) for k, v in model.state_dict().items())
+    plain = OrderedDict(
+        (k, v.detach().cpu().contiguous().clone()) for k, v in model.state_dict().items()
+    )
     buf = io.BytesIO()
     torch.save(plain, buf)
     return buf.getvalue()
 
 
-def save_bundle(path: str | Path, model: PtychoModel, training_config: TrainingConfig, *,
-                normalization: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+def save_bundle(
+    path: str | Path,
+    model: PtychoModel,
+    training_config: TrainingConfig,
+    *,
+    normalization: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write ``model`` to ``path`` (usually ``<output_dir>/wts.h5.zip``) atomically.
 
     normalization: JSON-safe facts (``norm_factor`` α, ``nphotons``, …) stored in the manifest.
     The manifest's intensity scale is the model's current ``s`` (trained when trainable).
     """
     s = float(model.intensity_scale.detach().cpu())
-    manifest = core_bundle.make_manifest(NAME, training_config.model, training_config, s, dict(normalization),
-                                         list(MODEL_NAMES), extra=extra)
+    manifest = core_bundle.make_manifest(
+        NAME,
+        training_config.model,
+        training_config,
+        s,
+        dict(normalization),
+        list(MODEL_NAMES),
+        extra=extra,
+    )
     probe = model.probe.detach().cpu().numpy().astype(np.complex64)
     files = {PROBE_ENTRY: core_bundle.npy_bytes(probe), STATE_DICT_ENTRY: state_dict_bytes(model)}
     path = Path(path)
@@ -62,8 +85,14 @@ class LoadedBundle:
     """A loaded bundle: ``model`` (eval mode), ``manifest`` dict, ``model_config``,
     ``training_config`` and ``intensity_scale``."""
 
-    def __init__(self, model: PtychoModel, manifest: dict[str, Any], model_config: ModelConfig,
-                 training_config: TrainingConfig | None, intensity_scale: float) -> None:
+    def __init__(
+        self,
+        model: PtychoModel,
+        manifest: dict[str, Any],
+        model_config: ModelConfig,
+        training_config: TrainingConfig | None,
+        intensity_scale: float,
+    ) -> None:
         self.model, self.manifest = model, manifest
         self.model_config, self.training_config = model_config, training_config
         self.intensity_scale = intensity_scale
@@ -97,21 +126,35 @@ def load_bundle(path: str | Path, *, map_location: str | torch.device = "cpu") -
         if entry not in bundle.files:
             raise BundleError(f"{path}: bundle has no {entry!r} entry")
     try:
-        state = torch.load(io.BytesIO(bundle.files[STATE_DICT_ENTRY]), map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling refusal or corruption is a bundle error
-        raise BundleError(f"{path}: {STATE_DICT_ENTRY} cannot be read as a tensor dict ({exc})") from exc
+        state = torch.load(
+            io.BytesIO(bundle.files[STATE_DICT_ENTRY]), map_location=map_location, weights_only=True
+        )
+    except Exception as exc:  # any unpickling refusal or corruption is a bundle error
+        raise BundleError(
+            f"{path}: {STATE_DICT_ENTRY} cannot be read as a tensor dict ({exc})"
+        ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BundleError(f"{path}: {STATE_DICT_ENTRY} is not a plain dict of tensors")
     probe = core_bundle.load_npy_bytes(bundle.files[PROBE_ENTRY])
     s_key = "log_intensity_scale"
-    s = float(torch.exp(state[s_key])) if s_key in state else float(manifest.get("intensity_scale", 1.0))
+    s = (
+        float(torch.exp(state[s_key]))
+        if s_key in state
+        else float(manifest.get("intensity_scale", 1.0))
+    )
     tc = training_config
-    model = build_model(model_config, probe=probe, intensity_scale=s,
-                        probe_trainable=bool(tc.probe_trainable) if tc else False,
-                        intensity_scale_trainable=bool(tc.intensity_scale_trainable) if tc else False)
+    model = build_model(
+        model_config,
+        probe=probe,
+        intensity_scale=s,
+        probe_trainable=bool(tc.probe_trainable) if tc else False,
+        intensity_scale_trainable=bool(tc.intensity_scale_trainable) if tc else False,
+    )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise BundleError(f"{path}: weights do not match the architecture in the manifest ({exc})") from exc
+        raise BundleError(
+            f"{path}: weights do not match the architecture in the manifest ({exc})"
+        ) from exc
     model.eval()
     return LoadedBundle(model, manifest, model_config, training_config, s)

@@ -1,4 +1,4 @@
-"""Datasets, data loaders and the LightningDataModule (SPEC §6).
+"""Datasets, data loaders and the LightningDataModule (``specs/training.md``).
 
 A batch is a dict of tensors: ``x`` ``(B, C, N, N)`` float32, the measured amplitude in model
 units ``s·α·X`` (also the model input); ``offsets`` ``(B, C, 2)`` float32 ``(dx, dy)`` pixels
@@ -14,7 +14,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-__all__ = ["EpochShuffleSampler", "GroupDataset", "grouped_to_tensors", "loader_kwargs", "PtychoDataModule"]
+__all__ = [
+    "EpochShuffleSampler",
+    "GroupDataset",
+    "grouped_to_tensors",
+    "loader_kwargs",
+    "PtychoDataModule",
+]
 
 
 def grouped_to_tensors(grouped: Any, *, with_ground_truth: bool = False) -> dict[str, torch.Tensor]:
@@ -31,8 +37,10 @@ def grouped_to_tensors(grouped: Any, *, with_ground_truth: bool = False) -> dict
     if with_ground_truth:
         y = getattr(grouped, "Y", None)
         if y is None:
-            raise ValueError("ground-truth patches Y are needed (model_type='supervised' or realspace_weight>0) "
-                             "but the data has neither Y nor objectGuess")
+            raise ValueError(
+                "ground-truth patches Y are needed (model_type='supervised' or realspace_weight>0) "
+                "but the data has neither Y nor objectGuess"
+            )
         out["Y"] = torch.from_numpy(np.ascontiguousarray(np.asarray(y, np.complex64)))
     return out
 
@@ -77,8 +85,11 @@ def loader_kwargs(execution: Any, *, batch_size: int) -> dict[str, Any]:
     ``persistent_workers`` and ``prefetch_factor`` are passed only with ``num_workers > 0``
     (torch rejects them otherwise).
     """
-    kw: dict[str, Any] = {"batch_size": int(batch_size),
-                          "num_workers": int(execution.num_workers), "pin_memory": bool(execution.pin_memory)}
+    kw: dict[str, Any] = {
+        "batch_size": int(batch_size),
+        "num_workers": int(execution.num_workers),
+        "pin_memory": bool(execution.pin_memory),
+    }
     if execution.num_workers > 0:
         kw["persistent_workers"] = bool(execution.persistent_workers)
         if execution.prefetch_factor is not None:
@@ -89,8 +100,15 @@ def loader_kwargs(execution: Any, *, batch_size: int) -> dict[str, Any]:
 class PtychoDataModule(pl.LightningDataModule):
     """Train/validation loaders over already prepared tensors (see :func:`grouped_to_tensors`)."""
 
-    def __init__(self, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor] | None, *, batch_size: int,
-                 execution: Any, seed: int = 0) -> None:
+    def __init__(
+        self,
+        train: dict[str, torch.Tensor],
+        val: dict[str, torch.Tensor] | None,
+        *,
+        batch_size: int,
+        execution: Any,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.train_set = GroupDataset(train)
         self.val_set = GroupDataset(val) if val is not None and len(val["x"]) > 0 else None
@@ -101,10 +119,15 @@ class PtychoDataModule(pl.LightningDataModule):
         return self.val_set is not None
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, sampler=EpochShuffleSampler(self.train_set, self.seed),
-                          **loader_kwargs(self.execution, batch_size=self.batch_size))
+        return DataLoader(
+            self.train_set,
+            sampler=EpochShuffleSampler(self.train_set, self.seed),
+            **loader_kwargs(self.execution, batch_size=self.batch_size),
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
-        return DataLoader(self.val_set, shuffle=False, **loader_kwargs(self.execution, batch_size=self.batch_size))
+        return DataLoader(
+            self.val_set, shuffle=False, **loader_kwargs(self.execution, batch_size=self.batch_size)
+        )

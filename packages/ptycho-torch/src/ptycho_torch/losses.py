@@ -1,4 +1,5 @@
-"""Training losses (SPEC §5): Poisson NLL, amplitude MAE, optional real-space term; supervised MAE.
+"""Training losses (``specs/model.md``): Poisson NLL, amplitude MAE, optional real-space term;
+supervised MAE.
 
 All terms are means over every element of the batch (scalar float32 tensors). ``x_scaled`` is the
 measured amplitude in model units, ``s·X_norm`` ``(B, C, N, N)``; its square is the photon count
@@ -36,12 +37,23 @@ class PtychoLoss(nn.Module):
     ``amp_mae``, ``phase_mae``.
     """
 
-    def __init__(self, nll_weight: float = 1.0, mae_weight: float = 0.0, realspace_weight: float = 0.0, *,
-                 supervised: bool = False, eps: float = 1e-12) -> None:
+    def __init__(
+        self,
+        nll_weight: float = 1.0,
+        mae_weight: float = 0.0,
+        realspace_weight: float = 0.0,
+        *,
+        supervised: bool = False,
+        eps: float = 1e-12,
+    ) -> None:
         super().__init__()
         if eps < 1e-12:
             raise ValueError(f"eps={eps!r} must be >= 1e-12")
-        self.nll_weight, self.mae_weight, self.realspace_weight = float(nll_weight), float(mae_weight), float(realspace_weight)
+        self.nll_weight, self.mae_weight, self.realspace_weight = (
+            float(nll_weight),
+            float(mae_weight),
+            float(realspace_weight),
+        )
         self.supervised, self.eps = bool(supervised), float(eps)
 
     @property
@@ -49,13 +61,24 @@ class PtychoLoss(nn.Module):
         """True when the loss reads ground-truth patches ``Y``."""
         return self.supervised or self.realspace_weight > 0
 
-    def forward(self, out: ModelOutput, x_scaled: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, out: ModelOutput, x_scaled: torch.Tensor, y: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         if self.needs_ground_truth and y is None:
-            what = "model_type='supervised'" if self.supervised else f"realspace_weight={self.realspace_weight}"
-            raise ValueError(f"{what} needs ground-truth patches (Y in the data, or objectGuess to cut them from)")
+            what = (
+                "model_type='supervised'"
+                if self.supervised
+                else f"realspace_weight={self.realspace_weight}"
+            )
+            raise ValueError(
+                f"{what} needs ground-truth patches "
+                "(Y in the data, or objectGuess to cut them from)"
+            )
         if self.supervised:
             amp_mae = torch.mean(torch.abs(out.obj.abs() - y.abs()))
-            phase_mae = torch.mean(torch.abs(wrapped_phase_difference(torch.angle(out.obj), torch.angle(y))))
+            phase_mae = torch.mean(
+                torch.abs(wrapped_phase_difference(torch.angle(out.obj), torch.angle(y)))
+            )
             return {"loss": amp_mae + phase_mae, "amp_mae": amp_mae, "phase_mae": phase_mae}
         nll = poisson_nll(out.intensity, x_scaled * x_scaled, self.eps)
         mae = torch.mean(torch.abs(out.amplitude - x_scaled))

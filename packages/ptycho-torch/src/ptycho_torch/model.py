@@ -1,4 +1,4 @@
-"""The PtychoPINN network in PyTorch (SPEC §5, ADR-002 ``specs/model.md``).
+"""The PtychoPINN network in PyTorch (ADR-002, ``specs/model.md``).
 
 One plain ``nn.Module`` holds exactly the layers of ADR-002, registered with the ADR's names in
 the ADR's row order (amp before phase), so ``state_dict()`` keys are ``enc0_conv1.weight``,
@@ -42,8 +42,15 @@ class ModelOutput(NamedTuple):
     intensity: torch.Tensor
 
 
-def conv_layer_specs(n: int, gridsize: int, n_filters_scale: int, *, object_big: bool, probe_big: bool,
-                     pad_object: bool) -> list[tuple[str, int, int]]:
+def conv_layer_specs(
+    n: int,
+    gridsize: int,
+    n_filters_scale: int,
+    *,
+    object_big: bool,
+    probe_big: bool,
+    pad_object: bool,
+) -> list[tuple[str, int, int]]:
     """``[(name, in_channels, out_channels), ...]`` of every 3×3 conv in ADR-002 row order."""
     if n not in SUPPORTED_N:
         raise ValueError(f"N={n} is not supported; the model supports N in {SUPPORTED_N}")
@@ -73,8 +80,11 @@ def conv_layer_specs(n: int, gridsize: int, n_filters_scale: int, *, object_big:
             specs += [(f"{branch}_up_conv1", top, top), (f"{branch}_up_conv2", top, top)]
     elif probe_big:
         for branch in ("amp", "phase"):
-            specs += [(f"{branch}_border_conv1", top, top), (f"{branch}_border_conv2", top, top),
-                      (f"{branch}_border_head", top, c_out)]
+            specs += [
+                (f"{branch}_border_conv1", top, top),
+                (f"{branch}_border_conv2", top, top),
+                (f"{branch}_border_head", top, c_out),
+            ]
     return specs
 
 
@@ -103,7 +113,7 @@ class PtychoModel(nn.Module):
     probe_mask, gaussian_smoothing_sigma:
         As :class:`ptycho_core.config.ModelConfig`.
     probe:
-        ``(N, N)`` complex, the *normalised* probe ``P̃`` (SPEC §4.2).
+        ``(N, N)`` complex, the *normalised* probe ``P̃`` (``specs/physics.md``).
     intensity_scale:
         ``s`` (> 0); stored as the weight ``log_intensity_scale``.
     probe_trainable, intensity_scale_trainable:
@@ -111,12 +121,25 @@ class PtychoModel(nn.Module):
         (``requires_grad``); they are ``nn.Parameter`` either way so the state dict is complete.
     """
 
-    def __init__(self, *, N: int, gridsize: int = 1, n_filters_scale: int = 2, model_type: str = "pinn",
-                 amp_activation: str = "sigmoid", object_big: bool = True, probe_big: bool = True,
-                 pad_object: bool = True, probe_mask: bool = False, gaussian_smoothing_sigma: float = 0.0,
-                 probe: np.ndarray | torch.Tensor | None = None, intensity_scale: float = 1.0,
-                 probe_trainable: bool = False, intensity_scale_trainable: bool = False,
-                 channels_last: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        N: int,
+        gridsize: int = 1,
+        n_filters_scale: int = 2,
+        model_type: str = "pinn",
+        amp_activation: str = "sigmoid",
+        object_big: bool = True,
+        probe_big: bool = True,
+        pad_object: bool = True,
+        probe_mask: bool = False,
+        gaussian_smoothing_sigma: float = 0.0,
+        probe: np.ndarray | torch.Tensor | None = None,
+        intensity_scale: float = 1.0,
+        probe_trainable: bool = False,
+        intensity_scale_trainable: bool = False,
+        channels_last: bool = True,
+    ) -> None:
         super().__init__()
         if amp_activation not in _AMP_ACTIVATIONS:
             raise ValueError(f"amp_activation={amp_activation!r} is not one of {_AMP_ACTIVATIONS}")
@@ -126,22 +149,41 @@ class PtychoModel(nn.Module):
             raise ValueError(f"intensity_scale={intensity_scale!r} must be > 0")
         self.N, self.gridsize, self.C = int(N), int(gridsize), int(gridsize) ** 2
         self.model_type, self.amp_activation = model_type, amp_activation
-        self.object_big, self.probe_big, self.pad_object = bool(object_big), bool(probe_big), bool(pad_object)
-        self.probe_mask, self.gaussian_smoothing_sigma = bool(probe_mask), float(gaussian_smoothing_sigma)
+        self.object_big, self.probe_big, self.pad_object = (
+            bool(object_big),
+            bool(probe_big),
+            bool(pad_object),
+        )
+        self.probe_mask, self.gaussian_smoothing_sigma = (
+            bool(probe_mask),
+            float(gaussian_smoothing_sigma),
+        )
         self.levels = int(round(math.log2(self.N / 8)))
-        self.specs = conv_layer_specs(self.N, self.gridsize, n_filters_scale, object_big=object_big,
-                                      probe_big=probe_big, pad_object=pad_object)
+        self.specs = conv_layer_specs(
+            self.N,
+            self.gridsize,
+            n_filters_scale,
+            object_big=object_big,
+            probe_big=probe_big,
+            pad_object=pad_object,
+        )
         for name, cin, cout in self.specs:
             self.add_module(name, nn.Conv2d(cin, cout, 3, padding=1))
-        self.log_intensity_scale = nn.Parameter(torch.tensor(math.log(float(intensity_scale)), dtype=torch.float32),
-                                                requires_grad=bool(intensity_scale_trainable))
+        self.log_intensity_scale = nn.Parameter(
+            torch.tensor(math.log(float(intensity_scale)), dtype=torch.float32),
+            requires_grad=bool(intensity_scale_trainable),
+        )
         if probe is None:
             probe = np.ones((self.N, self.N), np.complex64)
         probe_t = torch.as_tensor(np.asarray(probe, dtype=np.complex64))
         if tuple(probe_t.shape) != (self.N, self.N):
             raise ValueError(f"probe shape {tuple(probe_t.shape)} does not match N={self.N}")
-        self.probe_real = nn.Parameter(probe_t.real.clone().float(), requires_grad=bool(probe_trainable))
-        self.probe_imag = nn.Parameter(probe_t.imag.clone().float(), requires_grad=bool(probe_trainable))
+        self.probe_real = nn.Parameter(
+            probe_t.real.clone().float(), requires_grad=bool(probe_trainable)
+        )
+        self.probe_imag = nn.Parameter(
+            probe_t.imag.clone().float(), requires_grad=bool(probe_trainable)
+        )
         self.register_buffer("_center", physics.center_mask(self.N), persistent=False)
         # NHWC convolutions are markedly faster with oneDNN on CPU (and neutral-to-better on GPU);
         # the memory format never shows in the state dict (bundles store contiguous tensors).
@@ -188,7 +230,11 @@ class PtychoModel(nn.Module):
 
     def _decode(self, branch: str, z: torch.Tensor) -> torch.Tensor:
         """Bottleneck → ``(B, C_out, N, N)`` activated amplitude or phase."""
-        act = (lambda t: _amp_activation(self.amp_activation, t)) if branch == "amp" else (lambda t: math.pi * torch.tanh(t))
+        act = (
+            (lambda t: _amp_activation(self.amp_activation, t))
+            if branch == "amp"
+            else (lambda t: math.pi * torch.tanh(t))
+        )
         x = z
         for j in range(self.levels - 1):
             x = self._conv_relu(f"{branch}_dec{j}_conv1", x)
@@ -208,15 +254,24 @@ class PtychoModel(nn.Module):
             out = out + (1.0 - self._center) * b
         return out.contiguous()
 
-    def diffraction_to_obj(self, x_scaled: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
-        """The inference model: ``s·X (B, C, N, N)`` float32 → complex64 object patches ``(B, C, N, N)``.
+    def diffraction_to_obj(
+        self, x_scaled: torch.Tensor, offsets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The inference model: ``s·X (B, C, N, N)`` float32 → complex64 object patches
+        ``(B, C, N, N)``.
 
         offsets: ``(B, C, 2)`` ``(dx, dy)`` pixels of each channel from the group centre (needed
         when ``C > 1``). With ``object_big`` the ``C`` predicted patches are merged per sample and
         re-extracted; without it the single predicted patch is translated to each channel.
         """
-        if x_scaled.ndim != 4 or x_scaled.shape[1] != self.C or tuple(x_scaled.shape[-2:]) != (self.N, self.N):
-            raise ValueError(f"expected input (B, {self.C}, {self.N}, {self.N}), got {tuple(x_scaled.shape)}")
+        if (
+            x_scaled.ndim != 4
+            or x_scaled.shape[1] != self.C
+            or tuple(x_scaled.shape[-2:]) != (self.N, self.N)
+        ):
+            raise ValueError(
+                f"expected input (B, {self.C}, {self.N}, {self.N}), got {tuple(x_scaled.shape)}"
+            )
         z = self.encode(x_scaled / self.intensity_scale)
         amp = self._decode("amp", z)
         phase = self._decode("phase", z)
@@ -247,7 +302,12 @@ class PtychoModel(nn.Module):
     def conv_flops_per_pattern(self) -> int:
         """Multiply-add FLOPs (2 per MAC) of all convs for one group's forward pass."""
         sizes = self._conv_sizes()
-        return int(sum(2 * 9 * cin * cout * s * s for (name, cin, cout), s in zip(self.specs, sizes)))
+        return int(
+            sum(
+                2 * 9 * cin * cout * s * s
+                for (name, cin, cout), s in zip(self.specs, sizes, strict=False)
+            )
+        )
 
     def _conv_sizes(self) -> list[int]:
         sizes = []
@@ -265,14 +325,31 @@ class PtychoModel(nn.Module):
         return sizes
 
 
-def build_model(model_config: Any, *, probe: np.ndarray | None, intensity_scale: float,
-                probe_trainable: bool = False, intensity_scale_trainable: bool = False,
-                channels_last: bool = True) -> PtychoModel:
+def build_model(
+    model_config: Any,
+    *,
+    probe: np.ndarray | None,
+    intensity_scale: float,
+    probe_trainable: bool = False,
+    intensity_scale_trainable: bool = False,
+    channels_last: bool = True,
+) -> PtychoModel:
     """Build a :class:`PtychoModel` from a :class:`ptycho_core.config.ModelConfig`."""
     mc = model_config
-    return PtychoModel(N=mc.N, gridsize=mc.gridsize, n_filters_scale=mc.n_filters_scale,
-                       model_type=mc.model_type, amp_activation=mc.amp_activation,
-                       object_big=mc.object_big, probe_big=mc.probe_big, pad_object=mc.pad_object,
-                       probe_mask=mc.probe_mask, gaussian_smoothing_sigma=mc.gaussian_smoothing_sigma,
-                       probe=probe, intensity_scale=intensity_scale, probe_trainable=probe_trainable,
-                       intensity_scale_trainable=intensity_scale_trainable, channels_last=channels_last)
+    return PtychoModel(
+        N=mc.N,
+        gridsize=mc.gridsize,
+        n_filters_scale=mc.n_filters_scale,
+        model_type=mc.model_type,
+        amp_activation=mc.amp_activation,
+        object_big=mc.object_big,
+        probe_big=mc.probe_big,
+        pad_object=mc.pad_object,
+        probe_mask=mc.probe_mask,
+        gaussian_smoothing_sigma=mc.gaussian_smoothing_sigma,
+        probe=probe,
+        intensity_scale=intensity_scale,
+        probe_trainable=probe_trainable,
+        intensity_scale_trainable=intensity_scale_trainable,
+        channels_last=channels_last,
+    )

@@ -1,4 +1,5 @@
-"""Differentiable torch counterparts of ``ptycho_core.physics`` (SPEC §2.1, §4, §5).
+"""Differentiable torch counterparts of ``ptycho_core.physics`` (``specs/physics.md``,
+``specs/model.md``).
 
 Frames: images are indexed ``[..., row, col] = [..., y, x]``; shifts and positions are
 ``(x, y)`` in pixels (float), pixel centres at integer coordinates. Every function here is
@@ -33,7 +34,9 @@ __all__ = [
 ]
 
 
-def shift_matrix(size: int, shift: torch.Tensor, out_size: int | None = None, start: torch.Tensor | float = 0.0) -> torch.Tensor:
+def shift_matrix(
+    size: int, shift: torch.Tensor, out_size: int | None = None, start: torch.Tensor | float = 0.0
+) -> torch.Tensor:
     """1-D bilinear resampling operator ``T[..., i, j] = max(0, 1 − |j − (i + start − shift)|)``.
 
     ``(T @ v)[i]`` is ``v`` sampled (bilinear, zero outside ``[0, size)``) at ``i + start − shift``.
@@ -70,7 +73,9 @@ def translate(img: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return _apply_separable(img, ty, tx)
 
 
-def _corner_windows(positions: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _corner_windows(
+    positions: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Integer window origins and fractional parts for patches of size ``n`` at ``positions``.
 
     Returns ``x0, y0`` (M,) long (top-left source pixel of the ``(n+1)×(n+1)`` window) and
@@ -83,7 +88,9 @@ def _corner_windows(positions: torch.Tensor, n: int) -> tuple[torch.Tensor, torc
     return x0.long(), y0.long(), sx - x0, sy - y0
 
 
-def _bilinear_weights(fx: torch.Tensor, fy: torch.Tensor, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+def _bilinear_weights(
+    fx: torch.Tensor, fy: torch.Tensor, n: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
     fx = fx.to(dtype)[:, None, None]
     fy = fy.to(dtype)[:, None, None]
     return (1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx
@@ -107,10 +114,17 @@ def extract_patches(obj: torch.Tensor, positions: torch.Tensor, n: int) -> torch
     # Windows that fall entirely outside the padded frame are clamped onto the zero border.
     win = padded[rows[:, :, None], cols[:, None, :]]  # (M, n+1, n+1)
     w00, w01, w10, w11 = _bilinear_weights(fx, fy, n, real_dt)
-    return (w00 * win[:, :-1, :-1] + w01 * win[:, :-1, 1:] + w10 * win[:, 1:, :-1] + w11 * win[:, 1:, 1:])
+    return (
+        w00 * win[:, :-1, :-1]
+        + w01 * win[:, :-1, 1:]
+        + w10 * win[:, 1:, :-1]
+        + w11 * win[:, 1:, 1:]
+    )
 
 
-def place_patches(patches: torch.Tensor, positions: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+def place_patches(
+    patches: torch.Tensor, positions: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
     """Scatter-add ``patches (M, n, n)`` onto an ``(H, W)`` canvas: the adjoint of extraction.
 
     ``<extract_patches(c, p, n), q> == <c, place_patches(q, p, c.shape)>`` to float tolerance.
@@ -137,7 +151,9 @@ def place_patches(patches: torch.Tensor, positions: torch.Tensor, shape: tuple[i
     return flat.reshape(h, w)
 
 
-def disk_mask(n: int, radius: float | None = None, *, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+def disk_mask(
+    n: int, radius: float | None = None, *, dtype: torch.dtype = torch.float32, device=None
+) -> torch.Tensor:
     """``(n, n)`` disk of radius ``n/4`` (default) centred at ``((n−1)/2, (n−1)/2)``; 1 inside."""
     radius = n / 4 if radius is None else radius
     c = (n - 1) / 2
@@ -153,8 +169,11 @@ def center_mask(n: int, *, dtype: torch.dtype = torch.float32, device=None) -> t
     return m
 
 
-def gaussian_kernel1d(sigma: float, *, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
-    """Normalised 1-D Gaussian, radius ``int(4·sigma + 0.5)`` (scipy.ndimage's default truncation)."""
+def gaussian_kernel1d(
+    sigma: float, *, dtype: torch.dtype = torch.float64, device=None
+) -> torch.Tensor:
+    """Normalised 1-D Gaussian, radius ``int(4·sigma + 0.5)`` (scipy.ndimage's default
+    truncation)."""
     radius = int(4.0 * float(sigma) + 0.5)
     x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
@@ -176,13 +195,17 @@ def gaussian_smooth(img: torch.Tensor, sigma: float) -> torch.Tensor:
         i = torch.arange(size, device=img.device)
         d = i[None, :] - i[:, None] + r  # index into k
         ok = (d >= 0) & (d <= 2 * r)
-        return torch.where(ok, k[d.clamp(0, 2 * r)], torch.zeros((), dtype=real_dt, device=img.device))
+        return torch.where(
+            ok, k[d.clamp(0, 2 * r)], torch.zeros((), dtype=real_dt, device=img.device)
+        )
 
     h, w = img.shape[-2:]
     return _apply_separable(img, band(h), band(w))
 
 
-def illuminate(probe: torch.Tensor, gaussian_smoothing_sigma: float = 0.0, probe_mask: bool = False) -> torch.Tensor:
+def illuminate(
+    probe: torch.Tensor, gaussian_smoothing_sigma: float = 0.0, probe_mask: bool = False
+) -> torch.Tensor:
     """The illumination actually used by the forward model: optional Gaussian blur, then disk mask.
 
     probe: ``(N, N)`` complex (already normalised). Returns ``(N, N)`` complex.
@@ -193,8 +216,13 @@ def illuminate(probe: torch.Tensor, gaussian_smoothing_sigma: float = 0.0, probe
     return p
 
 
-def forward_model(obj_patches: torch.Tensor, probe: torch.Tensor, gaussian_smoothing_sigma: float = 0.0, probe_mask: bool = False) -> torch.Tensor:
-    """Far-field amplitude ``|fftshift(fft2(illuminate(P) · O))| / N`` (SPEC §4.1).
+def forward_model(
+    obj_patches: torch.Tensor,
+    probe: torch.Tensor,
+    gaussian_smoothing_sigma: float = 0.0,
+    probe_mask: bool = False,
+) -> torch.Tensor:
+    """Far-field amplitude ``|fftshift(fft2(illuminate(P) · O))| / N`` (``specs/physics.md``).
 
     obj_patches: ``(..., N, N)`` complex; probe ``(N, N)`` complex. Returns ``(..., N, N)`` real,
     DC at ``(N/2, N/2)``; ``Σ A² = Σ |ψ|²`` (Parseval).
@@ -205,7 +233,9 @@ def forward_model(obj_patches: torch.Tensor, probe: torch.Tensor, gaussian_smoot
     return far.abs() / n
 
 
-def poisson_nll(pred_intensity: torch.Tensor, observed_counts: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def poisson_nll(
+    pred_intensity: torch.Tensor, observed_counts: torch.Tensor, eps: float = 1e-12
+) -> torch.Tensor:
     """``mean(I_pred − I_obs · log(I_pred + eps))`` (scalar tensor; counts in photons)."""
     return torch.mean(pred_intensity - observed_counts * torch.log(pred_intensity + eps))
 
@@ -220,7 +250,7 @@ def merge_canvas_size(n: int, offsets: torch.Tensor) -> int:
 
 
 def object_big_merge(patches: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Per-sample overlap merge and re-extraction (SPEC §5 ``object_big``, ADR-002).
+    """Per-sample overlap merge and re-extraction (``specs/model.md`` ``object_big``, ADR-002).
 
     patches: ``(B, C, N, N)`` complex object patches; offsets: ``(B, C, 2)`` ``(dx, dy)`` pixels
     relative to the group centre. Each sample's channels are placed on that sample's own canvas

@@ -1,4 +1,5 @@
-"""Lightning training (SPEC §6): a LightningModule that only orchestrates, and Trainer builders.
+"""Lightning training (``specs/training.md``): a LightningModule that only orchestrates, and
+Trainer builders.
 
 The network and physics are the plain ``nn.Module`` :class:`ptycho_torch.model.PtychoModel`; the
 loss is :class:`ptycho_torch.losses.PtychoLoss`. Everything runtime-related comes from a
@@ -23,8 +24,16 @@ from ptycho_core.workflow import write_history_csv
 from ptycho_torch.losses import PtychoLoss
 from ptycho_torch.model import PtychoModel
 
-__all__ = ["PtychoLightningModule", "HistoryCallback", "build_callbacks", "build_logger", "build_trainer",
-           "PLATEAU_FACTOR", "PLATEAU_PATIENCE", "MIN_LR"]
+__all__ = [
+    "PtychoLightningModule",
+    "HistoryCallback",
+    "build_callbacks",
+    "build_logger",
+    "build_trainer",
+    "PLATEAU_FACTOR",
+    "PLATEAU_PATIENCE",
+    "MIN_LR",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +47,16 @@ class PtychoLightningModule(pl.LightningModule):
     """Runs the model and the loss on batches, logs ``train_*``/``val_*`` metrics, builds Adam
     and the learning-rate schedule. Holds no physics of its own."""
 
-    def __init__(self, model: PtychoModel, loss: PtychoLoss, *, learning_rate: float = 1e-3,
-                 scheduler: str = "plateau", max_epochs: int = 50, monitor: str = "val_loss") -> None:
+    def __init__(
+        self,
+        model: PtychoModel,
+        loss: PtychoLoss,
+        *,
+        learning_rate: float = 1e-3,
+        scheduler: str = "plateau",
+        max_epochs: int = 50,
+        monitor: str = "val_loss",
+    ) -> None:
         super().__init__()
         self.model, self.loss_fn = model, loss
         self.learning_rate, self.scheduler_name = float(learning_rate), scheduler
@@ -54,8 +71,15 @@ class PtychoLightningModule(pl.LightningModule):
         bs = batch["x"].shape[0]
         for name, value in terms.items():
             key = f"{stage}_{name}"
-            self.log(key, value.detach(), on_step=False, on_epoch=True, batch_size=bs, sync_dist=True,
-                     prog_bar=name == "loss")
+            self.log(
+                key,
+                value.detach(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=bs,
+                sync_dist=True,
+                prog_bar=name == "loss",
+            )
         return terms["loss"]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -72,17 +96,33 @@ class PtychoLightningModule(pl.LightningModule):
             return opt
         if name == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, mode="min", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE,
-                min_lr=min(MIN_LR, self.learning_rate))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.monitor,
-                                                       "interval": "epoch", "strict": True}}
+                opt,
+                mode="min",
+                factor=PLATEAU_FACTOR,
+                patience=PLATEAU_PATIENCE,
+                min_lr=min(MIN_LR, self.learning_rate),
+            )
+            return {
+                "optimizer": opt,
+                "lr_scheduler": {
+                    "scheduler": sched,
+                    "monitor": self.monitor,
+                    "interval": "epoch",
+                    "strict": True,
+                },
+            }
         if name == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.max_epochs),
-                                                               eta_min=min(MIN_LR, self.learning_rate))
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+                opt, T_max=max(1, self.max_epochs), eta_min=min(MIN_LR, self.learning_rate)
+            )
         elif name == "step":
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, self.max_epochs // 3), gamma=0.5)
+            sched = torch.optim.lr_scheduler.StepLR(
+                opt, step_size=max(1, self.max_epochs // 3), gamma=0.5
+            )
         else:
-            raise ValueError(f"scheduler={name!r} is not one of ('plateau', 'none', 'cosine', 'step')")
+            raise ValueError(
+                f"scheduler={name!r} is not one of ('plateau', 'none', 'cosine', 'step')"
+            )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
@@ -104,8 +144,12 @@ class HistoryCallback(Callback):
         if trainer.sanity_checking:
             return
         m = trainer.callback_metrics
-        row = {"epoch": float(trainer.current_epoch), "train_loss": _metric(m, "train_loss"),
-               "val_loss": _metric(m, "val_loss"), "lr": float(trainer.optimizers[0].param_groups[0]["lr"])}
+        row = {
+            "epoch": float(trainer.current_epoch),
+            "train_loss": _metric(m, "train_loss"),
+            "val_loss": _metric(m, "val_loss"),
+            "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
+        }
         for key in sorted(m):
             if key.startswith(("train_", "val_")) and key not in row:
                 row[key] = _metric(m, key)
@@ -142,7 +186,9 @@ def build_logger(execution: Any, output_dir: str | Path) -> Any:
             from lightning.pytorch.loggers import TensorBoardLogger
 
             return TensorBoardLogger(save_dir=str(output_dir), name="logs")
-        log.warning("logger_backend='tensorboard' selected but tensorboard is not installed; using CSV")
+        log.warning(
+            "logger_backend='tensorboard' selected but tensorboard is not installed; using CSV"
+        )
     elif name == "mlflow":
         if importlib.util.find_spec("mlflow"):
             from lightning.pytorch.loggers import MLFlowLogger
@@ -152,34 +198,61 @@ def build_logger(execution: Any, output_dir: str | Path) -> Any:
     return CSVLogger(save_dir=str(output_dir), name="logs")
 
 
-def build_callbacks(execution: Any, output_dir: str | Path, *, has_validation: bool = True,
-                    history_path: str | Path | None = None) -> list[Callback]:
+def build_callbacks(
+    execution: Any,
+    output_dir: str | Path,
+    *,
+    has_validation: bool = True,
+    history_path: str | Path | None = None,
+) -> list[Callback]:
     """History, EarlyStopping (patience from ``execution``) and, with ``enable_checkpointing``, a
     ModelCheckpoint under ``<output_dir>/checkpoints`` (``last.ckpt`` + top-k by the monitor).
 
     Without a validation split the monitors fall back from ``val_*`` to ``train_*``.
     """
+
     def monitored(metric: str) -> str:
         return metric if has_validation or not metric.startswith("val_") else "train_" + metric[4:]
 
     cbs: list[Callback] = [HistoryCallback(history_path)]
-    cbs.append(EarlyStopping(monitor=monitored("val_loss"), mode="min", patience=int(execution.early_stop_patience)))
+    cbs.append(
+        EarlyStopping(
+            monitor=monitored("val_loss"), mode="min", patience=int(execution.early_stop_patience)
+        )
+    )
     if execution.enable_checkpointing:
         metric = monitored(execution.checkpoint_monitor_metric)
-        cbs.append(ModelCheckpoint(dirpath=str(Path(output_dir) / "checkpoints"),
-                                   filename="epoch{epoch:03d}-" + metric.replace("/", "_") + "{" + metric + ":.4g}",
-                                   auto_insert_metric_name=False, monitor=metric, mode=execution.checkpoint_mode,
-                                   save_top_k=int(execution.checkpoint_save_top_k), save_last=True))
+        cbs.append(
+            ModelCheckpoint(
+                dirpath=str(Path(output_dir) / "checkpoints"),
+                filename="epoch{epoch:03d}-" + metric.replace("/", "_") + "{" + metric + ":.4g}",
+                auto_insert_metric_name=False,
+                monitor=metric,
+                mode=execution.checkpoint_mode,
+                save_top_k=int(execution.checkpoint_save_top_k),
+                save_last=True,
+            )
+        )
     return cbs
 
 
-def build_trainer(execution: Any, *, max_epochs: int, output_dir: str | Path, has_validation: bool = True,
-                  history_path: str | Path | None = None, **overrides: Any) -> pl.Trainer:
-    """A ``lightning.pytorch.Trainer`` honouring every field of ``execution`` that shapes training."""
+def build_trainer(
+    execution: Any,
+    *,
+    max_epochs: int,
+    output_dir: str | Path,
+    has_validation: bool = True,
+    history_path: str | Path | None = None,
+    **overrides: Any,
+) -> pl.Trainer:
+    """A ``lightning.pytorch.Trainer`` honouring every field of ``execution`` that shapes
+    training."""
     kwargs: dict[str, Any] = dict(
         accelerator=execution.accelerator,
         strategy=execution.strategy,
-        devices=list(execution.devices) if isinstance(execution.devices, tuple) else execution.devices,
+        devices=list(execution.devices)
+        if isinstance(execution.devices, tuple)
+        else execution.devices,
         deterministic=bool(execution.deterministic),
         gradient_clip_val=execution.gradient_clip_val,
         accumulate_grad_batches=int(execution.accum_steps),
@@ -188,7 +261,9 @@ def build_trainer(execution: Any, *, max_epochs: int, output_dir: str | Path, ha
         enable_model_summary=False,
         max_epochs=int(max_epochs),
         logger=build_logger(execution, output_dir),
-        callbacks=build_callbacks(execution, output_dir, has_validation=has_validation, history_path=history_path),
+        callbacks=build_callbacks(
+            execution, output_dir, has_validation=has_validation, history_path=history_path
+        ),
         default_root_dir=str(output_dir),
         num_sanity_val_steps=0,
         log_every_n_steps=1,  # metrics are epoch-level; this only silences Lightning's hint

@@ -1,4 +1,4 @@
-"""Train and reconstruct end to end with the PyTorch backend (SPEC §6, §7).
+"""Train and reconstruct end to end with the PyTorch backend (``specs/training.md``).
 
 Data preparation, grouping, batching and stitching come from :mod:`ptycho_core.workflow`; this
 module adds the torch model, the Lightning trainer and the bundle.
@@ -39,7 +39,8 @@ NAME = "pytorch"
 
 
 def inference_device(accelerator: str) -> torch.device:
-    """The device for inference from an execution ``accelerator`` (``auto``: CUDA, MPS, else CPU)."""
+    """The device for inference from an execution ``accelerator`` (``auto``: CUDA, MPS, else
+    CPU)."""
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError(f"accelerator={accelerator!r} selected but CUDA is not available")
@@ -52,9 +53,13 @@ def inference_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def build_training_run(config: TrainingConfig, execution: PyTorchExecutionConfig | None = None, *,
-                       train_data: ScanData | None = None, **trainer_overrides: Any
-                       ) -> tuple[Any, PtychoLightningModule, PtychoDataModule, pl.Trainer]:
+def build_training_run(
+    config: TrainingConfig,
+    execution: PyTorchExecutionConfig | None = None,
+    *,
+    train_data: ScanData | None = None,
+    **trainer_overrides: Any,
+) -> tuple[Any, PtychoLightningModule, PtychoDataModule, pl.Trainer]:
     """Prepare data, seed, build model, loss, LightningModule, DataModule and Trainer (no fit).
 
     Seeding happens immediately before the model is built, so one seed gives identical initial
@@ -65,20 +70,44 @@ def build_training_run(config: TrainingConfig, execution: PyTorchExecutionConfig
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(int(config.seed), workers=True, verbose=False)
-    model = build_model(config.model, probe=prepared.probe, intensity_scale=prepared.intensity_scale,
-                        probe_trainable=config.probe_trainable,
-                        intensity_scale_trainable=config.intensity_scale_trainable)
-    loss = PtychoLoss(config.nll_weight, config.mae_weight, config.realspace_weight,
-                      supervised=config.model.model_type == "supervised")
+    model = build_model(
+        config.model,
+        probe=prepared.probe,
+        intensity_scale=prepared.intensity_scale,
+        probe_trainable=config.probe_trainable,
+        intensity_scale_trainable=config.intensity_scale_trainable,
+    )
+    loss = PtychoLoss(
+        config.nll_weight,
+        config.mae_weight,
+        config.realspace_weight,
+        supervised=config.model.model_type == "supervised",
+    )
     gt = loss.needs_ground_truth
     train_t = grouped_to_tensors(prepared.train, with_ground_truth=gt)
-    val_t = grouped_to_tensors(prepared.val, with_ground_truth=gt) if prepared.val is not None else None
-    dm = PtychoDataModule(train_t, val_t, batch_size=config.batch_size, execution=execution, seed=config.seed)
+    val_t = (
+        grouped_to_tensors(prepared.val, with_ground_truth=gt) if prepared.val is not None else None
+    )
+    dm = PtychoDataModule(
+        train_t, val_t, batch_size=config.batch_size, execution=execution, seed=config.seed
+    )
     monitor = "val_loss" if dm.has_validation else "train_loss"
-    module = PtychoLightningModule(model, loss, learning_rate=execution.learning_rate, scheduler=execution.scheduler,
-                                   max_epochs=config.nepochs, monitor=monitor)
-    trainer = build_trainer(execution, max_epochs=config.nepochs, output_dir=out, has_validation=dm.has_validation,
-                            history_path=out / "history.csv", **trainer_overrides)
+    module = PtychoLightningModule(
+        model,
+        loss,
+        learning_rate=execution.learning_rate,
+        scheduler=execution.scheduler,
+        max_epochs=config.nepochs,
+        monitor=monitor,
+    )
+    trainer = build_trainer(
+        execution,
+        max_epochs=config.nepochs,
+        output_dir=out,
+        has_validation=dm.has_validation,
+        history_path=out / "history.csv",
+        **trainer_overrides,
+    )
     return prepared, module, dm, trainer
 
 
@@ -89,9 +118,14 @@ def _history_from_csv(path: Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) if r[k] not in ("", None) else math.nan for r in rows] for k in keys}
 
 
-def train(config: TrainingConfig, execution: PyTorchExecutionConfig | None = None, *,
-          train_data: ScanData | None = None, test_data: ScanData | None = None,
-          ckpt_path: str | Path | None = None) -> dict[str, Any]:
+def train(
+    config: TrainingConfig,
+    execution: PyTorchExecutionConfig | None = None,
+    *,
+    train_data: ScanData | None = None,
+    test_data: ScanData | None = None,
+    ckpt_path: str | Path | None = None,
+) -> dict[str, Any]:
     """Train a model and write ``<output_dir>/wts.h5.zip`` and ``history.csv`` (rank 0 only).
 
     ``ckpt_path`` resumes from a Lightning checkpoint (e.g. ``<output_dir>/checkpoints/last.ckpt``).
@@ -106,8 +140,12 @@ def train(config: TrainingConfig, execution: PyTorchExecutionConfig | None = Non
     t0 = time.perf_counter()
     prepared, module, dm, trainer = build_training_run(config, execution, train_data=train_data)
     t_fit = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path is not None else None,
-                weights_only=True)  # checkpoints hold tensors and primitives only; never unpickle objects
+    trainer.fit(
+        module,
+        datamodule=dm,
+        ckpt_path=str(ckpt_path) if ckpt_path is not None else None,
+        weights_only=True,
+    )  # checkpoints hold tensors and primitives only; never unpickle objects
     fit_s = time.perf_counter() - t_fit
     out = Path(config.output_dir)
     hist_cb = trainer.callbacks[0] if trainer.callbacks else None
@@ -117,28 +155,53 @@ def train(config: TrainingConfig, execution: PyTorchExecutionConfig | None = Non
     bundle_path = out / BUNDLE_NAME
     model: PtychoModel = module.model.cpu()
     if trainer.is_global_zero:
-        save_bundle(bundle_path, model, config, normalization=prepared.normalization(),
-                    extra={"epochs_trained": len(history.get("train_loss", [])),
-                           "history": {k: [None if not math.isfinite(v) else v for v in vals]
-                                       for k, vals in history.items()}})
+        save_bundle(
+            bundle_path,
+            model,
+            config,
+            normalization=prepared.normalization(),
+            extra={
+                "epochs_trained": len(history.get("train_loss", [])),
+                "history": {
+                    k: [None if not math.isfinite(v) else v for v in vals]
+                    for k, vals in history.items()
+                },
+            },
+        )
     n_patterns = len(prepared.train) * config.model.C * max(1, len(history.get("train_loss", [])))
-    timings = dict(prepared.timings, fit_s=fit_s, train_s=time.perf_counter() - t0,
-                   patterns_per_s=n_patterns / fit_s if fit_s > 0 else math.nan)
+    timings = dict(
+        prepared.timings,
+        fit_s=fit_s,
+        train_s=time.perf_counter() - t0,
+        patterns_per_s=n_patterns / fit_s if fit_s > 0 else math.nan,
+    )
     result: dict[str, Any] = {
-        "backend": NAME, "bundle_path": bundle_path, "history": history,
-        "intensity_scale": float(model.intensity_scale.detach()), "norm_factor": prepared.norm_factor,
-        "nphotons": prepared.nphotons, "timings": timings, "config": config.to_dict(),
+        "backend": NAME,
+        "bundle_path": bundle_path,
+        "history": history,
+        "intensity_scale": float(model.intensity_scale.detach()),
+        "norm_factor": prepared.norm_factor,
+        "nphotons": prepared.nphotons,
+        "timings": timings,
+        "config": config.to_dict(),
         "global_rank": int(trainer.global_rank),
     }
     if trainer.is_global_zero and (test_data is not None or config.test_data_file is not None):
-        inf_cfg = InferenceConfig(model=config.model, model_path=bundle_path, test_data_file=config.test_data_file,
-                                  neighbor_count=config.neighbor_count, output_dir=config.output_dir, backend=NAME)
+        inf_cfg = InferenceConfig(
+            model=config.model,
+            model_path=bundle_path,
+            test_data_file=config.test_data_file,
+            neighbor_count=config.neighbor_count,
+            output_dir=config.output_dir,
+            backend=NAME,
+        )
         result["reconstruction"] = reconstruct(inf_cfg, execution, data=test_data)
     return result
 
 
 def make_predict(model: PtychoModel, device: torch.device):
-    """``predict(batch) -> (B, C, N, N) complex64`` NumPy for :func:`ptycho_core.workflow.run_inference`."""
+    """``predict(batch) -> (B, C, N, N) complex64`` NumPy for
+    :func:`ptycho_core.workflow.run_inference`."""
     model = model.to(device).eval()
 
     @torch.inference_mode()
@@ -150,8 +213,13 @@ def make_predict(model: PtychoModel, device: torch.device):
     return predict
 
 
-def reconstruct(config: InferenceConfig, execution: PyTorchExecutionConfig | None = None, *,
-                data: ScanData | None = None, bundle: LoadedBundle | None = None) -> dict[str, Any]:
+def reconstruct(
+    config: InferenceConfig,
+    execution: PyTorchExecutionConfig | None = None,
+    *,
+    data: ScanData | None = None,
+    bundle: LoadedBundle | None = None,
+) -> dict[str, Any]:
     """Reconstruct a scan with a trained bundle (``config.model_path``: the archive or its folder).
 
     Groups every position, predicts in chunks of ``execution.inference_batch_size`` and stitches
@@ -163,8 +231,10 @@ def reconstruct(config: InferenceConfig, execution: PyTorchExecutionConfig | Non
     t0 = time.perf_counter()
     if bundle is None:
         if config.model_path is None:
-            raise ConfigError("InferenceConfig.model_path = None is invalid; allowed: a wts.h5.zip bundle "
-                              "(or the folder holding one)")
+            raise ConfigError(
+                "InferenceConfig.model_path = None is invalid; allowed: a wts.h5.zip bundle "
+                "(or the folder holding one)"
+            )
         bundle = load_bundle(config.model_path)
     load_s = time.perf_counter() - t0
     prepared = prepare_inference(config, bundle.manifest, data)

@@ -8,15 +8,22 @@ from pathlib import Path
 from typing import Any
 
 from ptycho_cli.console import Console
-from ptycho_cli.execution import (  # noqa: F401  (positive_* re-exported for the commands)
+from ptycho_cli.execution import (  # positive_* re-exported for the commands
     add_execution_arguments,
     execution_overrides,
     positive_float,
     positive_int,
 )
 
-__all__ = ["add_science_arguments", "add_config_arguments", "science_overrides",
-           "execution_from_args", "parse_set", "positive_int", "positive_float"]
+__all__ = [
+    "add_science_arguments",
+    "add_config_arguments",
+    "science_overrides",
+    "execution_from_args",
+    "parse_set",
+    "positive_int",
+    "positive_float",
+]
 
 BACKENDS = ("pytorch", "tensorflow")
 
@@ -36,44 +43,89 @@ def parse_set(text: str) -> tuple[str, Any]:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("configuration")
-    g.add_argument("--config", type=Path, default=None, metavar="FILE",
-                   help="YAML or TOML config file (sections model/training/inference/execution)")
-    g.add_argument("--set", dest="set_values", type=parse_set, action="append", default=[],
-                   metavar="KEY=VALUE",
-                   help="override any config field (repeatable), e.g. --set probe_trainable=true")
+    g.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="YAML or TOML config file (sections model/training/inference/execution)",
+    )
+    g.add_argument(
+        "--set",
+        dest="set_values",
+        type=parse_set,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field (repeatable), e.g. --set probe_trainable=true",
+    )
 
 
 def add_science_arguments(parser: argparse.ArgumentParser, *, training: bool = True) -> None:
     """--backend and (for training) the common science flags; defaults None = not given."""
     g = parser.add_argument_group("model and training" if training else "model")
-    g.add_argument("--backend", choices=BACKENDS, default=None,
-                   help="deep-learning backend (training default: pytorch; inference: the "
-                        "bundle's backend)")
-    g.add_argument("--gridsize", type=positive_int, default=None,
-                   help="patterns per group side (C = gridsize²; default 1)")
-    g.add_argument("--n-groups", type=positive_int, default=None, metavar="G",
-                   help="number of groups (default: every position once)")
-    g.add_argument("--n_images", dest="n_images", type=positive_int, default=None,
-                   help=argparse.SUPPRESS)
+    g.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="deep-learning backend (training default: pytorch; inference: the bundle's backend)",
+    )
+    g.add_argument(
+        "--gridsize",
+        type=positive_int,
+        default=None,
+        help="patterns per group side (C = gridsize²; default 1)",
+    )
+    g.add_argument(
+        "--n-groups",
+        type=positive_int,
+        default=None,
+        metavar="G",
+        help="number of groups (default: every position once)",
+    )
+    g.add_argument(
+        "--n_images", dest="n_images", type=positive_int, default=None, help=argparse.SUPPRESS
+    )
     if training:
         g.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 50)")
-        g.add_argument("--batch-size", type=positive_int, default=None, help="groups per batch "
-                       "(default 16)")
-        g.add_argument("--nphotons", type=positive_float, default=None,
-                       help="mean photons per pattern (default: estimated from photon-unit data)")
+        g.add_argument(
+            "--batch-size", type=positive_int, default=None, help="groups per batch (default 16)"
+        )
+        g.add_argument(
+            "--nphotons",
+            type=positive_float,
+            default=None,
+            help="mean photons per pattern (default: estimated from photon-unit data)",
+        )
         g.add_argument("--seed", type=int, default=None, help="random seed (default 42)")
-        g.add_argument("--n-filters-scale", type=positive_int, default=None, metavar="K",
-                       help="network width factor (default 2)")
+        g.add_argument(
+            "--n-filters-scale",
+            type=positive_int,
+            default=None,
+            metavar="K",
+            help="network width factor (default 2)",
+        )
     else:
-        g.add_argument("--stitch-crop", type=positive_int, default=None, metavar="M",
-                       help="central M×M of each patch is stitched (default round(20·N/64))")
+        g.add_argument(
+            "--stitch-crop",
+            type=positive_int,
+            default=None,
+            metavar="M",
+            help="central M×M of each patch is stitched (default round(20·N/64))",
+        )
 
 
 #: argparse dest → config key
 _SCIENCE = {
-    "backend": "backend", "gridsize": "gridsize", "n_groups": "n_groups", "epochs": "nepochs",
-    "batch_size": "batch_size", "nphotons": "nphotons", "seed": "seed",
-    "n_filters_scale": "n_filters_scale", "stitch_crop": "stitch_crop",
+    "backend": "backend",
+    "gridsize": "gridsize",
+    "n_groups": "n_groups",
+    "epochs": "nepochs",
+    "batch_size": "batch_size",
+    "nphotons": "nphotons",
+    "seed": "seed",
+    "n_filters_scale": "n_filters_scale",
+    "stitch_crop": "stitch_crop",
 }
 
 

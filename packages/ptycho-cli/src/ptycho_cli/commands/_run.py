@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ptycho_cli import dispatch, figures
 from ptycho_cli.console import Console, tame_framework_logging
@@ -28,13 +29,19 @@ def write_training_outputs(output_dir: Path, results: Mapping[str, Any]) -> list
     return written
 
 
-def reconstruct_and_write(payload: InferencePayload, output_dir: Path, *,
-                          history: Mapping[str, Any] | None = None,
-                          title: str = "") -> tuple[dict[str, Any], list[Path]]:
+def reconstruct_and_write(
+    payload: InferencePayload,
+    output_dir: Path,
+    *,
+    history: Mapping[str, Any] | None = None,
+    title: str = "",
+) -> tuple[dict[str, Any], list[Path]]:
     results = dispatch.reconstruct(payload, on_backend_loaded=framework_hook)
     with staged(output_dir) as tmp:
-        names = [p.name for p in write_reconstruction(tmp, results, payload.data,
-                                                      history=history, title=title)]
+        names = [
+            p.name
+            for p in write_reconstruction(tmp, results, payload.data, history=history, title=title)
+        ]
     return results, [Path(output_dir) / n for n in names]
 
 
@@ -49,9 +56,12 @@ def _seconds(results: Mapping[str, Any]) -> str:
 def print_train_summary(console: Console, results: Mapping[str, Any], written: list[Path]) -> None:
     hist = results.get("history") or {}
     tl, vl = hist.get("train_loss") or [], hist.get("val_loss") or []
-    console.result(f"trained with the {results['backend']} backend in {_seconds(results)}: "
-                   f"{len(tl)} epochs, final train_loss {tl[-1]:.4g}" if tl else
-                   f"trained with the {results['backend']} backend in {_seconds(results)}")
+    console.result(
+        f"trained with the {results['backend']} backend in {_seconds(results)}: "
+        f"{len(tl)} epochs, final train_loss {tl[-1]:.4g}"
+        if tl
+        else f"trained with the {results['backend']} backend in {_seconds(results)}"
+    )
     if vl:
         console.result(f"final val_loss {vl[-1]:.4g}")
     print_files(console, written)

@@ -18,8 +18,12 @@ _INFO = {  # backend → (label, distribution, framework distributions)
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(NAME, parents=parents, help=HELP, description=HELP +
-                              " (nothing is imported; versions come from package metadata)")
+    p = subparsers.add_parser(
+        NAME,
+        parents=parents,
+        help=HELP,
+        description=HELP + " (nothing is imported; versions come from package metadata)",
+    )
     p.set_defaults(run=run)
 
 

@@ -26,24 +26,41 @@ _H5 = (".h5", ".hdf5")
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(NAME, parents=parents, help=HELP, description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        NAME,
+        parents=parents,
+        help=HELP,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("input", type=Path, metavar="IN", help="scan .npz or product .h5")
     p.add_argument("output", type=Path, metavar="OUT", help="product .h5 or scan .npz")
-    p.add_argument("--pixel-size-m", type=float, default=None, metavar="M",
-                   help="object pixel size in metres for npz → h5 (default: from the scan's "
-                        "metadata, else a nominal 1e-8)")
-    p.add_argument("--diffraction", type=Path, default=None, metavar="FILE",
-                   help="diffraction stack for h5 → npz (.npy, or .npz with 'diffraction')")
-    p.add_argument("--intensity", action="store_true",
-                   help="the --diffraction data are intensities (default: amplitudes)")
+    p.add_argument(
+        "--pixel-size-m",
+        type=float,
+        default=None,
+        metavar="M",
+        help="object pixel size in metres for npz → h5 (default: from the scan's "
+        "metadata, else a nominal 1e-8)",
+    )
+    p.add_argument(
+        "--diffraction",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="diffraction stack for h5 → npz (.npy, or .npz with 'diffraction')",
+    )
+    p.add_argument(
+        "--intensity",
+        action="store_true",
+        help="the --diffraction data are intensities (default: amplitudes)",
+    )
     p.set_defaults(run=run)
 
 
 def _npz_to_product(src: Path, dst: Path, pixel_size_m: float | None) -> str:
-    from ptycho_core.io import load_npz, scan_to_product, write_product
-
     from ptycho_cli.outputs import DEFAULT_PIXEL_SIZE_M
+    from ptycho_core.io import load_npz, scan_to_product, write_product
 
     scan = load_npz(src)
     pixel = pixel_size_m
@@ -52,8 +69,12 @@ def _npz_to_product(src: Path, dst: Path, pixel_size_m: float | None) -> str:
         pixel = float(meta) if isinstance(meta, (int, float)) and meta > 0 else DEFAULT_PIXEL_SIZE_M
     if not (np.isfinite(pixel) and pixel > 0):
         raise ValueError(f"--pixel-size-m must be > 0, got {pixel}")
-    product = scan_to_product(scan, pixel_size_m=pixel, name=src.stem,
-                              comments=f"converted from {src.name} by ptycho convert")
+    product = scan_to_product(
+        scan,
+        pixel_size_m=pixel,
+        name=src.stem,
+        comments=f"converted from {src.name} by ptycho convert",
+    )
     write_product(dst, product)
     obj = "objectGuess" if scan.object is not None else "a placeholder object (no objectGuess)"
     return f"{scan.M} positions, probe {scan.N}×{scan.N}, {obj}, pixel {pixel:g} m"
@@ -71,11 +92,13 @@ def _read_diffraction(path: Path) -> np.ndarray:
                 for key in ("diffraction", "diff3d"):
                     if key in loaded.files:
                         return loaded[key]
-                raise ValueError(f"{path}: no 'diffraction' (or 'diff3d') key; keys present: "
-                                 f"{sorted(loaded.files)}")
+                raise ValueError(
+                    f"{path}: no 'diffraction' (or 'diff3d') key; keys present: "
+                    f"{sorted(loaded.files)}"
+                )
     except ValueError:
         raise
-    except Exception as exc:  # noqa: BLE001 - numpy reports damage with many types
+    except Exception as exc:  # numpy reports damage with many types
         raise ValueError(f"{path}: not a readable .npy/.npz file ({exc})") from exc
 
 
@@ -83,8 +106,10 @@ def _product_to_npz(src: Path, dst: Path, diffraction: Path | None, intensity: b
     from ptycho_core.io import ScanData, product_positions_px, read_product, save_npz
 
     if diffraction is None:
-        raise ValueError(f"{src}: a Ptychodus product holds no diffraction data; give them with "
-                         "--diffraction FILE (.npy or .npz)")
+        raise ValueError(
+            f"{src}: a Ptychodus product holds no diffraction data; give them with "
+            "--diffraction FILE (.npy or .npz)"
+        )
     product = read_product(src)
     diff = np.asarray(_read_diffraction(diffraction))
     if intensity:
@@ -93,15 +118,22 @@ def _product_to_npz(src: Path, dst: Path, diffraction: Path | None, intensity: b
         diff = np.sqrt(diff)
     pos = product_positions_px(product)
     if diff.ndim != 3 or diff.shape[0] != pos.shape[0]:
-        raise ValueError(f"{diffraction}: expected ({pos.shape[0]}, N, N) patterns (one per "
-                         f"position of {src.name}), got shape {diff.shape}")
+        raise ValueError(
+            f"{diffraction}: expected ({pos.shape[0]}, N, N) patterns (one per "
+            f"position of {src.name}), got shape {diff.shape}"
+        )
     probe = np.asarray(product.probe)
     while probe.ndim > 2 and probe.shape[0] == 1:
         probe = probe[0]
-    scan = ScanData(diffraction=diff, xcoords=pos[:, 0], ycoords=pos[:, 1], probe=probe,
-                    object=np.asarray(product.object[0]), source=str(src),
-                    metadata={"object_pixel_size_m": product.object_pixel_width_m,
-                              "converted_from": src.name})
+    scan = ScanData(
+        diffraction=diff,
+        xcoords=pos[:, 0],
+        ycoords=pos[:, 1],
+        probe=probe,
+        object=np.asarray(product.object[0]),
+        source=str(src),
+        metadata={"object_pixel_size_m": product.object_pixel_width_m, "converted_from": src.name},
+    )
     save_npz(dst, scan, nphotons=product.probe_photon_count)
     return f"{scan.M} patterns of {scan.N}×{scan.N}, object {scan.object.shape}"
 

@@ -50,40 +50,106 @@ class DemoSettings:
 #: 97 s, held-out amplitude SSIM 0.56). N=32 on a 192-px object (dense positions, ~3 px apart)
 #: learns more per CPU-second than N=64; the network is under-trained at a dozen epochs, so
 #: the epoch budget matters more than the pattern size (specs/cli.md).
-FULL = DemoSettings(N=32, n_positions=2400, epochs=60, batch_size=8, n_filters_scale=1,
-                    gridsize=1, nphotons=1e9, object_size=192)
+FULL = DemoSettings(
+    N=32,
+    n_positions=2400,
+    epochs=60,
+    batch_size=8,
+    n_filters_scale=1,
+    gridsize=1,
+    nphotons=1e9,
+    object_size=192,
+)
 #: --quick: the same pipeline at toy size (well under a minute; for tests).
-QUICK = DemoSettings(N=32, n_positions=160, epochs=1, batch_size=16, n_filters_scale=1,
-                     gridsize=1, nphotons=1e9, object_size=None)
+QUICK = DemoSettings(
+    N=32,
+    n_positions=160,
+    epochs=1,
+    batch_size=16,
+    n_filters_scale=1,
+    gridsize=1,
+    nphotons=1e9,
+    object_size=None,
+)
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(NAME, parents=parents, help=HELP, description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-o", "--output-dir", type=Path, default=Path("ptycho_demo"), metavar="DIR",
-                   help="output folder (default: ptycho_demo)")
-    p.add_argument("--quick", action="store_true",
-                   help="toy size (N=32, 160 positions, 1 epoch): checks the pipeline in seconds")
-    p.add_argument("--backend", choices=BACKENDS, default=None,
-                   help="backend to train (default: pytorch if installed, else tensorflow)")
+    p = subparsers.add_parser(
+        NAME,
+        parents=parents,
+        help=HELP,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "-o",
+        "--output-dir",
+        type=Path,
+        default=Path("ptycho_demo"),
+        metavar="DIR",
+        help="output folder (default: ptycho_demo)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="toy size (N=32, 160 positions, 1 epoch): checks the pipeline in seconds",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="backend to train (default: pytorch if installed, else tensorflow)",
+    )
     g = p.add_argument_group("demo size (defaults: the full demo; --quick changes them)")
-    g.add_argument("--N", type=int, choices=(32, 64, 128), default=None,
-                   help=f"pattern size (default {FULL.N})")
-    g.add_argument("--n-positions", type=positive_int, default=None, metavar="M",
-                   help=f"scan positions, both halves (default {FULL.n_positions})")
-    g.add_argument("--epochs", type=positive_int, default=None,
-                   help=f"training epochs (default {FULL.epochs})")
-    g.add_argument("--batch-size", type=positive_int, default=None,
-                   help=f"groups per batch (default {FULL.batch_size})")
-    g.add_argument("--n-filters-scale", type=positive_int, default=None, metavar="K",
-                   help=f"network width factor (default {FULL.n_filters_scale})")
-    g.add_argument("--gridsize", type=positive_int, default=None,
-                   help=f"patterns per group side (default {FULL.gridsize})")
-    g.add_argument("--nphotons", type=positive_float, default=None,
-                   help=f"mean photons per pattern (default {FULL.nphotons:g})")
-    g.add_argument("--object-size", type=positive_int, default=None, metavar="PX",
-                   help=f"object side in pixels (default {FULL.object_size}; --quick: the "
-                        "simulator's choice)")
+    g.add_argument(
+        "--N",
+        type=int,
+        choices=(32, 64, 128),
+        default=None,
+        help=f"pattern size (default {FULL.N})",
+    )
+    g.add_argument(
+        "--n-positions",
+        type=positive_int,
+        default=None,
+        metavar="M",
+        help=f"scan positions, both halves (default {FULL.n_positions})",
+    )
+    g.add_argument(
+        "--epochs", type=positive_int, default=None, help=f"training epochs (default {FULL.epochs})"
+    )
+    g.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help=f"groups per batch (default {FULL.batch_size})",
+    )
+    g.add_argument(
+        "--n-filters-scale",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help=f"network width factor (default {FULL.n_filters_scale})",
+    )
+    g.add_argument(
+        "--gridsize",
+        type=positive_int,
+        default=None,
+        help=f"patterns per group side (default {FULL.gridsize})",
+    )
+    g.add_argument(
+        "--nphotons",
+        type=positive_float,
+        default=None,
+        help=f"mean photons per pattern (default {FULL.nphotons:g})",
+    )
+    g.add_argument(
+        "--object-size",
+        type=positive_int,
+        default=None,
+        metavar="PX",
+        help=f"object side in pixels (default {FULL.object_size}; --quick: the simulator's choice)",
+    )
     g.add_argument("--seed", type=int, default=0, help="simulation and training seed (default 0)")
     add_config_arguments(p)
     add_execution_arguments(p, training=True)
@@ -92,10 +158,14 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 def _settings(args: argparse.Namespace) -> DemoSettings:
     base = QUICK if args.quick else FULL
-    return DemoSettings(**{
-        f: getattr(args, f) if getattr(args, f, None) is not None else getattr(base, f)
-        for f in base.__dataclass_fields__ if f != "epochs"
-    }, epochs=args.epochs or base.epochs)
+    return DemoSettings(
+        **{
+            f: getattr(args, f) if getattr(args, f, None) is not None else getattr(base, f)
+            for f in base.__dataclass_fields__
+            if f != "epochs"
+        },
+        epochs=args.epochs or base.epochs,
+    )
 
 
 def split_spatially(positions: np.ndarray, N: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,76 +189,124 @@ def _choose_backend(requested: str | None) -> str:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from ptycho_core.io import save_npz
-    from ptycho_core.simulation import simulate_scan
-
     from ptycho_cli import dispatch, factories, figures
-    from ptycho_cli.commands._run import framework_hook, reconstruct_and_write, write_training_outputs
+    from ptycho_cli.commands._run import (
+        framework_hook,
+        reconstruct_and_write,
+        write_training_outputs,
+    )
     from ptycho_cli.commands.evaluate import metric_lines, score_and_write
     from ptycho_cli.outputs import staged
+    from ptycho_core.io import save_npz
+    from ptycho_core.simulation import simulate_scan
 
     start = time.perf_counter()
     s = _settings(args)
     out = Path(args.output_dir)
     backend = _choose_backend(args.backend)
 
-    console.stage(f"simulating {s.n_positions} diffraction patterns ({s.N}×{s.N}, "
-                  f"{s.nphotons:g} photons each) from the procedural object …")
-    scan = simulate_scan(N=s.N, n_positions=s.n_positions, nphotons=s.nphotons, seed=args.seed,
-                         object_size=s.object_size)
+    console.stage(
+        f"simulating {s.n_positions} diffraction patterns ({s.N}×{s.N}, "
+        f"{s.nphotons:g} photons each) from the procedural object …"
+    )
+    scan = simulate_scan(
+        N=s.N,
+        n_positions=s.n_positions,
+        nphotons=s.nphotons,
+        seed=args.seed,
+        object_size=s.object_size,
+    )
     scan = dataclasses.replace(scan, Y=None)  # unsupervised: ground-truth patches not needed
     train_idx, test_idx = split_spatially(scan.positions, s.N)
-    if len(train_idx) < 2 * s.gridsize ** 2 or len(test_idx) < s.gridsize ** 2:
-        raise ValueError(f"too few positions for the demo split ({len(train_idx)} train, "
-                         f"{len(test_idx)} held out); raise --n-positions")
+    if len(train_idx) < 2 * s.gridsize**2 or len(test_idx) < s.gridsize**2:
+        raise ValueError(
+            f"too few positions for the demo split ({len(train_idx)} train, "
+            f"{len(test_idx)} held out); raise --n-positions"
+        )
     with staged(out) as tmp:
         save_npz(tmp / "train.npz", scan.subset(train_idx), nphotons=s.nphotons)
         save_npz(tmp / "test.npz", scan.subset(test_idx), nphotons=s.nphotons)
     t_sim = time.perf_counter() - start
 
-    overrides = {"backend": backend, "nepochs": s.epochs, "batch_size": s.batch_size,
-                 "n_filters_scale": s.n_filters_scale, "gridsize": s.gridsize,
-                 "nphotons": s.nphotons, "seed": args.seed}
+    overrides = {
+        "backend": backend,
+        "nepochs": s.epochs,
+        "batch_size": s.batch_size,
+        "n_filters_scale": s.n_filters_scale,
+        "gridsize": s.gridsize,
+        "nphotons": s.nphotons,
+        "seed": args.seed,
+    }
     overrides.update(science_overrides(args, console))
     payload = factories.create_training_payload(
-        out / "train.npz", out, config_file=args.config, overrides=overrides,
-        execution_config=execution_from_args(args, console))
-    console.stage(f"training the {backend} backend on {len(train_idx)} patterns (left part) for "
-                  f"{payload.config.nepochs} epochs …")
+        out / "train.npz",
+        out,
+        config_file=args.config,
+        overrides=overrides,
+        execution_config=execution_from_args(args, console),
+    )
+    console.stage(
+        f"training the {backend} backend on {len(train_idx)} patterns (left part) for "
+        f"{payload.config.nepochs} epochs …"
+    )
     results = dispatch.train(payload, on_backend_loaded=framework_hook)
     t_train = time.perf_counter() - start - t_sim
     history = results.get("history") or {}
     written = write_training_outputs(out, results)
 
     console.stage(f"reconstructing the {len(test_idx)} held-out patterns (right half) …")
-    inf = factories.create_inference_payload(results["bundle_path"], out / "test.npz", out,
-                                             execution_config=payload.execution)
-    rec, files = reconstruct_and_write(inf, out, history=history,
-                                       title="held-out reconstruction (right half of the scan)")
+    inf = factories.create_inference_payload(
+        results["bundle_path"], out / "test.npz", out, execution_config=payload.execution
+    )
+    rec, files = reconstruct_and_write(
+        inf, out, history=history, title="held-out reconstruction (right half of the scan)"
+    )
     written += files
     t_infer = time.perf_counter() - start - t_sim - t_train
 
     metrics, files, cmp = score_and_write(
-        out, rec, scan.object, margin=0,
-        extra={"demo": {"settings": s.__dict__, "backend": backend, "seed": args.seed,
-                        "train_patterns": int(len(train_idx)),
-                        "held_out_patterns": int(len(test_idx)),
-                        "timings_s": {"simulate": t_sim, "train": t_train, "infer": t_infer}}})
+        out,
+        rec,
+        scan.object,
+        margin=0,
+        extra={
+            "demo": {
+                "settings": s.__dict__,
+                "backend": backend,
+                "seed": args.seed,
+                "train_patterns": int(len(train_idx)),
+                "held_out_patterns": int(len(test_idx)),
+                "timings_s": {"simulate": t_sim, "train": t_train, "infer": t_infer},
+            }
+        },
+    )
     written += files
     with staged(out) as tmp:
         figures.demo_figure(
-            tmp / DEMO_PNG, cmp.truth, cmp.recon, cmp.mask, metrics, history,
-            truth_full=scan.object, train_positions=scan.positions[train_idx],
-            test_positions=scan.positions[test_idx], origin=cmp.origin,
+            tmp / DEMO_PNG,
+            cmp.truth,
+            cmp.recon,
+            cmp.mask,
+            metrics,
+            history,
+            truth_full=scan.object,
+            train_positions=scan.positions[train_idx],
+            test_positions=scan.positions[test_idx],
+            origin=cmp.origin,
             title=f"ptycho demo ({backend}, N={s.N}, {payload.config.nepochs} epochs, "
-                  f"{len(train_idx)} training patterns): held-out half vs ground truth")
+            f"{len(train_idx)} training patterns): held-out half vs ground truth",
+        )
     written.append(out / DEMO_PNG)
 
     total = time.perf_counter() - start
-    console.result(f"ptycho demo: {backend} backend, trained on {len(train_idx)} patterns, "
-                   f"reconstructed {len(test_idx)} held-out patterns")
-    console.result(f"time: simulate {t_sim:.1f} s, train {t_train:.1f} s, reconstruct "
-                   f"{t_infer:.1f} s, total {total:.1f} s")
+    console.result(
+        f"ptycho demo: {backend} backend, trained on {len(train_idx)} patterns, "
+        f"reconstructed {len(test_idx)} held-out patterns"
+    )
+    console.result(
+        f"time: simulate {t_sim:.1f} s, train {t_train:.1f} s, reconstruct "
+        f"{t_infer:.1f} s, total {total:.1f} s"
+    )
     console.result("held-out reconstruction vs ground truth:")
     for line in metric_lines(metrics):
         console.result(f"  {line}")

@@ -16,18 +16,39 @@ HELP = "metrics against ground truth (SSIM, PSNR, MAE, FRC); writes metrics.json
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(NAME, parents=parents, help=HELP, description=HELP)
-    p.add_argument("recon", type=Path, metavar="RECON",
-                   help="recon.npz written by ptycho infer/train/demo, or its folder")
-    p.add_argument("truth", type=Path, metavar="TRUTH",
-                   help="scan .npz with objectGuess, or a Ptychodus product .h5 (its object)")
-    p.add_argument("-o", "--output-dir", type=Path, default=None, metavar="DIR",
-                   help="where to write metrics.json and comparison.png (default: RECON's folder)")
-    p.add_argument("--register", action="store_true",
-                   help="sub-pixel registration before scoring")
-    p.add_argument("--remove-plane", action="store_true",
-                   help="remove the best phase plane (not just a constant)")
-    p.add_argument("--margin", type=int, default=0, metavar="PX",
-                   help="leave out PX pixels at the rim of the covered region (default 0)")
+    p.add_argument(
+        "recon",
+        type=Path,
+        metavar="RECON",
+        help="recon.npz written by ptycho infer/train/demo, or its folder",
+    )
+    p.add_argument(
+        "truth",
+        type=Path,
+        metavar="TRUTH",
+        help="scan .npz with objectGuess, or a Ptychodus product .h5 (its object)",
+    )
+    p.add_argument(
+        "-o",
+        "--output-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where to write metrics.json and comparison.png (default: RECON's folder)",
+    )
+    p.add_argument("--register", action="store_true", help="sub-pixel registration before scoring")
+    p.add_argument(
+        "--remove-plane",
+        action="store_true",
+        help="remove the best phase plane (not just a constant)",
+    )
+    p.add_argument(
+        "--margin",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="leave out PX pixels at the rim of the covered region (default 0)",
+    )
     p.set_defaults(run=run)
 
 
@@ -60,25 +81,43 @@ def metric_lines(metrics: dict[str, Any]) -> list[str]:
     ]
 
 
-def score_and_write(out_dir: Path, recon: dict[str, Any], truth: np.ndarray, *,
-                    register: bool = False, remove_plane: bool = False, margin: int = 0,
-                    extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[Path], Any]:
+def score_and_write(
+    out_dir: Path,
+    recon: dict[str, Any],
+    truth: np.ndarray,
+    *,
+    register: bool = False,
+    remove_plane: bool = False,
+    margin: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[Path], Any]:
     """Compare, then write ``metrics.json`` and ``comparison.png`` into ``out_dir`` (staged)."""
     from ptycho_cli import figures
     from ptycho_cli.compare import compare_to_truth
     from ptycho_cli.outputs import COMPARISON_PNG, METRICS_JSON, staged, write_json
 
-    cmp = compare_to_truth(recon["object"], recon["coverage"], recon["origin"], truth,
-                           register=register, remove_plane=remove_plane, margin=margin)
-    record = {"metrics": cmp.metrics, "scored_pixels": int(cmp.mask.sum()),
-              "scored_region_origin_px": list(cmp.origin),
-              "scored_region_shape": list(cmp.mask.shape),
-              "options": {"register": register, "remove_plane": remove_plane, "margin": margin}}
+    cmp = compare_to_truth(
+        recon["object"],
+        recon["coverage"],
+        recon["origin"],
+        truth,
+        register=register,
+        remove_plane=remove_plane,
+        margin=margin,
+    )
+    record = {
+        "metrics": cmp.metrics,
+        "scored_pixels": int(cmp.mask.sum()),
+        "scored_region_origin_px": list(cmp.origin),
+        "scored_region_shape": list(cmp.mask.shape),
+        "options": {"register": register, "remove_plane": remove_plane, "margin": margin},
+    }
     record.update(extra or {})
     with staged(out_dir) as tmp:
         write_json(tmp / METRICS_JSON, record)
-        figures.comparison_figure(tmp / COMPARISON_PNG, cmp.truth, cmp.recon, cmp.mask,
-                                  cmp.metrics, origin=cmp.origin)
+        figures.comparison_figure(
+            tmp / COMPARISON_PNG, cmp.truth, cmp.recon, cmp.mask, cmp.metrics, origin=cmp.origin
+        )
     return cmp.metrics, [out_dir / METRICS_JSON, out_dir / COMPARISON_PNG], cmp
 
 
@@ -89,8 +128,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
     truth = load_truth(args.truth)
     out_dir = args.output_dir or Path(recon["path"]).parent
     metrics, written, _ = score_and_write(
-        out_dir, recon, truth, register=args.register, remove_plane=args.remove_plane,
-        margin=args.margin, extra={"recon": str(recon["path"]), "truth": str(args.truth)})
+        out_dir,
+        recon,
+        truth,
+        register=args.register,
+        remove_plane=args.remove_plane,
+        margin=args.margin,
+        extra={"recon": str(recon["path"]), "truth": str(args.truth)},
+    )
     for line in metric_lines(metrics):
         console.result(line)
     console.result("wrote:")

@@ -15,11 +15,21 @@ HELP = "reconstruct a scan with a trained model; writes recon.npz, recon.h5, rec
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(NAME, parents=parents, help=HELP, description=HELP)
-    p.add_argument("model", type=Path, metavar="MODEL",
-                   help="model bundle wts.h5.zip, or the training output folder holding it")
+    p.add_argument(
+        "model",
+        type=Path,
+        metavar="MODEL",
+        help="model bundle wts.h5.zip, or the training output folder holding it",
+    )
     p.add_argument("data", type=Path, metavar="SCAN.npz", help="scan to reconstruct (DATA-001)")
-    p.add_argument("-o", "--output-dir", type=Path, default=Path("outputs"), metavar="DIR",
-                   help="output folder (default: outputs)")
+    p.add_argument(
+        "-o",
+        "--output-dir",
+        type=Path,
+        default=Path("outputs"),
+        metavar="DIR",
+        help="output folder (default: outputs)",
+    )
     add_run_arguments(p, training=False)
     p.set_defaults(run=run)
 
@@ -29,7 +39,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from ptycho_cli.commands._run import print_files, reconstruct_and_write
 
     payload = factories.create_inference_payload(
-        args.model, args.data, args.output_dir, config_file=args.config,
+        args.model,
+        args.data,
+        args.output_dir,
+        config_file=args.config,
         overrides=science_overrides(args, console),
         execution_config=execution_from_args(args, console),
     )
@@ -39,7 +52,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     shape = results["object"].shape
     covered = float((results["coverage"] > 0).mean())
     secs = (results.get("timings") or {}).get("total_s")
-    console.result(f"reconstructed a {shape[0]}×{shape[1]} object ({covered:.0%} covered) with "
-                   f"the {results['backend']} backend" + (f" in {secs:.1f} s" if secs else ""))
+    console.result(
+        f"reconstructed a {shape[0]}×{shape[1]} object ({covered:.0%} covered) with "
+        f"the {results['backend']} backend" + (f" in {secs:.1f} s" if secs else "")
+    )
     print_files(console, written)
     return 0

@@ -15,8 +15,9 @@ HELP = "print a model bundle's manifest (backend, configs, scale, versions)"
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(NAME, parents=parents, help=HELP, description=HELP)
-    p.add_argument("bundle", type=Path, metavar="BUNDLE",
-                   help="wts.h5.zip, or the folder holding it")
+    p.add_argument(
+        "bundle", type=Path, metavar="BUNDLE", help="wts.h5.zip, or the folder holding it"
+    )
     p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     p.set_defaults(run=run)
 
@@ -34,9 +35,8 @@ def _kv(console: Console, title: str, d: Any) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from ptycho_core.bundle import read_manifest
-
     from ptycho_cli.factories import resolve_bundle_path
+    from ptycho_core.bundle import read_manifest
 
     path = resolve_bundle_path(args.bundle)
     manifest = read_manifest(path)
@@ -58,7 +58,18 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console.result("files:")
         for name in sorted(files):
             console.result(f"  {name}  {files[name].get('size')} bytes")
-    reserved = {"format", "schema_version", "backend", "created", "model_names", "intensity_scale",
-                "model_config", "training_config", "normalization", "creator", "files"}
+    reserved = {
+        "format",
+        "schema_version",
+        "backend",
+        "created",
+        "model_names",
+        "intensity_scale",
+        "model_config",
+        "training_config",
+        "normalization",
+        "creator",
+        "files",
+    }
     _kv(console, "other", {k: v for k, v in manifest.items() if k not in reserved})
     return 0

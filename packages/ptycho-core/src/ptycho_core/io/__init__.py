@@ -15,6 +15,15 @@ from ptycho_core.io.product import (
 from ptycho_core.io.scan import ScanData, check_enough_patterns
 
 __all__ = [
-    "ScanData", "atomic_write", "atomic_path", "check_enough_patterns", "load_npz", "save_npz",
-    "Product", "read_product", "write_product", "scan_to_product", "product_positions_px",
+    "ScanData",
+    "atomic_write",
+    "atomic_path",
+    "check_enough_patterns",
+    "load_npz",
+    "save_npz",
+    "Product",
+    "read_product",
+    "write_product",
+    "scan_to_product",
+    "product_positions_px",
 ]

@@ -1,7 +1,7 @@
 """Atomic file writing: a temporary file in the target's folder, fsync, then ``os.replace``.
 
 Every writer in every ptycho package goes through :func:`atomic_write`, so an interrupted run
-never leaves a half-written bundle, NPZ or product file behind (SPEC §10).
+never leaves a half-written bundle, NPZ or product file behind (``specs/cli.md``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ __all__ = ["atomic_write", "atomic_path"]
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_write(
+    path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: Any
+) -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success fsync it and rename it onto ``path``.
 
     Parameters

@@ -1,4 +1,4 @@
-"""NPZ scan files, the DATA-001 contract (SPEC §2.2).
+"""NPZ scan files, the DATA-001 contract (``specs/data-contracts.md``).
 
 ``load_npz`` never unpickles: ``np.load(allow_pickle=False)``; an object array in the file is a
 :class:`~ptycho_core.errors.DataContractError`. ``save_npz`` writes atomically.
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ptycho_core._jsonutil import json_default
 from ptycho_core.__about__ import __version__
+from ptycho_core._jsonutil import json_default
 from ptycho_core.errors import DataContractError
 from ptycho_core.io._atomic import atomic_write
 from ptycho_core.io.scan import ScanData, check_enough_patterns, contract_error
@@ -29,8 +29,17 @@ logger = logging.getLogger(__name__)
 METADATA_KEY = "_metadata"
 #: Every key of the contract (others are ignored with a debug log).
 NPZ_KEYS = (
-    "diffraction", "diff3d", "xcoords", "ycoords", "probeGuess", "objectGuess",
-    "xcoords_start", "ycoords_start", "scan_index", "Y", METADATA_KEY,
+    "diffraction",
+    "diff3d",
+    "xcoords",
+    "ycoords",
+    "probeGuess",
+    "objectGuess",
+    "xcoords_start",
+    "ycoords_start",
+    "scan_index",
+    "Y",
+    METADATA_KEY,
 )
 
 
@@ -40,7 +49,8 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             if not isinstance(npz, np.lib.npyio.NpzFile):
                 raise DataContractError(
-                    f"{path}: expected an .npz archive (a zip of .npy arrays), got a single .npy array"
+                    f"{path}: expected an .npz archive (a zip of .npy arrays), "
+                    "got a single .npy array"
                 )
             out = {}
             for key in npz.files:
@@ -49,8 +59,10 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
                 except ValueError as exc:
                     if "pickle" in str(exc).lower() or "object" in str(exc).lower():
                         raise contract_error(
-                            path, key, "a plain numeric array", "an object (pickled) array, which "
-                            "is never loaded from data files"
+                            path,
+                            key,
+                            "a plain numeric array",
+                            "an object (pickled) array, which is never loaded from data files",
                         ) from exc
                     raise contract_error(path, key, "a readable .npy member", str(exc)) from exc
             return out
@@ -62,14 +74,30 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
         raise DataContractError(f"{path}: not a valid .npz archive ({exc})") from exc
-    except (ValueError, OSError, EOFError, KeyError, RuntimeError, TypeError, NotImplementedError,
-            AttributeError, MemoryError, IndexError, OverflowError, UnicodeDecodeError) as exc:
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        KeyError,
+        RuntimeError,
+        TypeError,
+        NotImplementedError,
+        AttributeError,
+        MemoryError,
+        IndexError,
+        OverflowError,
+        UnicodeDecodeError,
+    ) as exc:
         # np.load raises ValueError for pickled data and unknown magic, zipfile raises
         # BadZipFile/EOFError/OSError/NotImplementedError on damage, the .npy header parser
         # raises ValueError/SyntaxError-derived errors. All of them mean: this is not a valid scan.
-        raise DataContractError(f"{path}: not a valid .npz scan file ({type(exc).__name__}: {exc})") from exc
+        raise DataContractError(
+            f"{path}: not a valid .npz scan file ({type(exc).__name__}: {exc})"
+        ) from exc
     except SyntaxError as exc:  # a damaged .npy header is parsed with ast.literal_eval
-        raise DataContractError(f"{path}: not a valid .npz scan file (bad .npy header: {exc})") from exc
+        raise DataContractError(
+            f"{path}: not a valid .npz scan file (bad .npy header: {exc})"
+        ) from exc
 
 
 def _metadata(arrays: dict[str, np.ndarray], path: Path) -> dict[str, Any]:
@@ -77,8 +105,12 @@ def _metadata(arrays: dict[str, np.ndarray], path: Path) -> dict[str, Any]:
         return {}
     raw = arrays[METADATA_KEY]
     if raw.ndim != 0 or raw.dtype.kind not in "US":
-        raise contract_error(path, METADATA_KEY, "a JSON string (0-d str array)", f"shape {raw.shape} "
-                             f"dtype {raw.dtype}")
+        raise contract_error(
+            path,
+            METADATA_KEY,
+            "a JSON string (0-d str array)",
+            f"shape {raw.shape} dtype {raw.dtype}",
+        )
     text = raw.item()
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
@@ -99,9 +131,12 @@ def _maybe_transpose(diff: np.ndarray, m_coords: int | None, path: Path) -> np.n
     if a == b and b != c and (m_coords is None or m_coords == c) and m_coords != a:
         warnings.warn(
             f"{path}: diffraction stored as (N, N, M) = {diff.shape}; transposing to (M, N, N)",
-            UserWarning, stacklevel=3,
+            UserWarning,
+            stacklevel=3,
         )
-        logger.warning("%s: transposed diffraction from (N, N, M) %s to (M, N, N)", path, diff.shape)
+        logger.warning(
+            "%s: transposed diffraction from (N, N, M) %s to (M, N, N)", path, diff.shape
+        )
         return np.ascontiguousarray(np.moveaxis(diff, 2, 0))
     return diff
 
@@ -149,8 +184,9 @@ def load_npz(path: str | os.PathLike[str], *, min_patterns: int | None = None) -
 
     diff = arrays[diff_key]
     if np.iscomplexobj(diff):
-        raise contract_error(p, diff_key, "real amplitudes (sqrt of intensity)",
-                             f"complex dtype {diff.dtype}")
+        raise contract_error(
+            p, diff_key, "real amplitudes (sqrt of intensity)", f"complex dtype {diff.dtype}"
+        )
     xc = arrays["xcoords"]
     m_coords = int(xc.shape[0]) if xc.ndim == 1 else None
     diff = _maybe_transpose(diff, m_coords, p)
@@ -179,7 +215,9 @@ def load_npz(path: str | os.PathLike[str], *, min_patterns: int | None = None) -
     return scan
 
 
-def save_npz(path: str | os.PathLike[str], scan: ScanData, *, nphotons: float | None = None) -> None:
+def save_npz(
+    path: str | os.PathLike[str], scan: ScanData, *, nphotons: float | None = None
+) -> None:
     """Write ``scan`` as a DATA-001 ``.npz`` atomically (uncompressed; float32/complex64).
 
     Writes ``diffraction`` (never ``diff3d``), ``xcoords``, ``ycoords``, ``probeGuess``,
@@ -196,7 +234,8 @@ def save_npz(path: str | os.PathLike[str], scan: ScanData, *, nphotons: float | 
             "contract": "DATA-001",
             "units": {
                 "diffraction": "amplitude (sqrt of photon counts)",
-                "xcoords": "object pixels", "ycoords": "object pixels",
+                "xcoords": "object pixels",
+                "ycoords": "object pixels",
             },
             "nphotons": None if nphotons is None else float(nphotons),
             "creator": "ptycho-core",
@@ -220,5 +259,3 @@ def save_npz(path: str | os.PathLike[str], scan: ScanData, *, nphotons: float | 
     with atomic_write(path, "wb") as handle:
         np.savez(handle, **arrays)
     logger.info("wrote %s (%d patterns)", path, scan.M)
-
-

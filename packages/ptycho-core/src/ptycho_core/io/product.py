@@ -1,4 +1,4 @@
-"""Ptychodus product files (HDF5), SPEC §2.3.
+"""Ptychodus product files (HDF5), ``specs/data-contracts.md``
 
 Layout (root of the file):
 
@@ -84,15 +84,23 @@ class Product:
         x = np.asarray(self.probe_position_x_m, dtype=np.float64).reshape(-1)
         y = np.asarray(self.probe_position_y_m, dtype=np.float64).reshape(-1)
         if x.shape != y.shape:
-            raise contract_error(src, "probe_position_y_m", f"shape {x.shape} (as probe_position_x_m)",
-                                 f"shape {y.shape}")
+            raise contract_error(
+                src,
+                "probe_position_y_m",
+                f"shape {x.shape} (as probe_position_x_m)",
+                f"shape {y.shape}",
+            )
         self.probe_position_x_m, self.probe_position_y_m = x, y
         if self.probe_position_indexes is None:
             self.probe_position_indexes = np.arange(x.size, dtype=np.int64)
         idx = np.asarray(self.probe_position_indexes).reshape(-1)
         if idx.shape != x.shape or not np.issubdtype(idx.dtype, np.number):
-            raise contract_error(src, "probe_position_indexes", f"{x.size} integers",
-                                 f"shape {idx.shape} dtype {idx.dtype}")
+            raise contract_error(
+                src,
+                "probe_position_indexes",
+                f"{x.size} integers",
+                f"shape {idx.shape} dtype {idx.dtype}",
+            )
         self.probe_position_indexes = idx.astype(np.int64)
         self.probe = _complex(self.probe, "probe", (2, 3, 4), src)
         obj = _complex(self.object, "object", (2, 3), src)
@@ -103,18 +111,27 @@ class Product:
             if spacing.size == 0:
                 spacing = np.zeros(layers - 1)
             else:
-                raise contract_error(src, "object_layer_spacing_m", f"{layers - 1} value(s) "
-                                     f"for {layers} layer(s)", f"{spacing.size}")
+                raise contract_error(
+                    src,
+                    "object_layer_spacing_m",
+                    f"{layers - 1} value(s) for {layers} layer(s)",
+                    f"{spacing.size}",
+                )
         self.object_layer_spacing_m = spacing
         loss = np.asarray(self.loss_values, dtype=np.float64).reshape(-1)
         epochs = np.arange(loss.size) if self.loss_epochs is None else np.asarray(self.loss_epochs)
         epochs = epochs.reshape(-1)
         if epochs.shape != loss.shape:
-            raise contract_error(src, "loss_epochs", f"shape {loss.shape} (as loss_values)",
-                                 f"shape {epochs.shape}")
+            raise contract_error(
+                src, "loss_epochs", f"shape {loss.shape} (as loss_values)", f"shape {epochs.shape}"
+            )
         self.loss_values, self.loss_epochs = loss, epochs.astype(np.int64)
-        for key in ("probe_pixel_width_m", "probe_pixel_height_m", "object_pixel_width_m",
-                    "object_pixel_height_m"):
+        for key in (
+            "probe_pixel_width_m",
+            "probe_pixel_height_m",
+            "object_pixel_width_m",
+            "object_pixel_height_m",
+        ):
             v = float(getattr(self, key))
             if not (np.isfinite(v) and v > 0):
                 raise contract_error(src, key, "a positive pixel size in metres", repr(v))
@@ -131,8 +148,9 @@ def _complex(value: Any, key: str, ndims: tuple[int, ...], src: object) -> np.nd
     if a.dtype == object or not np.issubdtype(a.dtype, np.number):
         raise contract_error(src, key, "a complex array", f"dtype {a.dtype}")
     if a.ndim not in ndims:
-        raise contract_error(src, key, f"a {'/'.join(map(str, ndims))}-D complex array",
-                             f"shape {a.shape}")
+        raise contract_error(
+            src, key, f"a {'/'.join(map(str, ndims))}-D complex array", f"shape {a.shape}"
+        )
     if a.dtype not in (np.complex64, np.complex128):
         a = a.astype(np.complex64)
     return a
@@ -154,8 +172,9 @@ def _read(path: Path) -> Product:
     def dataset(h5: Any, key: str, required: bool = True) -> np.ndarray | None:
         if key not in h5:
             if required:
-                raise DataContractError(f"{path}: missing required dataset {key!r}; "
-                                        f"present: {sorted(h5.keys())}")
+                raise DataContractError(
+                    f"{path}: missing required dataset {key!r}; present: {sorted(h5.keys())}"
+                )
             return None
         node = h5[key]
         if not isinstance(node, h5py.Dataset):
@@ -186,12 +205,16 @@ def _read(path: Path) -> Product:
         kwargs["probe_pixel_height_m"] = float(_attr_value(probe.attrs.get("pixel_height_m", 0.0)))
         obj = dataset(h5, "object")
         kwargs["object"] = obj[()]
-        for ours, theirs in (("object_center_x_m", "center_x_m"), ("object_center_y_m", "center_y_m"),
-                             ("object_pixel_width_m", "pixel_width_m"),
-                             ("object_pixel_height_m", "pixel_height_m")):
+        for ours, theirs in (
+            ("object_center_x_m", "center_x_m"),
+            ("object_center_y_m", "center_y_m"),
+            ("object_pixel_width_m", "pixel_width_m"),
+            ("object_pixel_height_m", "pixel_height_m"),
+        ):
             if theirs not in obj.attrs:
-                raise contract_error(path, f"object/@{theirs}", "an attribute of the object dataset",
-                                     "nothing")
+                raise contract_error(
+                    path, f"object/@{theirs}", "an attribute of the object dataset", "nothing"
+                )
             kwargs[ours] = float(_attr_value(obj.attrs[theirs]))
         # A product written without probe pixel sizes uses the object's (as Ptychodus does).
         if kwargs["probe_pixel_width_m"] <= 0:
@@ -225,7 +248,7 @@ def read_product(path: str | os.PathLike[str]) -> Product:
         product = _read(p)
     except DataContractError:
         raise
-    except Exception as exc:  # noqa: BLE001 - h5py reports damage with many exception types
+    except Exception as exc:  # h5py reports damage with many exception types
         raise DataContractError(
             f"{p}: not a readable Ptychodus product file ({type(exc).__name__}: {exc})"
         ) from exc
@@ -269,7 +292,7 @@ def write_product(path: str | os.PathLike[str], product: Product) -> None:
 
 def scan_to_product(
     scan: ScanData,
-    object: np.ndarray | None = None,  # noqa: A002 - the product's own word
+    object: np.ndarray | None = None,  # the product's own word
     *,
     pixel_size_m: float,
     pixel_height_m: float | None = None,
@@ -317,9 +340,12 @@ def scan_to_product(
         probe_position_indexes=np.arange(scan.M),
         probe=scan.probe if probe is None else probe,
         object=obj,
-        probe_pixel_width_m=pw, probe_pixel_height_m=ph,
-        object_pixel_width_m=pw, object_pixel_height_m=ph,
-        object_center_x_m=center_x_m, object_center_y_m=center_y_m,
+        probe_pixel_width_m=pw,
+        probe_pixel_height_m=ph,
+        object_pixel_width_m=pw,
+        object_pixel_height_m=ph,
+        object_center_x_m=center_x_m,
+        object_center_y_m=center_y_m,
         loss_values=np.zeros(0) if loss_values is None else loss_values,
         loss_epochs=loss_epochs,
     )

@@ -1,8 +1,10 @@
-"""The in-memory scan: :class:`ScanData`, the arrays of the NPZ contract (SPEC §2.2, DATA-001).
+"""The in-memory scan: :class:`ScanData`, the arrays of the NPZ contract
+(``specs/data-contracts.md``, DATA-001).
 
-Frames and units (SPEC §2.1): positions are ``(x, y)`` in object pixels (float64), pixel centres
-at integer coordinates; object arrays are ``[row, col] = [y, x]``; diffraction is the far-field
-*amplitude* (sqrt of photon counts when in photon units), zero frequency at ``(N/2, N/2)``.
+Frames and units (``specs/physics.md``): positions are ``(x, y)`` in object pixels (float64),
+pixel centres at integer coordinates; object arrays are ``[row, col] = [y, x]``; diffraction is
+the far-field *amplitude* (sqrt of photon counts when in photon units), zero frequency at
+``(N/2, N/2)``.
 
 Every :class:`ScanData` is validated on construction, so a scan built in memory (the simulator)
 obeys the same contract as one read from a file. Violations raise
@@ -76,8 +78,11 @@ def squeeze_probe(probe: np.ndarray, source: object, key: str = "probeGuess") ->
         p = p[:, :, 0]
     if p.ndim != 2:
         raise contract_error(
-            source, key, "a single-mode probe of shape (N, N), (1, N, N) or (N, N, 1) "
-            "(multi-mode probes are not supported)", f"shape {tuple(np.shape(probe))}"
+            source,
+            key,
+            "a single-mode probe of shape (N, N), (1, N, N) or (N, N, 1) "
+            "(multi-mode probes are not supported)",
+            f"shape {tuple(np.shape(probe))}",
         )
     return p
 
@@ -127,7 +132,9 @@ class ScanData:
             raise contract_error(src, "diffraction", "a 3-D stack (M, N, N)", f"shape {d.shape}")
         m, h, w = d.shape
         if h != w:
-            raise contract_error(src, "diffraction", "square patterns (M, N, N)", f"shape {d.shape}")
+            raise contract_error(
+                src, "diffraction", "square patterns (M, N, N)", f"shape {d.shape}"
+            )
         if h % 2 or h == 0:
             raise contract_error(src, "diffraction", "an even pattern size N", f"N = {h}")
         if m == 0:
@@ -135,7 +142,9 @@ class ScanData:
         _check_finite(d, "diffraction", src)
         if np.any(d < 0):
             raise contract_error(
-                src, "diffraction", "non-negative amplitudes (sqrt of intensity)",
+                src,
+                "diffraction",
+                "non-negative amplitudes (sqrt of intensity)",
                 f"{int(np.count_nonzero(d < 0))} negative value(s), min {float(d.min()):.4g}",
             )
         self.diffraction = d.astype(np.float32, copy=False)
@@ -144,18 +153,22 @@ class ScanData:
         self.xcoords = _coords(self.xcoords, "xcoords", m, src)
         self.ycoords = _coords(self.ycoords, "ycoords", m, src)
         self.xcoords_start = (
-            self.xcoords.copy() if self.xcoords_start is None
+            self.xcoords.copy()
+            if self.xcoords_start is None
             else _coords(self.xcoords_start, "xcoords_start", m, src)
         )
         self.ycoords_start = (
-            self.ycoords.copy() if self.ycoords_start is None
+            self.ycoords.copy()
+            if self.ycoords_start is None
             else _coords(self.ycoords_start, "ycoords_start", m, src)
         )
 
         probe = _as_complex(squeeze_probe(self.probe, src), "probeGuess", src)
         if probe.shape != (n, n):
             raise contract_error(
-                src, "probeGuess", f"probe size equal to the pattern size ({n}, {n})",
+                src,
+                "probeGuess",
+                f"probe size equal to the pattern size ({n}, {n})",
                 f"shape {probe.shape}",
             )
         _check_finite(probe, "probeGuess", src)
@@ -188,7 +201,9 @@ class ScanData:
             _check_finite(y, "Y", src)
             self.Y = y
         if not isinstance(self.metadata, dict):
-            raise contract_error(src, "_metadata", "a JSON object (dict)", type(self.metadata).__name__)
+            raise contract_error(
+                src, "_metadata", "a JSON object (dict)", type(self.metadata).__name__
+            )
 
     @property
     def positions(self) -> np.ndarray:
@@ -209,9 +224,13 @@ class ScanData:
         return self.M
 
     def subset(self, indices: Any) -> ScanData:
-        """A new scan with the patterns ``indices`` (int array, slice or bool mask), same probe/object."""
-        idx = np.arange(self.M)[indices] if not isinstance(indices, np.ndarray) or indices.dtype == bool \
+        """A new scan with the patterns ``indices`` (int array, slice or bool mask), same
+        probe/object."""
+        idx = (
+            np.arange(self.M)[indices]
+            if not isinstance(indices, np.ndarray) or indices.dtype == bool
             else np.asarray(indices)
+        )
         idx = np.atleast_1d(np.asarray(idx, dtype=np.int64))
         return dataclasses.replace(
             self,
@@ -233,6 +252,8 @@ def check_enough_patterns(scan: ScanData, needed: int, what: str = "a group") ->
     """
     if scan.M < needed:
         raise contract_error(
-            scan.source, "diffraction", f"at least {needed} patterns ({what} needs {needed})",
+            scan.source,
+            "diffraction",
+            f"at least {needed} patterns ({what} needs {needed})",
             f"{scan.M} pattern(s)",
         )
