@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ptycho_core.config import (
-    TF_NEUTRAL_EXECUTION_FIELDS,
+    ExecutionConfig,
     InferenceConfig,
     ModelConfig,
     PyTorchExecutionConfig,
@@ -224,29 +224,26 @@ def test_no_warning_without_alias():
         dataclasses.replace(InferenceConfig(n_groups=3), n_groups=4)
 
 
-def test_effective_stitch_crop():
-    assert [
-        InferenceConfig(model=ModelConfig(N=n)).effective_stitch_crop() for n in (32, 64, 128, 256)
-    ] == [10, 20, 40, 80]
-    assert InferenceConfig(stitch_crop=16).effective_stitch_crop() == 16
-
-
-def test_ignored_execution_fields_for_tf():
-    assert ignored_execution_fields(None) == {}
-    assert ignored_execution_fields(PyTorchExecutionConfig()) == {}
-    e = PyTorchExecutionConfig(
+def test_ignored_execution_fields():
+    honoured = {"learning_rate", "logger_backend"}
+    assert ignored_execution_fields(None, honoured) == {}
+    assert ignored_execution_fields(ExecutionConfig(), honoured) == {}
+    e = ExecutionConfig(
         num_workers=2, accum_steps=4, learning_rate=5e-4, logger_backend="tensorboard"
     )
-    assert ignored_execution_fields(e) == {
+    assert ignored_execution_fields(e, honoured) == {"num_workers": 2, "accum_steps": 4}
+    allowed = {"logger_backend": ("csv", "none")}
+    assert ignored_execution_fields(e, honoured, honoured_values=allowed) == {
         "num_workers": 2,
         "accum_steps": 4,
         "logger_backend": "tensorboard",
     }
-    assert ignored_execution_fields(PyTorchExecutionConfig(logger_backend="none")) == {}
-    assert {"learning_rate", "devices", "logger_backend"} <= TF_NEUTRAL_EXECUTION_FIELDS
-    assert "num_workers" not in TF_NEUTRAL_EXECUTION_FIELDS
-    assert {"checkpoint_monitor_metric", "checkpoint_mode"} <= TF_NEUTRAL_EXECUTION_FIELDS
-    assert TF_NEUTRAL_EXECUTION_FIELDS <= set(PyTorchExecutionConfig.field_names())
+    none = ExecutionConfig(logger_backend="none")
+    assert ignored_execution_fields(none, honoured, honoured_values=allowed) == {}
+
+
+def test_pytorch_execution_config_is_the_adr003_name():
+    assert PyTorchExecutionConfig is ExecutionConfig
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".yml", ".toml"])

@@ -26,13 +26,9 @@ def test_default_crop():
         assert c % 2 == 0 and abs(c - 20 * n / 64) <= 1.0 + 1e-12
 
 
-def test_default_crop_agrees_with_inference_config():
-    from ptycho_core.config import InferenceConfig, ModelConfig
-
-    for n in (32, 64, 128, 256):
-        assert InferenceConfig(
-            model=ModelConfig(N=n)
-        ).effective_stitch_crop() == default_stitch_crop(n)
+def test_default_crop_values():
+    # 20·N/64 rounded to the nearest even integer, written out by hand
+    assert [default_stitch_crop(n) for n in (32, 64, 128, 256)] == [10, 20, 40, 80]
 
 
 def test_integer_positions_reproduce_object_exactly():

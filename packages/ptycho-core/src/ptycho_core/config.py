@@ -22,7 +22,7 @@ import logging
 import math
 import numbers
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,8 +35,12 @@ __all__ = [
     "ModelConfig",
     "TrainingConfig",
     "InferenceConfig",
+    "ExecutionConfig",
     "PyTorchExecutionConfig",
-    "TF_NEUTRAL_EXECUTION_FIELDS",
+    "ACCELERATORS",
+    "SCHEDULERS",
+    "LOGGER_BACKENDS",
+    "CHECKPOINT_MODES",
     "ignored_execution_fields",
     "load_config_file",
 ]
@@ -51,26 +55,6 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 SCHEDULERS = ("plateau", "none", "cosine", "step")
 LOGGER_BACKENDS = ("csv", "tensorboard", "mlflow", "none")
 CHECKPOINT_MODES = ("min", "max")
-
-#: Execution fields the TensorFlow backend honours; the others are logged as ignored.
-#: ``logger_backend`` is honoured only for ``csv`` and ``none``.
-TF_NEUTRAL_EXECUTION_FIELDS: frozenset[str] = frozenset(
-    {
-        "learning_rate",
-        "scheduler",
-        "early_stop_patience",
-        "enable_progress_bar",
-        "enable_checkpointing",
-        "inference_batch_size",
-        "deterministic",
-        "devices",
-        "accelerator",
-        "logger_backend",
-        "checkpoint_monitor_metric",
-        "checkpoint_mode",
-    }
-)
-_TF_LOGGERS = ("csv", "none")
 
 
 # ----------------------------------------------------------------------------- validators
@@ -389,17 +373,15 @@ class InferenceConfig(_ConfigBase):
                 raise c.fail("stitch_crop", f"None or an even integer with 0 < crop <= N = {n}")
             c.integer("stitch_crop")
 
-    def effective_stitch_crop(self) -> int:
-        """``stitch_crop`` or the even integer nearest ``20·N/64`` (pixels)."""
-        if self.stitch_crop is not None:
-            return self.stitch_crop
-        return max(2, 2 * round(10 * self.model.N / 64))
-
 
 # ----------------------------------------------------------------------------- execution
 @dataclass(frozen=True)
-class PyTorchExecutionConfig(_ConfigBase):
-    """Runtime knobs (never science). ``devices``: int >= 1, -1 (all), "auto" or a device list."""
+class ExecutionConfig(_ConfigBase):
+    """Runtime knobs (never science), taken by both backends; each honours the fields listed in
+    ``specs/configuration.md`` (TensorFlow: ``ptycho_tf.HONOURED_EXECUTION_FIELDS``).
+
+    ``devices``: int >= 1, -1 (all), "auto" or a list of device indices.
+    """
 
     accelerator: str = "auto"
     strategy: str = "auto"
@@ -463,22 +445,30 @@ class PyTorchExecutionConfig(_ConfigBase):
         c.integer("inference_batch_size", 1)
 
 
+#: The ADR-003 name of :class:`ExecutionConfig` (the PyTorch backend honours every field).
+PyTorchExecutionConfig = ExecutionConfig
+
+
 def ignored_execution_fields(
-    execution: PyTorchExecutionConfig | None,
-    honoured: frozenset[str] = TF_NEUTRAL_EXECUTION_FIELDS,
+    execution: ExecutionConfig | None,
+    honoured: Collection[str],
+    *,
+    honoured_values: Mapping[str, tuple[Any, ...]] | None = None,
 ) -> dict[str, Any]:
     """Fields of ``execution`` set away from their default that a backend honouring only
-    ``honoured`` ignores (TF: also ``logger_backend`` other than csv/none). For logging."""
+    ``honoured`` ignores, plus honoured fields whose value is outside ``honoured_values[name]``
+    (e.g. a logger the backend cannot run). For logging one line per run."""
     if execution is None:
         return {}
-    default = PyTorchExecutionConfig()
+    default = ExecutionConfig()
     out = {
         f.name: getattr(execution, f.name)
         for f in dataclasses.fields(execution)
         if f.name not in honoured and getattr(execution, f.name) != getattr(default, f.name)
     }
-    if honoured is TF_NEUTRAL_EXECUTION_FIELDS and execution.logger_backend not in _TF_LOGGERS:
-        out["logger_backend"] = execution.logger_backend
+    for name, values in (honoured_values or {}).items():
+        if getattr(execution, name) not in values:
+            out[name] = getattr(execution, name)
     return out
 
 

@@ -6,8 +6,9 @@ A backend's ``train`` calls :func:`prepare_training` and feeds ``prepared.train.
 ``prepared.train.offsets`` to its model, with ``prepared.probe`` (normalised) and
 ``prepared.intensity_scale`` (``s``). Its ``reconstruct`` calls :func:`prepare_inference`, then
 :func:`run_inference` with a ``predict(batch) -> (B, C_out, N, N) complex`` function, which
-batches (:func:`iter_batches`), stitches chunk by chunk (bounded memory) and returns the shared
-result dict (:func:`make_result`, keys :data:`RESULT_KEYS`). Framework code stays out of here.
+batches (:func:`iter_batches`), stitches chunk by chunk (bounded memory) and returns a
+:class:`Reconstruction`. The train/reconstruct skeleton around these steps is
+:mod:`ptycho_core.engine`. Framework code stays out of here.
 
 Randomness: grouping and the train/validation split use one ``Generator(config.seed)``;
 subsampling uses ``Generator(subsample_seed)`` (default ``config.seed``); inference groups with
@@ -36,7 +37,7 @@ from ptycho_core.stitching import Stitcher, StitchResult, default_stitch_crop
 
 __all__ = [
     "INFERENCE_SEED",
-    "RESULT_KEYS",
+    "Reconstruction",
     "PreparedInference",
     "PreparedTraining",
     "iter_batches",
@@ -49,17 +50,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RESULT_KEYS: tuple[str, ...] = (
-    "amplitude",
-    "phase",
-    "object",
-    "coverage",
-    "origin",
-    "positions",
-    "backend",
-    "config",
-    "timings",
-)
 INFERENCE_SEED = 0
 
 
@@ -337,7 +327,7 @@ def run_inference(
     predict: Callable[[GroupedData], np.ndarray],
     batch_size: int,
     backend: str,
-) -> dict[str, Any]:
+) -> Reconstruction:
     """Chunked predict-and-stitch. ``predict(batch)`` maps a :class:`GroupedData` batch (use
     ``batch.diffraction`` ``(B, C, N, N)`` = ``s·α·X`` and ``batch.offsets``) to complex object
     patches ``(B, C_out, N, N)`` (``C_out`` = C, or 1: placed at the group centre)."""
@@ -362,6 +352,32 @@ def run_inference(
     )
 
 
+@dataclass(eq=False)
+class Reconstruction:
+    """A stitched reconstruction in the object frame, as both backends return it.
+
+    ``object`` ``(H, W) complex64``; ``amplitude`` ``(H, W) float32`` = ``|object|``; ``phase``
+    ``(H, W) float32`` = ``angle(object)`` in ``(−π, π]`` (radians; ``specs/physics.md``);
+    ``coverage`` ``(H, W) float32`` (summed stitching weights, 0 where no patch landed);
+    ``origin`` ``(x0, y0)`` the object-frame coordinates of pixel ``[0, 0]``; ``positions``
+    ``(M, 2) float64`` ``(x, y)`` object pixels; ``backend`` its name; ``config`` the inference
+    config as a JSON-safe dict; ``timings`` seconds; ``norm_factor`` α of the data and
+    ``intensity_scale`` ``s`` of the bundle.
+    """
+
+    object: np.ndarray
+    amplitude: np.ndarray
+    phase: np.ndarray
+    coverage: np.ndarray
+    origin: tuple[float, float]
+    positions: np.ndarray
+    backend: str
+    config: dict[str, Any]
+    timings: dict[str, float]
+    norm_factor: float = math.nan
+    intensity_scale: float = math.nan
+
+
 def make_result(
     stitched: StitchResult,
     *,
@@ -369,30 +385,25 @@ def make_result(
     backend: str,
     config: Any,
     timings: Mapping[str, float],
-    **extra: Any,
-) -> dict[str, Any]:
-    """The shared result dict (:data:`RESULT_KEYS` plus ``extra``).
-
-    ``amplitude``/``phase`` ``(H, W) float32`` (phase in [−π, π]), ``object`` ``(H, W)
-    complex64``, ``coverage`` ``(H, W) float32``, ``origin`` ``(x0, y0)`` object pixels,
-    ``positions`` ``(M, 2)`` float64 ``(x, y)``, ``backend`` name, ``config`` a JSON-safe dict,
-    ``timings`` seconds.
-    """
+    norm_factor: float = math.nan,
+    intensity_scale: float = math.nan,
+) -> Reconstruction:
+    """A :class:`Reconstruction` from a stitcher's result (dtypes as documented there)."""
     obj = np.asarray(stitched.object, dtype=np.complex64)
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
-    result = {
-        "amplitude": np.abs(obj).astype(np.float32),
-        "phase": np.angle(obj).astype(np.float32),
-        "object": obj,
-        "coverage": np.asarray(stitched.coverage, dtype=np.float32),
-        "origin": tuple(float(v) for v in stitched.origin),
-        "positions": np.asarray(positions, dtype=np.float64),
-        "backend": str(backend),
-        "config": cfg,
-        "timings": {k: float(v) for k, v in timings.items()},
-    }
-    result.update(extra)
-    return result
+    return Reconstruction(
+        object=obj,
+        amplitude=np.abs(obj).astype(np.float32),
+        phase=np.angle(obj).astype(np.float32),
+        coverage=np.asarray(stitched.coverage, dtype=np.float32),
+        origin=(float(stitched.origin[0]), float(stitched.origin[1])),
+        positions=np.asarray(positions, dtype=np.float64),
+        backend=str(backend),
+        config=cfg,
+        timings={k: float(v) for k, v in timings.items()},
+        norm_factor=float(norm_factor),
+        intensity_scale=float(intensity_scale),
+    )
 
 
 def write_history_csv(path: str | Path, history: Mapping[str, list[float]]) -> Path:

@@ -1,0 +1,129 @@
+"""The network's layer table (ADR-002, ``specs/model.md``), once, for both backends.
+
+Both backends build their convolutions by iterating :func:`conv_layers`; each backend's tests
+assert only "my layers == this table", and core's tests check the table against the ADR by hand.
+Nothing here imports a framework.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ptycho_core.config import SUPPORTED_N
+
+__all__ = [
+    "ConvLayer",
+    "conv_layers",
+    "conv_flops_per_group",
+    "decoder_levels",
+    "encoder_levels",
+    "parameter_count",
+    "scalar_weights",
+]
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One 3×3, stride-1, "same"-padded convolution with bias.
+
+    ``name`` the ADR-002 name (``enc0_conv1``, ``amp_head``, …); ``in_channels`` →
+    ``out_channels``; ``size`` the side in pixels of the square feature map it runs on.
+    """
+
+    name: str
+    in_channels: int
+    out_channels: int
+    size: int
+
+    @property
+    def n_params(self) -> int:
+        """Weights plus biases: ``(9·in + 1)·out``."""
+        return (9 * self.in_channels + 1) * self.out_channels
+
+    @property
+    def flops_per_sample(self) -> int:
+        """Forward FLOPs for one sample (two per multiply-add)."""
+        return 2 * 9 * self.in_channels * self.out_channels * self.size * self.size
+
+
+def encoder_levels(n: int) -> int:
+    """``L = log2(N / 8)``: the encoder's number of levels (the bottleneck is 8×8)."""
+    if n not in SUPPORTED_N:
+        raise ValueError(f"N={n} is not supported; the model supports N in {SUPPORTED_N}")
+    return int(round(math.log2(n / 8)))
+
+
+def decoder_levels(n: int) -> int:
+    """``L − 1``: each decoder's number of levels before the head stage."""
+    return encoder_levels(n) - 1
+
+
+def conv_layers(model_config: Any) -> list[ConvLayer]:
+    """Every convolution of the model for ``model_config`` (a :class:`ModelConfig` or anything
+    with ``N``, ``gridsize``, ``n_filters_scale``, ``object_big``, ``probe_big``,
+    ``pad_object``), in the ADR-002 row order (amplitude before phase)."""
+    n = int(model_config.N)
+    k = int(model_config.n_filters_scale)
+    if k < 1:
+        raise ValueError(
+            f"n_filters_scale={model_config.n_filters_scale!r} must be an integer >= 1"
+        )
+    levels = encoder_levels(n)
+    c = int(model_config.gridsize) ** 2
+    c_out = c if model_config.object_big else 1
+    layers: list[ConvLayer] = []
+    cin = c
+    for i in range(levels):
+        f = 128 * k // 2 ** (levels - 1 - i)
+        layers += [
+            ConvLayer(f"enc{i}_conv1", cin, f, n >> i),
+            ConvLayer(f"enc{i}_conv2", f, f, n >> i),
+        ]
+        cin = f
+    bottleneck = cin
+    for branch in ("amp", "phase"):
+        cin = bottleneck
+        for j in range(levels - 1):
+            g = 32 * k * 2 ** (levels - 2 - j)
+            layers += [
+                ConvLayer(f"{branch}_dec{j}_conv1", cin, g, 8 << j),
+                ConvLayer(f"{branch}_dec{j}_conv2", g, g, 8 << j),
+            ]
+            cin = g
+    top = 32 * k
+    head = n // 2 if model_config.pad_object else n
+    layers += [ConvLayer("amp_head", top, c_out, head), ConvLayer("phase_head", top, c_out, head)]
+    if not model_config.pad_object:
+        for branch in ("amp", "phase"):
+            layers += [
+                ConvLayer(f"{branch}_up_conv1", top, top, n // 2),
+                ConvLayer(f"{branch}_up_conv2", top, top, n // 2),
+            ]
+    elif model_config.probe_big:
+        for branch in ("amp", "phase"):
+            layers += [
+                ConvLayer(f"{branch}_border_conv1", top, top, n // 2),
+                ConvLayer(f"{branch}_border_conv2", top, top, n // 2),
+                ConvLayer(f"{branch}_border_head", top, c_out, n),
+            ]
+    return layers
+
+
+def scalar_weights(model_config: Any) -> list[tuple[str, tuple[int, ...]]]:
+    """The non-convolution weights, after the convs: ``log_intensity_scale`` ``()`` and the probe
+    as ``probe_real``, ``probe_imag`` ``(N, N)`` (float32)."""
+    n = int(model_config.N)
+    return [("log_intensity_scale", ()), ("probe_real", (n, n)), ("probe_imag", (n, n))]
+
+
+def parameter_count(model_config: Any) -> int:
+    """Σ over convs ``(9·in + 1)·out``, plus ``1 + 2N²`` for the scale and the probe."""
+    n = int(model_config.N)
+    return sum(layer.n_params for layer in conv_layers(model_config)) + 1 + 2 * n * n
+
+
+def conv_flops_per_group(model_config: Any) -> int:
+    """Forward FLOPs of all convolutions for one group (one input sample)."""
+    return sum(layer.flops_per_sample for layer in conv_layers(model_config))
