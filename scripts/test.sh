@@ -1,13 +1,54 @@
 #!/usr/bin/env bash
-# Sets up the test environment (unless --no-setup) and runs every test suite.
+# Sets up the test environment (unless --no-setup) and runs the test suites.
 # Each deep-learning backend runs in its own pytest process (specs/packages.md: never import
 # TensorFlow and torch into one process).
+#
+# Usage: bash scripts/test.sh [--no-setup | --setup-only] [--lane fast|slow|all]
+#                             [--suite core|torch|tf|all]
+#   --no-setup    use the caller's environment as it is (e.g. `hatch run test`, .ci/run)
+#   --setup-only  create/update the venv ($PTYCHO_TEST_VENV, default .venv) and stop
+#   --lane        fast: -m "not slow"; slow: -m slow; all (default): every test, one pass
+#   --suite       one pytest process only: core (core + cli + tests/), torch, tf; default all
+# Exit status: 0 when every suite passed (a suite with no test in the lane counts as passed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${PTYCHO_TEST_VENV:-$ROOT/.venv}
 
-if [[ "${1:-}" != "--no-setup" ]]; then
+usage() {
+  echo "usage: bash scripts/test.sh [--no-setup | --setup-only] [--lane fast|slow|all]" \
+    "[--suite core|torch|tf|all]" >&2
+  exit 2
+}
+setup=1 setup_only=0 lane=all suite=all
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --no-setup) setup=0 ;;
+    --setup-only) setup_only=1 ;;
+    --lane) [[ $# -ge 2 ]] || usage; lane=$2; shift ;;
+    --lane=*) lane=${1#--lane=} ;;
+    --suite) [[ $# -ge 2 ]] || usage; suite=$2; shift ;;
+    --suite=*) suite=${1#--suite=} ;;
+    -h | --help) usage ;;
+    *) echo "unknown option: $1" >&2; usage ;;
+  esac
+  shift
+done
+case $lane in
+  fast) marker=(-m "not slow") ;;
+  slow) marker=(-m slow) ;;
+  all) marker=() ;;
+  *) echo "unknown lane: $lane" >&2; usage ;;
+esac
+case $suite in
+  core | torch | tf | all) ;;
+  *) echo "unknown suite: $suite" >&2; usage ;;
+esac
+if [[ $setup -eq 0 && $setup_only -eq 1 ]]; then
+  echo "--no-setup and --setup-only exclude each other" >&2; exit 2
+fi
+
+if [[ $setup -eq 1 ]]; then
   if [[ ! -x "$VENV/bin/python" ]]; then
     python3 -m venv "$VENV" || exit 1
   fi
@@ -19,24 +60,25 @@ if [[ "${1:-}" != "--no-setup" ]]; then
     || { echo "test set-up failed"; exit 1; }
   # Ptychodus, headless, only for the conformance test (its full dependency set is a GUI stack).
   python -m pip install -q --no-deps ptychodus || echo "warning: ptychodus not installed"
+  [[ $setup_only -eq 1 ]] && exit 0
 fi
-# With --no-setup the caller's environment (e.g. `hatch run test`) is used as it is.
 
 export PYTHONHASHSEED=0 TF_CPP_MIN_LOG_LEVEL=2 MPLBACKEND=Agg
 status=0
 run_suite() {
-  local name=$1; shift
-  echo "=== $name ==="
-  python -m pytest -q "$@"
+  local key=$1 name=$2; shift 2
+  [[ $suite == all || $suite == "$key" ]] || return 0
+  echo "=== $name (lane: $lane) ==="
+  python -m pytest -q "${marker[@]}" "$@"
   local rc=$?
-  if [[ $rc -eq 5 ]]; then
-    echo "($name: no tests collected)"
-  elif [[ $rc -ne 0 ]]; then
+  # Exit 5 (no test selected in this lane) is not a failure; pytest's own line says so.
+  if [[ $rc -ne 0 && $rc -ne 5 ]]; then
     echo "$name: FAILED (pytest exit $rc)"
     status=1
   fi
 }
-run_suite "core + cli (no framework in process)" packages/ptycho-core/tests packages/ptycho-cli/tests tests
-run_suite "pytorch backend" packages/ptycho-torch/tests
-run_suite "tensorflow backend" packages/ptycho-tf/tests
+run_suite core "core + cli (no framework in process)" \
+  packages/ptycho-core/tests packages/ptycho-cli/tests tests
+run_suite torch "pytorch backend" packages/ptycho-torch/tests
+run_suite tf "tensorflow backend" packages/ptycho-tf/tests
 exit $status
