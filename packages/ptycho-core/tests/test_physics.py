@@ -279,3 +279,154 @@ def test_scales():
     assert ph.intensity_scale(1e6, 64) == pytest.approx(1000 / 32)
     with pytest.raises(ValueError):
         ph.intensity_scale(0, 64)
+
+
+# ----------------------------------------------------------------------------- object_big merge
+@pytest.mark.parametrize("n,lo,hi", [(8, 2, 6), (16, 4, 12), (32, 8, 24), (10, 2, 7), (6, 1, 4)])
+def test_center_mask_is_the_centre_square(n, lo, hi):
+    m = ph.center_mask(n)
+    assert m.shape == (n, n) and m.dtype == np.float64
+    rows = (np.arange(n) >= lo) & (np.arange(n) < hi)
+    np.testing.assert_array_equal(m, np.outer(rows, rows).astype(float))
+
+
+@pytest.mark.parametrize(
+    "n,offsets,side",
+    [
+        (32, [[[0.0, 0.0]]], 32),
+        (32, [[[3.0, -1.0]]], 38),  # ceil(3) = 3
+        (32, [[[0.2, 0.0]]], 34),  # ceil(0.2) = 1
+        (32, [[[2.5, -4.1], [1.0, 1.0]]], 42),  # max |component| = 4.1 -> 5
+        (64, [[[1.0, 0.5]], [[-7.0, 2.0]]], 78),  # the max is over the whole batch
+        (33, [[[1.0, 0.0]]], 36),  # 33 + 2 = 35, rounded up to even
+        (16, np.zeros((1, 0, 2)), 16),
+    ],
+)
+def test_merge_canvas_size_rule(n, offsets, side):
+    got = ph.merge_canvas_size(n, np.asarray(offsets))
+    assert got == side and isinstance(got, int)
+
+
+def test_merge_zero_offsets_is_identity_inside_the_centre():
+    rng = np.random.default_rng(20)
+    n = 16
+    q = slice(4, 12)
+    outside = np.ones((n, n), bool)
+    outside[q, q] = False
+    single = _crandn(rng, 3, 1, n, n)
+    out = ph.object_big_merge(single, np.zeros((3, 1, 2)))
+    np.testing.assert_allclose(out[..., q, q], single[..., q, q], rtol=0, atol=1e-12)
+    assert np.all(out[..., outside] == 0)
+    # several channels at the same place: every channel becomes their mean (inside the centre)
+    many = _crandn(rng, 3, 4, n, n)
+    out = ph.object_big_merge(many, np.zeros((3, 4, 2)))
+    mean = many.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(
+        out[..., q, q], np.broadcast_to(mean, out.shape)[..., q, q], atol=1e-12
+    )
+    assert np.all(out[..., outside] == 0)
+
+
+def _covered(offsets, n):
+    """``cov[c, i, j]``: pixel ``(i, j)`` of channel ``c`` lies in some channel's centre square.
+
+    Integer offsets: channel ``c``'s pixel ``i`` is object pixel ``centre + off_c − n/2 + i``,
+    channel ``k``'s centre square covers ``centre + off_k − n/2 + [n/4, 3n/4)``.
+    """
+    q, h = n // 4, n // 2
+    i = np.arange(n)
+    cov = np.zeros((len(offsets), n, n), bool)
+    for c, (dxc, dyc) in enumerate(offsets):
+        for dxk, dyk in offsets:
+            ry = (i + dyc - dyk >= q) & (i + dyc - dyk < q + h)
+            rx = (i + dxc - dxk >= q) & (i + dxc - dxk < q + h)
+            cov[c] |= ry[:, None] & rx[None, :]
+    return cov
+
+
+@pytest.mark.parametrize("n", [16, 32])
+def test_merge_consistent_patches_come_back_unchanged_where_covered(n):
+    """Patches cut from one object at integer offsets are reproduced wherever any channel's
+    centre square covers them, and are 0 where none does."""
+    rng = np.random.default_rng(21)
+    offsets = np.array(
+        [
+            [[0, 0], [3, 0], [0, -3], [3, -3]],
+            [[0, 0], [5, 1], [-3, 4], [2, -6]],
+            [[-7, 7], [7, -7], [1, 0], [0, 0]],  # far apart: some channels cover only themselves
+        ],
+        dtype=float,
+    )
+    centre = np.array([40.0, 40.0])
+    patches = np.stack(
+        [ph.extract_patches(_crandn(rng, 80, 80), centre + off, n) for off in offsets]
+    )
+    out = ph.object_big_merge(patches, offsets)
+    for b, off in enumerate(offsets):
+        cov = _covered(off, n)
+        if b < 2:  # overlapping groups: pixels outside a channel's own centre are checked too
+            assert cov.sum() > len(off) * (n // 2) ** 2
+        np.testing.assert_allclose(out[b][cov], patches[b][cov], rtol=0, atol=1e-12)
+        assert np.all(out[b][~cov] == 0)
+
+
+def test_merge_constant_object_fractional_offsets():
+    """A constant object stays constant on every channel's centre square (fractional offsets)
+    and the merge never amplifies (the weights are normalised)."""
+    rng = np.random.default_rng(22)
+    n, c = 32, 4
+    frac = rng.uniform(0.1, 0.9, (3, c, 2))  # away from 0/1: every weight >= 0.01 > 1e-3
+    offsets = rng.integers(-5, 5, (3, c, 2)) + frac
+    val = 0.7 - 0.4j
+    out = ph.object_big_merge(np.full((3, c, n, n), val), offsets)
+    q = slice(n // 4, 3 * n // 4)
+    np.testing.assert_allclose(out[..., q, q], val, rtol=0, atol=1e-12)
+    assert np.abs(out).max() <= abs(val) * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("n,c", [(16, 1), (16, 4), (32, 4)])
+def test_merge_equals_the_place_extract_formulation(n, c):
+    """Translating the padded patch by ``+offset`` is placing it (the adjoint of bilinear
+    extraction, scatter-added) at canvas position ``side/2 + offset``; re-extraction is
+    extracting there. This builds the merge from those independent code paths."""
+    rng = np.random.default_rng(23)
+    b = 3
+    patches = _crandn(rng, b, c, n, n)
+    offsets = rng.uniform(-4.5, 4.5, (b, c, 2))
+    side = ph.merge_canvas_size(n, offsets)
+    mask = ph.center_mask(n)
+    want = np.empty_like(patches)
+    for i in range(b):
+        pos = offsets[i] + side / 2
+        num = ph.place_patches(patches[i] * mask, pos, (side, side))
+        den = ph.place_patches(np.repeat(mask[None], c, 0), pos, (side, side))
+        merged = np.where(den > 0, num / np.maximum(den, 1e-3), 0)
+        want[i] = ph.extract_patches(merged, pos, n)
+    np.testing.assert_allclose(ph.object_big_merge(patches, offsets), want, atol=1e-12)
+
+
+def test_merge_is_per_sample_and_independent_of_the_canvas():
+    rng = np.random.default_rng(24)
+    patches = _crandn(rng, 2, 4, 16, 16)
+    offsets = rng.uniform(-2, 2, (2, 4, 2))
+    offsets[1, 0] = (9.5, -11.0)  # sample 1 widens the batch's canvas from 20 to 40
+    alone = ph.object_big_merge(patches[:1], offsets[:1])
+    both = ph.object_big_merge(patches, offsets)
+    np.testing.assert_allclose(both[0], alone[0], rtol=0, atol=1e-13)
+    louder = patches.copy()
+    louder[1] *= 100
+    np.testing.assert_allclose(ph.object_big_merge(louder, offsets)[0], both[0], atol=1e-13)
+
+
+def test_merge_dtypes_and_bad_shapes():
+    assert ph.object_big_merge(np.ones((1, 1, 8, 8), np.float32), np.zeros((1, 1, 2))).dtype == (
+        np.float64
+    )
+    z = np.ones((1, 2, 8, 8), np.complex64)
+    assert ph.object_big_merge(z, np.zeros((1, 2, 2))).dtype == np.complex128
+    with pytest.raises(ValueError, match="even"):
+        ph.object_big_merge(np.ones((1, 1, 9, 9)), np.zeros((1, 1, 2)))
+    with pytest.raises(ValueError, match="offsets"):
+        ph.object_big_merge(z, np.zeros((1, 3, 2)))
+    with pytest.raises(ValueError, match="patches"):
+        ph.object_big_merge(np.ones((2, 8, 8)), np.zeros((2, 1, 2)))

@@ -11,6 +11,10 @@ Frames and units
 * :func:`place_patches` is the exact adjoint of :func:`extract_patches`.
 * Diffraction patterns carry the zero frequency at index ``(N/2, N/2)`` (fftshift convention),
   amplitude ``A = |fftshift(fft2(psi))| / N`` so that ``sum A**2 == sum |psi|**2`` (Parseval).
+* Phases are radians in ``(−π, π]``, the range of :func:`numpy.angle` (the one wrap convention
+  of the project; :func:`ptycho_core.metrics.wrap_phase` maps into it).
+* :func:`object_big_merge` is the oracle of the backends' ``object_big`` merge
+  (``specs/model.md``); its arrays use the torch layout ``(B, C, N, N)``.
 
 Bilinear sampling of a whole patch at a point ``p`` splits ``p`` into an integer part
 ``k = floor(p)`` and a fraction ``f = p - k`` that is the same for every pixel of the patch, so
@@ -33,6 +37,7 @@ __all__ = [
     "extract_patches",
     "place_patches",
     "disk_mask",
+    "center_mask",
     "normalize_probe",
     "gaussian_kernel1d",
     "illuminate",
@@ -42,6 +47,8 @@ __all__ = [
     "diffraction_norm_factor",
     "estimate_nphotons",
     "intensity_scale",
+    "merge_canvas_size",
+    "object_big_merge",
 ]
 
 logger = logging.getLogger(__name__)
@@ -182,14 +189,14 @@ def _check_patch_args(positions: np.ndarray, n: int) -> np.ndarray:
     return pos
 
 
-def extract_patches(obj: np.ndarray, positions: np.ndarray, N: int) -> np.ndarray:
-    """Cut ``N×N`` patches out of an object at scan positions (bilinear, zero outside).
+def extract_patches(obj: np.ndarray, positions: np.ndarray, n: int) -> np.ndarray:
+    """Cut ``n×n`` patches out of an object at scan positions (bilinear, zero outside).
 
     Parameters
     ----------
     obj : (H, W) float or complex
     positions : (M, 2) float, ``(x, y)`` object pixels
-    N : even patch size
+    n : even patch size ``N``
 
     Returns
     -------
@@ -199,17 +206,17 @@ def extract_patches(obj: np.ndarray, positions: np.ndarray, N: int) -> np.ndarra
     obj = _as_float(obj)
     if obj.ndim != 2:
         raise ValueError(f"obj must be 2-D (H, W), got shape {obj.shape}")
-    pos = _check_patch_args(positions, N)
+    pos = _check_patch_args(positions, n)
     m = pos.shape[0]
-    pad = N + 1
+    pad = n + 1
     src = np.pad(obj, pad).ravel()
-    out = np.empty((m, N, N), dtype=obj.dtype)
-    step = max(1, _CHUNK_ELEMS // ((N + 1) ** 2))
+    out = np.empty((m, n, n), dtype=obj.dtype)
+    step = max(1, _CHUNK_ELEMS // ((n + 1) ** 2))
     for s in range(0, m, step):
         p = pos[s : s + step]
-        ky, fy = _split(p[:, 1] - N / 2)
-        kx, fx = _split(p[:, 0] - N / 2)
-        flat = _padded_block_index(ky, kx, N + 1, N + 1, obj.shape, pad)
+        ky, fy = _split(p[:, 1] - n / 2)
+        kx, fx = _split(p[:, 0] - n / 2)
+        flat = _padded_block_index(ky, kx, n + 1, n + 1, obj.shape, pad)
         out[s : s + step] = _blend(np.take(src, flat), fy, fx)
     return out
 
@@ -273,15 +280,28 @@ def place_patches(patches: np.ndarray, positions: np.ndarray, shape: tuple[int, 
 
 
 # ----------------------------------------------------------------------------- probe
-def disk_mask(N: int, radius: float | None = None) -> np.ndarray:
-    """Disk of ``radius`` (default ``N/4``) pixels centred at ``((N-1)/2, (N-1)/2)``.
+def disk_mask(n: int, radius: float | None = None) -> np.ndarray:
+    """Disk of ``radius`` (default ``n/4``) pixels centred at ``((n-1)/2, (n-1)/2)``.
 
-    Returns ``(N, N) float32`` with 1 where the pixel-centre distance ``<= radius``, else 0.
+    Returns ``(n, n) float32`` with 1 where the pixel-centre distance ``<= radius``, else 0.
     """
-    r = N / 4 if radius is None else float(radius)
-    c = (N - 1) / 2
-    yy, xx = np.mgrid[0:N, 0:N]
+    r = n / 4 if radius is None else float(radius)
+    c = (n - 1) / 2
+    yy, xx = np.mgrid[0:n, 0:n]
     return (((yy - c) ** 2 + (xx - c) ** 2) <= r * r).astype(np.float32)
+
+
+def center_mask(n: int) -> np.ndarray:
+    """The centre ``n/2`` square: ``(n, n) float64``, 1 on rows and columns
+    ``[n//4, n//4 + n//2)`` (``[n/4, 3n/4)`` for ``n`` divisible by 4), 0 elsewhere.
+
+    The weight of the ``object_big`` merge and the complement of the ``probe_big`` border
+    (``specs/model.md``).
+    """
+    m = np.zeros((n, n), dtype=np.float64)
+    q, h = n // 4, n // 2
+    m[q : q + h, q : q + h] = 1.0
+    return m
 
 
 def normalize_probe(probe: np.ndarray, probe_scale: float = 4.0) -> np.ndarray:
@@ -415,3 +435,58 @@ def intensity_scale(nphotons: float, N: int) -> float:
     if not nphotons > 0:
         raise ValueError(f"nphotons must be > 0, got {nphotons}")
     return float(np.sqrt(nphotons) / (N / 2))
+
+
+# ----------------------------------------------------------------------------- object_big merge
+def merge_canvas_size(n: int, offsets: np.ndarray) -> int:
+    """Side of the square ``object_big`` merge canvas (``specs/model.md``), in pixels.
+
+    ``side = n + 2·ceil(max |offset|)`` (the max over every component of every offset, i.e.
+    the whole batch), rounded up to an even number; ``offsets`` is any array of pixel offsets
+    (normally ``(B, C, 2)``). Empty ``offsets`` count as zero. A translation by any of the
+    offsets keeps a centred ``n×n`` patch inside the canvas, so the merge clips nothing.
+    """
+    off = np.asarray(offsets, dtype=np.float64)
+    m = int(np.ceil(np.max(np.abs(off)))) if off.size else 0
+    side = int(n) + 2 * m
+    return side + side % 2
+
+
+def object_big_merge(patches: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Oracle of the backends' ``object_big`` merge and re-extraction (``specs/model.md``).
+
+    Per sample ``b`` (samples never mix): each channel's patch times the centre mask
+    (:func:`center_mask`) is zero-padded to the canvas of :func:`merge_canvas_size` (patch
+    centre ``n/2`` at canvas index ``side/2``) and translated by ``+offset_c`` with
+    :func:`translate` (bilinear, content moves by ``+(dx, dy)``); the padded masks are
+    translated the same way. With ``S = Σ_c translated patch·mask`` and ``W = Σ_c translated
+    mask``, ``merged = S / max(W, 1e-3)`` where ``W > 0`` and 0 elsewhere. Channel ``c`` is
+    re-extracted by translating ``merged`` by ``−offset_c`` and cropping the central ``n×n``.
+
+    Parameters
+    ----------
+    patches : (B, C, N, N) complex (or real) object patches, torch layout; ``N`` even
+    offsets : (B, C, 2) float, ``(dx, dy)`` pixels of each channel from its group centre
+
+    Returns
+    -------
+    (B, C, N, N) complex128 (float64 for real ``patches``).
+    """
+    x = np.asarray(patches)
+    x = x.astype(np.complex128 if np.iscomplexobj(x) else np.float64)
+    if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"patches must have shape (B, C, N, N), got {x.shape}")
+    b, c, n, _ = x.shape
+    if n % 2:
+        raise ValueError(f"patch size N must be even, got {n}")
+    off = np.asarray(offsets, dtype=np.float64)
+    if off.shape != (b, c, 2):
+        raise ValueError(f"offsets must have shape {(b, c, 2)} (dx, dy), got {off.shape}")
+    mask = center_mask(n)
+    side = merge_canvas_size(n, off)
+    p = (side - n) // 2
+    canvas = np.pad(x * mask, ((0, 0), (0, 0), (p, p), (p, p)))
+    num = translate(canvas, off).sum(axis=1)  # (B, side, side)
+    den = translate(np.pad(mask, p), off).sum(axis=1)  # mask broadcast over (B, C)
+    merged = np.where(den > 0, num / np.maximum(den, 1e-3), 0)
+    return translate(merged[:, None], -off)[..., p : p + n, p : p + n]

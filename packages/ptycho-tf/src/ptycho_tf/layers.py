@@ -89,7 +89,7 @@ class BorderCombine(keras.layers.Layer):
 
     def call(self, padded, border):
         n = int(padded.shape[1])
-        outside = 1.0 - physics.center_mask(n, padded.dtype)[None, :, :, None]
+        outside = 1.0 - physics.center_mask(n, dtype=padded.dtype)[None, :, :, None]
         return padded + outside * border
 
 
@@ -106,13 +106,13 @@ class ComplexFromPolar(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PKG)
 class ObjectMerge(keras.layers.Layer):
-    """``object_big`` per-sample merge and re-extraction (:func:`physics.object_big_merge`).
+    """``object_big`` per-sample merge and re-extraction (:func:`physics.object_big_merge_cl`).
 
     Inputs: patches ``(B, N, N, C)`` complex64, offsets ``(B, C, 2)`` float32 pixels.
     """
 
     def call(self, patches, offsets):
-        return physics.object_big_merge(patches, offsets)
+        return physics.object_big_merge_cl(patches, offsets)
 
     def compute_output_spec(self, patches, offsets):
         return keras.KerasTensor(patches.shape, dtype="complex64")

@@ -7,8 +7,11 @@ in pixels (float), pixel centres at integer coordinates. ONE sign convention eve
 against the NumPy oracle on identical inputs (``tests/test_physics.py``).
 
 Layouts: the generic functions here take the image axes *last* (``(..., H, W)``, like the
-oracle); the model-facing helpers with ``_cl`` in their name take TF's channels-last layout
-``(B, N, N, C)`` and transpose internally.
+oracle); their names and arguments are those of :mod:`ptycho_torch.physics` (``object_big_merge``
+takes ``(B, C, N, N)`` in both). The model-facing helpers with ``_cl`` in their name take TF's
+channels-last layout ``(B, N, N, C)`` and transpose internally.
+
+Phases are radians in ``(−π, π]`` (``tf.math.angle``, like ``numpy.angle``).
 
 Bilinear translation is a pair of separable 1-D "hat" operators
 ``T[i, j] = max(0, 1 − |j − (i + start − shift)|)`` applied as matrix products, so an integer
@@ -22,7 +25,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 __all__ = [
-    "shift_operator",
+    "shift_matrix",
     "translate",
     "extract_patches",
     "place_patches",
@@ -36,6 +39,7 @@ __all__ = [
     "poisson_nll",
     "merge_canvas_size",
     "object_big_merge",
+    "object_big_merge_cl",
     "translate_channels_cl",
 ]
 
@@ -44,7 +48,7 @@ def _real_dtype(x: tf.Tensor) -> tf.DType:
     return x.dtype.real_dtype if x.dtype.is_complex else x.dtype
 
 
-def shift_operator(size, shift: tf.Tensor, out_size=None, start=0.0) -> tf.Tensor:
+def shift_matrix(size, shift: tf.Tensor, out_size=None, start=0.0) -> tf.Tensor:
     """1-D bilinear resampling operator ``T[..., i, j] = max(0, 1 − |j − (i + start − shift)|)``.
 
     ``(T @ v)[i]`` is ``v`` sampled at ``i + start − shift`` (bilinear, 0 outside ``[0, size)``).
@@ -59,12 +63,37 @@ def shift_operator(size, shift: tf.Tensor, out_size=None, start=0.0) -> tf.Tenso
     return tf.nn.relu(1.0 - tf.abs(j - src[..., :, None]))
 
 
+def _matmul(a: tf.Tensor, b: tf.Tensor, transpose_b: bool = False) -> tf.Tensor:
+    """``a @ b`` (``a @ bᵀ`` with ``transpose_b``), the batch axes broadcast explicitly first.
+
+    TF 2.21's oneDNN CPU batch matmul mishandles broadcasting it does itself when the left
+    operand's batch has a size-1 axis (``(B, 1, n, n) @ (n, n)`` returns garbage or segfaults;
+    tensorflow/tensorflow#117700, #123109), so both operands get the full batch shape here.
+    """
+    if a.shape.rank == 2 and b.shape.rank == 2:
+        return tf.matmul(a, b, transpose_b=transpose_b)
+    static = tf.broadcast_static_shape(a.shape[:-2], b.shape[:-2])
+    if static.is_fully_defined():
+        batch = static.as_list()
+    else:
+        batch = tf.broadcast_dynamic_shape(tf.shape(a)[:-2], tf.shape(b)[:-2])
+
+    def full(t: tf.Tensor) -> tf.Tensor:
+        if static.is_fully_defined() and t.shape[:-2].as_list() == batch:
+            return t
+        out = tf.broadcast_to(t, tf.concat([batch, tf.shape(t)[-2:]], 0))
+        out.set_shape(static.concatenate(t.shape[-2:]))
+        return out
+
+    return tf.matmul(full(a), full(b), transpose_b=transpose_b)
+
+
 def _apply_separable(img: tf.Tensor, ty: tf.Tensor, tx: tf.Tensor) -> tf.Tensor:
     """``ty @ img @ txᵀ`` for real or complex ``img`` with real operators."""
     if img.dtype.is_complex:
         ty = tf.cast(ty, img.dtype)
         tx = tf.cast(tx, img.dtype)
-    return tf.matmul(tf.matmul(ty, img), tx, transpose_b=True)
+    return _matmul(_matmul(ty, img), tx, transpose_b=True)
 
 
 def translate(img: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
@@ -76,8 +105,8 @@ def translate(img: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
     img = tf.convert_to_tensor(img)
     shift = tf.cast(shift, _real_dtype(img))
     h, w = tf.shape(img)[-2], tf.shape(img)[-1]
-    ty = shift_operator(h, shift[..., 1])
-    tx = shift_operator(w, shift[..., 0])
+    ty = shift_matrix(h, shift[..., 1])
+    tx = shift_matrix(w, shift[..., 0])
     return _apply_separable(img, ty, tx)
 
 
@@ -155,7 +184,7 @@ def place_patches(patches: tf.Tensor, positions: tf.Tensor, shape) -> tf.Tensor:
     return tf.reshape(out[:-1], (h, w))
 
 
-def disk_mask(n: int, radius: float | None = None, dtype=tf.float32) -> tf.Tensor:
+def disk_mask(n: int, radius: float | None = None, *, dtype=tf.float32) -> tf.Tensor:
     """``(n, n)`` disk, radius ``n/4`` by default, centred at ``((n−1)/2, (n−1)/2)``; 1 inside
     (``r² <= radius²``), 0 outside."""
     radius = n / 4 if radius is None else float(radius)
@@ -164,14 +193,15 @@ def disk_mask(n: int, radius: float | None = None, dtype=tf.float32) -> tf.Tenso
     return tf.cast(r2 <= radius * radius, dtype)
 
 
-def center_mask(n: int, dtype=tf.float32) -> tf.Tensor:
-    """``(n, n)``: 1 on the central ``n/2`` square ``[n/4, 3n/4)``, 0 elsewhere."""
+def center_mask(n: int, *, dtype=tf.float32) -> tf.Tensor:
+    """``(n, n)`` mask (``dtype``), 1 on rows and columns ``[n//4, n//4 + n//2)`` (the central
+    ``n/2`` square), 0 elsewhere, as :func:`ptycho_core.physics.center_mask`."""
     ax = tf.range(n)
     inside = (ax >= n // 4) & (ax < n // 4 + n // 2)
     return tf.cast(inside[:, None] & inside[None, :], dtype)
 
 
-def gaussian_kernel1d(sigma: float, dtype=tf.float64) -> tf.Tensor:
+def gaussian_kernel1d(sigma: float, *, dtype=tf.float64) -> tf.Tensor:
     """Normalised 1-D Gaussian of radius ``int(4·sigma + 0.5)`` (scipy.ndimage's truncation)."""
     radius = int(4.0 * float(sigma) + 0.5)
     x = tf.range(-radius, radius + 1, dtype=tf.float64)
@@ -193,7 +223,7 @@ def gaussian_smooth(img: tf.Tensor, sigma: float) -> tf.Tensor:
     ``sigma`` in pixels; ``sigma <= 0`` returns ``img`` unchanged."""
     if sigma <= 0:
         return img
-    k = gaussian_kernel1d(sigma, _real_dtype(img))
+    k = gaussian_kernel1d(sigma, dtype=_real_dtype(img))
     h, w = int(img.shape[-2]), int(img.shape[-1])
     return _apply_separable(img, _band(h, k), _band(w, k))
 
@@ -247,7 +277,9 @@ def poisson_nll(
 
 
 def merge_canvas_size(n: int, offsets: tf.Tensor) -> tf.Tensor:
-    """Canvas side ``n + 2·ceil(max|offset|)`` rounded up to even (scalar int32 tensor)."""
+    """Canvas side in pixels, ``n + 2·ceil(max|offset|)`` over the whole batch, rounded up to
+    even (``specs/model.md``; :func:`ptycho_core.physics.merge_canvas_size`). A scalar int32
+    tensor: the side is data-dependent inside a traced graph."""
     m = tf.cast(tf.math.ceil(tf.reduce_max(tf.abs(offsets))), tf.int32)
     side = n + 2 * m
     return side + side % 2
@@ -256,32 +288,41 @@ def merge_canvas_size(n: int, offsets: tf.Tensor) -> tf.Tensor:
 def object_big_merge(patches: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
     """Per-sample overlap merge and re-extraction (``specs/model.md`` ``object_big``, ADR-002).
 
-    patches: ``(B, N, N, C)`` complex64 object patches (TF layout); offsets: ``(B, C, 2)``
-    ``(dx, dy)`` pixels of each channel from its group centre. Sample ``b``'s channels are
-    placed on sample ``b``'s own canvas (no clipping), averaged with the centre ``N/2`` square
-    masks as weights (the same mask in numerator and denominator), and each channel is
-    re-extracted at its offset. Returns ``(B, N, N, C)`` complex64.
+    patches: ``(B, C, N, N)`` complex object patches (the generic layout; ``N`` even);
+    offsets: ``(B, C, 2)`` ``(dx, dy)`` pixels of each channel from its group centre. Sample
+    ``b``'s channels are placed on sample ``b``'s own canvas (no clipping), averaged with the
+    centre ``N/2`` square masks as weights (the same mask in numerator and denominator), and
+    each channel is re-extracted at its offset. Returns ``(B, C, N, N)``, dtype of
+    ``patches``. Tested against the NumPy oracle :func:`ptycho_core.physics.object_big_merge`.
     """
-    n = int(patches.shape[1])
-    x = tf.transpose(patches, (0, 3, 1, 2))  # (B, C, N, N)
+    x = tf.convert_to_tensor(patches)
+    n = int(x.shape[-1])
+    if n % 2:
+        raise ValueError(f"patch size N must be even, got {n}")
     rdt = _real_dtype(x)
     offsets = tf.cast(offsets, rdt)
-    mask = center_mask(n, rdt)
+    mask = center_mask(n, dtype=rdt)
     side = merge_canvas_size(n, offsets)
     p = (side - n) // 2
     pads = [[0, 0], [0, 0], [p, p], [p, p]]
     pad_patch = tf.pad(x * tf.cast(mask, x.dtype), pads)
     pad_mask = tf.pad(mask, [[p, p], [p, p]])
-    ty = shift_operator(side, offsets[..., 1])  # (B, C, side, side)
-    tx = shift_operator(side, offsets[..., 0])
+    ty = shift_matrix(side, offsets[..., 1])  # (B, C, side, side)
+    tx = shift_matrix(side, offsets[..., 0])
     num = tf.reduce_sum(_apply_separable(pad_patch, ty, tx), axis=1)  # (B, side, side)
-    den = tf.reduce_sum(tf.matmul(tf.matmul(ty, pad_mask), tx, transpose_b=True), axis=1)
+    den = tf.reduce_sum(_apply_separable(pad_mask, ty, tx), axis=1)
     safe = tf.cast(tf.maximum(den, 1e-3), x.dtype)
     merged = tf.where(den > 0, num / safe, tf.zeros_like(num))
     start = tf.cast(p, rdt)
-    ey = shift_operator(side, -offsets[..., 1], out_size=n, start=start)  # (B, C, n, side)
-    ex = shift_operator(side, -offsets[..., 0], out_size=n, start=start)
-    out = _apply_separable(merged[:, None], ey, ex)  # (B, C, n, n)
+    ey = shift_matrix(side, -offsets[..., 1], out_size=n, start=start)  # (B, C, n, side)
+    ex = shift_matrix(side, -offsets[..., 0], out_size=n, start=start)
+    return _apply_separable(merged[:, None], ey, ex)  # (B, C, n, n)
+
+
+def object_big_merge_cl(patches: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
+    """:func:`object_big_merge` in TF layout: patches ``(B, N, N, C)`` complex64, offsets
+    ``(B, C, 2)`` pixels → ``(B, N, N, C)`` complex64."""
+    out = object_big_merge(tf.transpose(patches, (0, 3, 1, 2)), offsets)
     return tf.transpose(out, (0, 2, 3, 1))
 
 

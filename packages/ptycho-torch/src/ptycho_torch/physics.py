@@ -5,6 +5,8 @@ Frames: images are indexed ``[..., row, col] = [..., y, x]``; shifts and positio
 ``(x, y)`` in pixels (float), pixel centres at integer coordinates. Every function here is
 tested against the NumPy oracle in :mod:`ptycho_core.physics` on identical inputs.
 
+Phases are radians in ``(−π, π]`` (``torch.angle``, like ``numpy.angle``).
+
 Bilinear interpolation is written as the separable "hat" kernel ``max(0, 1 − |u − v|)``, so an
 integer shift is exact, zeros enter at the border, and the same code serves real and complex
 tensors and gives gradients with respect to the image.
@@ -163,7 +165,8 @@ def disk_mask(
 
 
 def center_mask(n: int, *, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-    """``(n, n)`` mask, 1 on the central ``n/2`` square ``[n/4, 3n/4)``, 0 elsewhere."""
+    """``(n, n)`` mask (``dtype``), 1 on rows and columns ``[n//4, n//4 + n//2)`` (the central
+    ``n/2`` square), 0 elsewhere, as :func:`ptycho_core.physics.center_mask`."""
     m = torch.zeros((n, n), dtype=dtype, device=device)
     m[n // 4 : n // 4 + n // 2, n // 4 : n // 4 + n // 2] = 1
     return m
@@ -241,7 +244,8 @@ def poisson_nll(
 
 
 def merge_canvas_size(n: int, offsets: torch.Tensor) -> int:
-    """Canvas side ``n + 2·ceil(max|offset|)`` rounded up to even (ADR-002)."""
+    """Canvas side in pixels, ``n + 2·ceil(max|offset|)`` over the whole batch, rounded up to
+    even (``specs/model.md``; :func:`ptycho_core.physics.merge_canvas_size`). Python int."""
     if offsets.numel() == 0:
         return n
     m = int(math.ceil(float(offsets.detach().abs().max())))
@@ -252,13 +256,16 @@ def merge_canvas_size(n: int, offsets: torch.Tensor) -> int:
 def object_big_merge(patches: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Per-sample overlap merge and re-extraction (``specs/model.md`` ``object_big``, ADR-002).
 
-    patches: ``(B, C, N, N)`` complex object patches; offsets: ``(B, C, 2)`` ``(dx, dy)`` pixels
-    relative to the group centre. Each sample's channels are placed on that sample's own canvas
-    (side from :func:`merge_canvas_size`; no clipping), averaged with the centre ``N/2`` square
-    masks as weights (numerator and denominator use the same mask), and re-extracted at their
-    offsets. Returns ``(B, C, N, N)`` complex.
+    patches: ``(B, C, N, N)`` complex object patches, ``N`` even; offsets: ``(B, C, 2)``
+    ``(dx, dy)`` pixels relative to the group centre. Each sample's channels are placed on that
+    sample's own canvas (side from :func:`merge_canvas_size`; no clipping), averaged with the
+    centre ``N/2`` square masks as weights (numerator and denominator use the same mask), and
+    re-extracted at their offsets. Returns ``(B, C, N, N)`` complex. Tested against the NumPy
+    oracle :func:`ptycho_core.physics.object_big_merge`.
     """
     b, c, n, _ = patches.shape
+    if n % 2:
+        raise ValueError(f"patch size N must be even, got {n}")
     real_dt = patches.real.dtype
     offsets = offsets.to(device=patches.device, dtype=real_dt)
     mask = center_mask(n, dtype=real_dt, device=patches.device)
