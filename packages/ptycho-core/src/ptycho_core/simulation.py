@@ -29,6 +29,9 @@ __all__ = [
     "grf_phase",
     "procedural_object",
     "default_probe",
+    "beamline_probe",
+    "realistic_object",
+    "SCENARIOS",
     "random_scan",
     "raster_scan",
     "patch_inside",
@@ -37,6 +40,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Built-in scenes: ``realistic`` (:func:`realistic_object`, :func:`beamline_probe`) and
+#: ``procedural`` (:func:`procedural_object`, :func:`default_probe`: an easy case, kept for tests).
+SCENARIOS: tuple[str, ...] = ("realistic", "procedural")
 
 # Patterns per simulation chunk: small chunks keep temporaries in cache (~8 MiB at N=64).
 _SIM_CHUNK = 256
@@ -165,6 +172,122 @@ def default_probe(
         amp = ndimage.gaussian_filter(amp, sigma, mode="constant")
     amp /= amp.max()
     return (amp * np.exp(1j * defocus * r2)).astype(np.complex64)
+
+
+def beamline_probe(
+    N: int,
+    spot_frac: float = 0.35,
+    pupil_frac: float = 0.2,
+    stop_frac: float = 0.45,
+    edge_px: float = 0.7,
+) -> np.ndarray:
+    """A zone-plate probe propagated out of focus, like a beamline's (``specs/simulation.md``).
+
+    The pupil, in the detector (far-field) plane, is an annulus of outer radius
+    ``pupil_frac·N`` pixels with a central stop of ``stop_frac`` times that radius, its edges
+    softened by a Gaussian of ``edge_px`` pixels. Defocus is the quadratic pupil phase
+    ``a·(ρ/ρ_max)²`` with ``a = π·pupil_frac·spot_frac·N`` rad, which makes the geometric
+    out-of-focus spot a ring of radius ``spot_frac·N`` pixels in the sample plane. The probe is the
+    inverse FFT of that pupil: rings, side lobes and a curved phase. With the defaults, 38–43 %
+    of its energy lies outside the central ``N/2`` square (N = 32, 64, 128) and under 2 % in the
+    outermost 2-pixel frame. Peak amplitude 1. Returns ``(N, N) complex64``.
+    """
+    if N <= 0 or N % 2:
+        raise ValueError(f"N must be a positive even integer, got {N}")
+    if not (0 < stop_frac < 1 and 0 < pupil_frac < 0.5 and spot_frac > 0):
+        raise ValueError(
+            f"need 0 < stop_frac < 1, 0 < pupil_frac < 0.5 and spot_frac > 0; got "
+            f"stop_frac={stop_frac}, pupil_frac={pupil_frac}, spot_frac={spot_frac}"
+        )
+    k = (np.arange(N) - N // 2).astype(np.float64)
+    rho = np.hypot(k[:, None], k[None, :]) / (pupil_frac * N)
+    pupil = ((rho <= 1.0) & (rho >= stop_frac)).astype(np.float64)
+    if edge_px > 0:
+        pupil = ndimage.gaussian_filter(pupil, edge_px)
+    defocus = np.pi * pupil_frac * spot_frac * N
+    field = pupil * np.exp(1j * defocus * rho**2)
+    probe = sp_fft.fftshift(sp_fft.ifft2(sp_fft.ifftshift(field)))
+    return (probe / np.abs(probe).max()).astype(np.complex64)
+
+
+def _unit_field(shape: tuple[int, int], corr_px: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian-filtered white noise rescaled to ``[0, 1]`` (float64)."""
+    f = ndimage.gaussian_filter(rng.standard_normal(shape), corr_px, mode="wrap")
+    f -= f.min()
+    peak = f.max()
+    return f / peak if peak > 0 else f
+
+
+def _shapes(shape: tuple[int, int], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` random ellipses, bars and rings of random levels in ``[0.3, 1]`` on 0, later ones
+    on top (sharp edges: the inside test is exact, then a 0.6 px blur)."""
+    h, w = shape
+    size = min(h, w)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    out = np.zeros(shape)
+    for _ in range(n):
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        a, b = rng.uniform(size / 30, size / 8, size=2)
+        th = rng.uniform(0, np.pi)
+        kind = int(rng.integers(3))
+        u = (xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)
+        v = -(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)
+        if kind == 0:
+            inside = (u / a) ** 2 + (v / b) ** 2 <= 1
+        elif kind == 1:
+            inside = (np.abs(u) <= a) & (np.abs(v) <= 0.6 * b)
+        else:
+            r = np.hypot(u, v) / a
+            inside = (r <= 1) & (r >= 0.6)
+        out = np.where(inside, rng.uniform(0.3, 1.0), out)
+    return ndimage.gaussian_filter(out, 0.6)
+
+
+def realistic_object(
+    size: int | tuple[int, int],
+    seed: int | None = None,
+    amp_range: tuple[float, float] = (0.1, 1.0),
+    phase_span: float = 4.5,
+) -> np.ndarray:
+    """A test object with amplitude *and* phase structure at several scales.
+
+    Both maps mix smooth regions (Gaussian random fields, correlation ``size/10`` and
+    ``size/7``), sharp-edged features (random ellipses, bars and rings, shared by amplitude and
+    phase as a thickness would be) and fine textures (correlation 1.2–1.5 px, stronger in some
+    regions in amplitude and in the others in phase). The amplitude spans ``amp_range``
+    (transmission: 1 is open), the phase spans ``phase_span`` radians centred on 0. A flat
+    object scores amplitude and phase SSIM ≤ 0.45 against it (``specs/simulation.md``).
+    Returns ``(H, W) complex64``.
+    """
+    shape = _shape(size)
+    lo, hi = (float(v) for v in amp_range)
+    if not (0 <= lo < hi) or not 0 < phase_span < 2 * np.pi:
+        raise ValueError(
+            f"need 0 <= amp_range[0] < amp_range[1] and 0 < phase_span < 2π; got "
+            f"amp_range={amp_range}, phase_span={phase_span}"
+        )
+    rng = np.random.default_rng(seed)
+    side = min(shape)
+    features = _shapes(shape, max(6, shape[0] * shape[1] // 1500), rng)
+    tex_where = ndimage.gaussian_filter(
+        (_unit_field(shape, side / 14, rng) > 0.6).astype(np.float64), 1.0
+    )
+    tex_w = 0.5 + 0.5 * tex_where
+    t_amp = (
+        0.3 * _unit_field(shape, side / 10, rng)
+        + 0.4 * features
+        + 0.5 * _unit_field(shape, 1.2, rng) * tex_w
+    )
+    t_phase = (
+        0.35 * _unit_field(shape, side / 7, rng)
+        + 0.35 * features
+        + 0.6 * _unit_field(shape, 1.5, rng) * (1.5 - tex_w)
+    )
+    t_amp = (t_amp - t_amp.min()) / np.ptp(t_amp)
+    t_phase = (t_phase - t_phase.min()) / np.ptp(t_phase)
+    amp = hi - (hi - lo) * t_amp
+    phase = phase_span * (t_phase - 0.5)
+    return (amp * np.exp(1j * phase)).astype(np.complex64)
 
 
 def _position_limits(object_shape: tuple[int, int], N: int) -> tuple[float, float, float, float]:
@@ -332,21 +455,39 @@ def simulate_scan(
     scan: str = "random",
     defocus: float = 0.0,
     workers: int | None = None,
+    *,
+    scenario: str = "realistic",
+    probe: np.ndarray | None = None,
 ) -> ScanData:
-    """One-call default scan: procedural object, :func:`default_probe`, random or raster scan.
+    """One-call scan: a built-in scene (``scenario``), random or raster positions.
 
+    ``scenario='realistic'`` (default): :func:`realistic_object` and :func:`beamline_probe`;
+    ``'procedural'``: :func:`procedural_object` and :func:`default_probe` (with ``defocus``).
+    ``probe`` (``(N, N)`` complex) replaces the scenario's probe, e.g. one read from a file.
     ``object_size`` defaults to ``max(2N, N + 8·ceil(sqrt(n_positions)))`` (even), which gives
     a mean spacing of ~8 px between random positions. ``scan='raster'`` picks the step that
     gives about ``n_positions`` positions. Returns :class:`ScanData` (see :func:`simulate`).
     """
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
     if object_size is None:
         side = max(2 * N, N + 8 * math.ceil(math.sqrt(n_positions)))
         object_size = side + side % 2
     shape = _shape(object_size)
     ss = np.random.SeedSequence(seed)
     s_obj, s_scan, s_noise = (int(c.generate_state(1)[0]) for c in ss.spawn(3))
-    obj = procedural_object(shape, s_obj)
-    probe = default_probe(N, defocus=defocus)
+    if scenario == "realistic":
+        obj = realistic_object(shape, s_obj)
+        default = beamline_probe(N)
+    else:
+        obj = procedural_object(shape, s_obj)
+        default = default_probe(N, defocus=defocus)
+    if probe is None:
+        probe = default
+    else:
+        probe = np.asarray(probe)
+        if probe.shape != (N, N):
+            raise ValueError(f"probe must have shape ({N}, {N}) for N = {N}, got {probe.shape}")
     if scan == "random":
         pos = random_scan(n_positions, shape, N, s_scan)
     elif scan == "raster":
@@ -357,5 +498,5 @@ def simulate_scan(
     else:
         raise ValueError(f"scan must be 'random' or 'raster', got {scan!r}")
     out = simulate(obj, probe, pos, nphotons, s_noise, workers=workers)
-    out.metadata.update({"simulate_scan_seed": seed, "scan": scan})
+    out.metadata.update({"simulate_scan_seed": seed, "scan": scan, "scenario": scenario})
     return out

@@ -1,4 +1,5 @@
-"""``ptycho simulate``: a simulated scan (procedural object, default probe, Poisson noise)."""
+"""``ptycho simulate``: a simulated scan of a built-in scene, Poisson noise
+(``specs/simulation.md``)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any
 
 from ptycho_cli.commands._common import positive_float, positive_int
 from ptycho_cli.console import Console
+from ptycho_core.simulation import SCENARIOS
 
 NAME = "simulate"
-HELP = "simulate a scan from the built-in procedural object; writes a DATA-001 .npz"
+HELP = "simulate a scan of a built-in scene; writes a DATA-001 .npz"
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -52,7 +54,25 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="scan pattern (default random)",
     )
     p.add_argument(
-        "--defocus", type=float, default=0.0, help="quadratic probe phase for defocus (default 0)"
+        "--scenario",
+        choices=SCENARIOS,
+        default="realistic",
+        help="realistic (default): textured object with amplitude and phase structure, a wide "
+        "out-of-focus zone-plate probe; procedural: the easy object and a compact disk probe",
+    )
+    p.add_argument(
+        "--probe",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="take the probe from a DATA-001 scan (.npz) or a Ptychodus product (.h5); "
+        "its size sets N",
+    )
+    p.add_argument(
+        "--defocus",
+        type=float,
+        default=0.0,
+        help="procedural scenario only: quadratic probe phase for defocus (default 0)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
@@ -67,21 +87,32 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace, console: Console) -> int:
     from ptycho_cli import figures
     from ptycho_cli.outputs import staged
-    from ptycho_core.io import save_npz
+    from ptycho_core.io import read_probe, save_npz
     from ptycho_core.simulation import simulate_scan
 
     out = Path(args.output)
     if out.suffix != ".npz":
         raise ValueError(f"{out}: output must end in .npz")
-    console.stage(f"simulating {args.n_positions} patterns of {args.N}×{args.N} …")
+    probe = None
+    n = args.N
+    if args.probe is not None:
+        probe = read_probe(args.probe)
+        n = probe.shape[0]
+        if n not in (32, 64, 128, 256):
+            raise ValueError(
+                f"{args.probe}: the probe is {n}×{n}; supported sizes: 32, 64, 128, 256"
+            )
+    console.stage(f"simulating {args.n_positions} patterns of {n}×{n} ({args.scenario}) …")
     scan = simulate_scan(
-        N=args.N,
+        N=n,
         n_positions=args.n_positions,
         nphotons=args.nphotons,
         seed=args.seed,
         object_size=args.object_size,
         scan=args.scan,
         defocus=args.defocus,
+        scenario=args.scenario,
+        probe=probe,
     )
     written = [out]
     with staged(out.parent if str(out.parent) else Path(".")) as tmp:
@@ -96,9 +127,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 title=f"simulated object and {scan.M} scan positions (N={scan.N})",
             )
             written.append(png)
+    h, w = scan.object.shape if scan.object is not None else (0, 0)
     console.result(
         f"simulated {scan.M} patterns ({scan.N}×{scan.N}, {args.nphotons:g} photons "
-        f"each) on a {scan.object.shape[0]}×{scan.object.shape[1]} object"
+        f"each) on a {h}×{w} object"
     )
     for path in written:
         console.result(f"  {path}")

@@ -5,6 +5,7 @@ See ``specs/data-contracts.md`` for the decisions (error types, aliases, metadat
 
 from ptycho_core.io._atomic import atomic_path, atomic_write
 from ptycho_core.io.npz import load_npz, save_npz
+from ptycho_core.io.probe import read_probe
 from ptycho_core.io.product import (
     Product,
     product_positions_px,
@@ -23,6 +24,7 @@ __all__ = [
     "save_npz",
     "Product",
     "read_product",
+    "read_probe",
     "write_product",
     "scan_to_product",
     "product_positions_px",
