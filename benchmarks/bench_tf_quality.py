@@ -72,26 +72,24 @@ def run_case(gridsize: int, nphotons: float, args: argparse.Namespace, workdir: 
     t = time.perf_counter()
     res = train(cfg, ex, train_data=train_scan)
     train_s = time.perf_counter() - t
-    rec = reconstruct(
-        InferenceConfig(model=model, model_path=res["bundle_path"]), ex, data=test_scan
-    )
-    covered = rec["coverage"] > 0
-    m = evaluate(rec["object"], scan.object, mask=covered)
+    rec = reconstruct(InferenceConfig(model=model, model_path=res.bundle_path), ex, data=test_scan)
+    covered = rec.coverage > 0
+    m = evaluate(rec.object, scan.object, mask=covered)
     flat = evaluate(np.ones_like(scan.object), scan.object, mask=covered)
     return {
         "backend": "tensorflow",
         "gridsize": gridsize,
         "nphotons": nphotons,
-        "epochs": len(res["history"]["train_loss"]),
+        "epochs": len(res.history["train_loss"]),
         "train_s": train_s,
-        "patterns_per_s": res["timings"]["patterns_per_s"],
+        "patterns_per_s": res.timings["patterns_per_s"],
         "ssim_amp": m["ssim_amp"],
         "ssim_phase": m["ssim_phase"],
         "psnr_amp": m["psnr_amp"],
         "psnr_phase": m["psnr_phase"],
         "flat_ssim_amp": flat["ssim_amp"],
         "flat_ssim_phase": flat["ssim_phase"],
-        "infer_s": rec["timings"]["total_s"],
+        "infer_s": rec.timings["total_s"],
     }
 
 

@@ -47,14 +47,14 @@ def matmul_peak_gflops(tf, sizes=(2048, 4096), reps: int = 8) -> float:
 
 def bench_train(keras, tf, mc, batch: int, steps: int) -> float:
     """Training patterns/s (fit, steady state: the second epoch of ``steps`` steps)."""
-    from ptycho_tf.losses import LossWeights
+    from ptycho_core.training import LossSpec
     from ptycho_tf.model import build_models
     from ptycho_tf.training import PtychoTrainer
 
     keras.utils.set_random_seed(0)
     n, c = mc.N, mc.C
     models = build_models(mc, probe=np.ones((n, n), np.complex64), intensity_scale=10.0)
-    trainer = PtychoTrainer(models.autoencoder, LossWeights())
+    trainer = PtychoTrainer(models.autoencoder, LossSpec())
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
     rng = np.random.default_rng(0)
     x = (rng.random((batch, n, n, c)) * 10).astype(np.float32)
@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import tensorflow as tf
 
+    from ptycho_core.architecture import conv_flops_per_group
     from ptycho_core.config import ModelConfig
-    from ptycho_tf.model import conv_flops_per_group
 
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)

@@ -55,27 +55,25 @@ def run_case(
     t = time.perf_counter()
     res = train(cfg, ex, train_data=train_scan)
     train_s = time.perf_counter() - t
-    rec = reconstruct(
-        InferenceConfig(model=model, model_path=res["bundle_path"]), ex, data=test_scan
-    )
-    m = evaluate(rec["object"], scan.object, mask=rec["coverage"] > 0)
-    flat = evaluate(np.ones_like(scan.object), scan.object, mask=rec["coverage"] > 0)
-    epochs = len(res["history"]["train_loss"])
+    rec = reconstruct(InferenceConfig(model=model, model_path=res.bundle_path), ex, data=test_scan)
+    m = evaluate(rec.object, scan.object, mask=rec.coverage > 0)
+    flat = evaluate(np.ones_like(scan.object), scan.object, mask=rec.coverage > 0)
+    epochs = len(res.history["train_loss"])
     return {
         "gridsize": gridsize,
         "nphotons": nphotons,
         "epochs": epochs,
         "train_s": train_s,
-        "patterns_per_s": res["timings"]["patterns_per_s"],
+        "patterns_per_s": res.timings["patterns_per_s"],
         "ssim_amp": m["ssim_amp"],
         "ssim_phase": m["ssim_phase"],
         "psnr_amp": m["psnr_amp"],
         "psnr_phase": m["psnr_phase"],
         "flat_ssim_amp": flat["ssim_amp"],
         "flat_ssim_phase": flat["ssim_phase"],
-        "nll_first": res["history"]["train_nll"][0],
-        "nll_last": res["history"]["train_nll"][-1],
-        "infer_s": rec["timings"]["total_s"],
+        "nll_first": res.history["train_nll"][0],
+        "nll_last": res.history["train_nll"][-1],
+        "infer_s": rec.timings["total_s"],
     }
 
 

@@ -109,11 +109,11 @@ def bench_end_to_end(n_positions: int, n: int, k: int, batch: int) -> dict[str, 
         wall = time.perf_counter() - t
     return {
         "positions": n_positions,
-        "object_px": res["amplitude"].size,
+        "object_px": res.amplitude.size,
         "simulate_s": sim_s,
         "wall_s": wall,
         "positions_per_s": n_positions / wall,
-        "predict_s": res["timings"].get("predict_s", float("nan")),
+        "predict_s": res.timings.get("predict_s", float("nan")),
         "rss_after_data_mib": rss_data,
         "peak_rss_mib": rss_mib(),
     }

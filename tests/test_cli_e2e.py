@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ptycho_core import backends as core_backends
 from ptycho_core.io import ScanData, load_npz, read_product, save_npz
 
 pytestmark = pytest.mark.slow
 
-BACKENDS = ("pytorch", "tensorflow")
-FRAMEWORKS = ("torch", "tensorflow", "keras", "lightning")
+BACKENDS = core_backends.BACKEND_NAMES
+FRAMEWORKS = tuple(m for info in core_backends.BACKENDS for m in info.framework_modules)
 TINY = [
     "--epochs",
     "1",
@@ -47,6 +48,37 @@ def ptycho(*args: object, cwd: Path, timeout: float = 600) -> subprocess.Complet
     env = dict(os.environ, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0")
     return subprocess.run(
         cmd + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
+
+
+#: ``ptycho`` with a spy on the CLI's loss figure: it fails if ``loss.png`` is already in the
+#: output folder when the CLI draws it (the backend wrote one), and reports the epochs drawn.
+_SPIED_PTYCHO = """
+import sys
+from pathlib import Path
+from ptycho_cli import figures
+from ptycho_cli.main import main
+real = figures.loss_figure
+def spy(path, history):
+    out = Path(path).parent.parent  # the CLI draws into a staging folder inside the output
+    if (out / "loss.png").exists():
+        raise SystemExit("the backend wrote loss.png; only the CLI may")
+    print("LOSS_EPOCHS", len(history["train_loss"]), flush=True)
+    return real(path, history)
+figures.loss_figure = spy
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def spied_ptycho(*args: object, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0")
+    return subprocess.run(
+        [sys.executable, "-c", _SPIED_PTYCHO, *(str(a) for a in args)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -93,12 +125,10 @@ def work(tmp_path_factory) -> Path:
 def trained(work) -> dict[str, Path]:
     runs = {}
     for backend in BACKENDS:
-        out = ok(
-            ptycho(
-                "train", "scan.npz", "-o", f"run_{backend}", "--backend", backend, *TINY, cwd=work
-            )
-        )
+        args = ("train", "scan.npz", "-o", f"run_{backend}", "--backend", backend, *TINY)
+        out = ok(spied_ptycho(*args, cwd=work))
         assert f"trained with the {backend} backend" in out.stdout
+        assert "LOSS_EPOCHS 1" in out.stdout  # the CLI drew loss.png from the result's history
         runs[backend] = work / f"run_{backend}"
     return runs
 

@@ -1,13 +1,19 @@
-"""Shared fixtures: tiny scans and fabricated bundles built with ptycho-core only (no framework)."""
+"""Shared fixtures: tiny scans, fabricated bundles and framework-free fake backends, built with
+ptycho-core only (no framework is imported in the pytest process)."""
 
 from __future__ import annotations
 
+import math
+import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from ptycho_core.bundle import BUNDLE_NAME, make_manifest, npy_bytes, write_bundle
+from ptycho_core import engine
+from ptycho_core.backends import BACKEND_NAMES, check_backend_name
+from ptycho_core.bundle import BUNDLE_NAME, load_npy_bytes, make_manifest, npy_bytes, write_bundle
 from ptycho_core.config import ModelConfig, TrainingConfig
 from ptycho_core.io import ScanData, save_npz
 
@@ -113,3 +119,97 @@ def run_python(tmp_path: Path):
         )
 
     return _run
+
+
+# ----------------------------------------------------------------------------- fake backends
+class NumpyHooks:
+    """:class:`ptycho_core.engine.BackendHooks` without a framework: the "model" is a dict (probe,
+    intensity scale), training records a decreasing loss per epoch, prediction returns a constant
+    object patch. Bundles are real bundles of backend ``name``."""
+
+    weights_entry = "fake_weights.npy"
+    #: The constant object value every predicted patch holds.
+    PATCH_VALUE = 0.8 * np.exp(0.3j)
+
+    def __init__(self, name: str, notes: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.notes = dict(notes or {})
+
+    def build_model(self, model_config, *, probe, intensity_scale, **_: Any) -> dict[str, Any]:
+        return {"config": model_config, "probe": np.asarray(probe), "scale": float(intensity_scale)}
+
+    def fit(self, request: engine.FitRequest) -> engine.FitOutcome:
+        cfg = request.config
+        prepared = request.prepared
+        model = self.build_model(
+            cfg.model, probe=prepared.probe, intensity_scale=prepared.intensity_scale
+        )
+        for epoch in range(cfg.nepochs):
+            val = 2.0 / (epoch + 2) if prepared.val is not None else math.nan
+            request.history.record(epoch, train_loss=1.0 / (epoch + 1), val_loss=val, lr=1e-3)
+        return engine.FitOutcome(model=model, fit_s=1e-3, notes=dict(self.notes))
+
+    def weights_to_bytes(self, model: dict[str, Any]) -> bytes:
+        return npy_bytes(np.array([model["scale"]], np.float64))
+
+    def weights_from_bytes(self, model: dict[str, Any], data: bytes, where: str) -> None:
+        model["scale"] = float(load_npy_bytes(data, name=where)[0])
+
+    def model_probe(self, model: dict[str, Any]) -> np.ndarray:
+        return model["probe"]
+
+    def model_intensity_scale(self, model: dict[str, Any]) -> float:
+        return model["scale"]
+
+    def make_predict(self, model: dict[str, Any], execution: Any):
+        n = model["config"].N
+
+        def predict(batch) -> np.ndarray:
+            g, c = batch.indices.shape
+            return np.full((g, c, n, n), self.PATCH_VALUE, np.complex64)
+
+        return predict
+
+
+def make_fake_backend(name: str, notes: dict[str, Any] | None = None) -> types.ModuleType:
+    """A backend module (``NAME``, ``train``, ``reconstruct``) running the core skeleton
+    (:func:`ptycho_core.engine.train` / :func:`~ptycho_core.engine.reconstruct`) with
+    :class:`NumpyHooks`: it returns the typed results, as the real backends do."""
+    module = types.ModuleType(f"fake_{name}_backend")
+    hooks = NumpyHooks(name, notes)
+    module.NAME = name
+    module.hooks = hooks
+    module.calls = []
+
+    def train(config, execution=None, *, train_data=None, test_data=None):
+        module.calls.append(("train", execution))
+        return engine.train(hooks, config, execution, train_data=train_data, test_data=test_data)
+
+    def reconstruct(config, execution=None, *, data=None):
+        module.calls.append(("reconstruct", execution))
+        return engine.reconstruct(hooks, config, execution, data=data)
+
+    module.train = train
+    module.reconstruct = reconstruct
+    return module
+
+
+@pytest.fixture
+def fake_backends(monkeypatch):
+    """Make :mod:`ptycho_cli.dispatch` load framework-free fake backends (one per backend name);
+    ``accelerator=auto`` resolves to ``cpu`` without asking a framework. Returns a namespace with
+    ``modules`` (name → module) and ``loaded`` (the names dispatch loaded, in order)."""
+    from ptycho_cli import dispatch
+
+    ns = types.SimpleNamespace(modules={n: make_fake_backend(n) for n in BACKEND_NAMES}, loaded=[])
+
+    def load_backend(name: str) -> types.ModuleType:
+        check_backend_name(name)
+        ns.loaded.append(name)
+        return ns.modules[name]
+
+    monkeypatch.setattr(dispatch, "load_backend", load_backend)
+    monkeypatch.setattr(
+        dispatch, "resolve_accelerator", lambda accel, backend: "cpu" if accel == "auto" else accel
+    )
+    return ns

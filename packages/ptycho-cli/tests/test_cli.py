@@ -250,3 +250,33 @@ def test_evaluate_rejects_a_non_recon_file(scan_file, tmp_path, capsys):
 def test_python_dash_m_entry_point(tmp_path):
     out = _ptycho("backends", cwd=tmp_path)
     assert out.returncode == 0 and "pytorch" in out.stdout
+
+
+def test_simulate_scenarios_and_probe_file(tmp_path):
+    from ptycho_core.simulation import beamline_probe, default_probe
+
+    real = tmp_path / "real.npz"
+    assert main(["simulate", str(real), "--N", "32", "--n-positions", "12", "--no-plot"]) == 0
+    np.testing.assert_array_equal(load_npz(real).probe, beamline_probe(32))
+    easy = tmp_path / "easy.npz"
+    argv = ["simulate", str(easy), "--N", "32", "--n-positions", "12", "--no-plot"]
+    assert main([*argv, "--scenario", "procedural"]) == 0
+    np.testing.assert_array_equal(load_npz(easy).probe, default_probe(32))
+    # the probe of another file sets N (64 here, although --N says 32)
+    src = tmp_path / "src.npz"
+    assert main(["simulate", str(src), "--N", "64", "--n-positions", "12", "--no-plot"]) == 0
+    out = tmp_path / "with_probe.npz"
+    assert (
+        main(["simulate", str(out), "--n-positions", "12", "--probe", str(src), "--no-plot"]) == 0
+    )
+    got = load_npz(out)
+    assert got.N == 64
+    np.testing.assert_array_equal(got.probe, load_npz(src).probe)
+
+
+def test_simulate_probe_file_errors_name_the_file(tmp_path, capsys):
+    bad = tmp_path / "probe.txt"
+    bad.write_text("not a probe")
+    assert main(["simulate", str(tmp_path / "o.npz"), "--probe", str(bad), "--no-plot"]) == 1
+    assert "probe.txt" in capsys.readouterr().err
+    assert not (tmp_path / "o.npz").exists()

@@ -13,14 +13,13 @@ import pytest
 
 from ptycho_cli import dispatch
 from ptycho_cli.factories import create_inference_payload, create_training_payload
+from ptycho_core.backends import BACKEND_NAMES, BACKENDS, backend_info
 from ptycho_core.errors import BundleBackendMismatchError
 
-FRAMEWORKS = ("torch", "tensorflow", "keras", "lightning")
-HIDE = {
-    "pytorch": ("ptycho_torch", "torch", "lightning"),
-    "tensorflow": ("ptycho_tf", "tensorflow", "keras"),
-}
-LABEL = {"pytorch": ("PyTorch", "ptycho-torch"), "tensorflow": ("TensorFlow", "ptycho-tf")}
+FRAMEWORKS = tuple(m for info in BACKENDS for m in info.framework_modules)
+_PACKAGES = {"pytorch": "ptycho_torch", "tensorflow": "ptycho_tf"}
+#: What to hide to make a backend "not installed": its package and its frameworks.
+HIDE = {info.name: (_PACKAGES[info.name], *info.framework_modules) for info in BACKENDS}
 
 
 def test_mismatch_is_raised_before_any_framework_import(scan_file, bundle_file, tmp_path):
@@ -35,7 +34,7 @@ def test_mismatch_is_raised_before_any_framework_import(scan_file, bundle_file, 
     assert {m for m in FRAMEWORKS if m in sys.modules} == before
 
 
-@pytest.mark.parametrize("backend", ["pytorch", "tensorflow"])
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
 def test_missing_backend_train(backend, scan_file, run_python, tmp_path):
     data = scan_file(n=32)
     other = "tensorflow" if backend == "pytorch" else "pytorch"
@@ -56,14 +55,15 @@ else:
 """
     out = run_python(code, block=HIDE[backend], timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    label, dist = LABEL[backend]
+    info = backend_info(backend)
     message = out.stdout.split("MESSAGE", 1)[1]
-    assert f"{label} backend selected" in message and f"pip install {dist}" in message
+    assert f"{info.display_name} backend selected" in message
+    assert info.install_command in message
     assert "IMPORTED []" in out.stdout  # the other backend was not tried either
     assert not (tmp_path / "out" / "wts.h5.zip").exists()
 
 
-@pytest.mark.parametrize("backend", ["pytorch", "tensorflow"])
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
 def test_missing_backend_reconstruct(backend, scan_file, bundle_file, run_python, tmp_path):
     bundle = bundle_file(backend)
     data = scan_file(n=32)
@@ -79,8 +79,9 @@ except BackendUnavailableError as exc:
 """
     out = run_python(code, block=HIDE[backend], timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    label, dist = LABEL[backend]
-    assert f"{label} backend selected" in out.stdout and f"pip install {dist}" in out.stdout
+    info = backend_info(backend)
+    assert f"{info.display_name} backend selected" in out.stdout
+    assert info.install_command in out.stdout
 
 
 _ROUND_TRIP = """
@@ -93,11 +94,12 @@ p = create_training_payload(data, out, overrides={'backend': backend, 'nepochs':
     'n_filters_scale': 1, 'batch_size': 8}, execution_config={'enable_progress_bar': False,
     'logger_backend': 'none', 'accelerator': 'cpu'})
 t = dispatch.train(p)
-q = create_inference_payload(t['bundle_path'], data, out)
+q = create_inference_payload(t.bundle_path, data, out)
 r = dispatch.reconstruct(q)
-print('RESULT', json.dumps({'train_keys': sorted(t), 'train_backend': t['backend'],
-    'keys': sorted(r), 'backend': r['backend'], 'shape': list(np.shape(r['object'])),
-    'finite': bool(np.isfinite(r['object']).all()), 'covered': float((r['coverage'] > 0).mean()),
+print('RESULT', json.dumps({'train_type': type(t).__name__, 'train_backend': t.backend,
+    'type': type(r).__name__, 'backend': r.backend, 'shape': list(np.shape(r.object)),
+    'finite': bool(np.isfinite(r.object).all()), 'covered': float((r.coverage > 0).mean()),
+    'epochs': t.epochs_trained,
     'other_framework': sorted(m for m in sys.modules if m in sys.argv[4].split(','))}))
 """
 
@@ -106,7 +108,8 @@ print('RESULT', json.dumps({'train_keys': sorted(t), 'train_backend': t['backend
 def test_both_backends_give_the_same_result_structure(scan_file, run_python, tmp_path):
     data = scan_file(n=32, m=24)
     found = {}
-    for backend, other in (("pytorch", "tensorflow,keras"), ("tensorflow", "torch,lightning")):
+    for backend in BACKEND_NAMES:
+        other = ",".join(m for b in BACKENDS if b.name != backend for m in b.framework_modules)
         out = run_python(
             _ROUND_TRIP.replace(
                 "sys.argv[1:4]", repr([backend, str(data), str(tmp_path / backend)])
@@ -118,11 +121,15 @@ def test_both_backends_give_the_same_result_structure(scan_file, run_python, tmp
         assert found[backend]["finite"] and found[backend]["covered"] > 0
         assert found[backend]["other_framework"] == []
         assert (tmp_path / backend / "wts.h5.zip").is_file()
-    assert found["pytorch"]["keys"] == found["tensorflow"]["keys"]
-    assert set(dispatch.TRAIN_RESULT_KEYS) <= set(found["pytorch"]["train_keys"])
-    assert set(dispatch.TRAIN_RESULT_KEYS) <= set(found["tensorflow"]["train_keys"])
+        assert found[backend]["train_type"] == "TrainResult" and found[backend]["epochs"] == 1
+        assert found[backend]["type"] == "Reconstruction"
     assert found["pytorch"]["shape"] == found["tensorflow"]["shape"]
 
 
-def test_train_payload_backend_default_is_pytorch(scan_file, tmp_path):
+def test_train_payload_backend_default_is_pytorch_with_both_installed(
+    scan_file, tmp_path, monkeypatch
+):
+    from ptycho_core import backends
+
+    monkeypatch.setattr(backends, "available_backends", lambda: list(BACKEND_NAMES))
     assert create_training_payload(scan_file(), tmp_path).config.backend == "pytorch"

@@ -139,3 +139,37 @@ def test_auto_resolution_in_subprocess():
     tf_choice, torch_choice = out.stdout.split()
     assert tf_choice == "cpu"  # TensorFlow not imported: no probing, CPU
     assert torch_choice in ("cpu", "cuda", "mps")
+
+
+def _fake_tf(gpus):
+    import types
+
+    def list_physical_devices(kind):
+        if isinstance(gpus, Exception):
+            raise gpus
+        return gpus if kind == "GPU" else []
+
+    return types.SimpleNamespace(
+        config=types.SimpleNamespace(list_physical_devices=list_physical_devices)
+    )
+
+
+@pytest.mark.parametrize(
+    ("gpus", "expected"),
+    [(["GPU:0"], "cuda"), ([], "cpu"), (RuntimeError("CUDA driver broken"), "cpu")],
+)
+def test_auto_asks_an_imported_tensorflow(monkeypatch, gpus, expected):
+    monkeypatch.setitem(sys.modules, "tensorflow", _fake_tf(gpus))
+    assert resolve_accelerator("auto", "tensorflow") == expected
+
+
+def test_flag_choices_are_the_core_enumerations():
+    from ptycho_core import config
+
+    p = argparse.ArgumentParser()
+    add_execution_arguments(p, training=True)
+    choices = {a.dest: tuple(a.choices) for a in p._actions if a.choices}
+    assert choices["accelerator"] == config.ACCELERATORS
+    assert choices["scheduler"] == config.SCHEDULERS
+    assert choices["logger"] == config.LOGGER_BACKENDS
+    assert choices["checkpoint_mode"] == config.CHECKPOINT_MODES

@@ -1,4 +1,4 @@
-"""Backend registry (``specs/packages.md``).
+"""Backend registry, backend table and default backend (``specs/packages.md``).
 
 Never imports torch or TensorFlow in the pytest process.
 """
@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +140,87 @@ def test_missing_entry_point_is_unavailable(monkeypatch):
     assert "pip install ptycho-tf" in str(info.value)
     assert "entry point" in str(info.value)
     assert available_backends() == []
+
+
+# ----------------------------------------------------------------------------- the table
+def test_every_listing_of_backends_reads_the_table():
+    from ptycho_core import bundle, config
+
+    names = tuple(info.name for info in backends.BACKENDS)
+    assert BACKEND_NAMES == names and len(set(names)) == len(names)
+    assert config.BACKEND_NAMES == names
+    assert tuple(bundle._BACKENDS) == names
+    for info in backends.BACKENDS:
+        assert backends.backend_info(info.name) is info
+        assert info.distribution in bundle._CREATOR_DISTS
+        assert bundle._FRAMEWORK_DISTS[info.name] == info.framework_distributions
+        err = BackendUnavailableError(info.name)
+        assert f"{info.display_name} backend selected" in str(err)
+        assert info.install_command in str(err)
+    with pytest.raises(ValueError, match="valid backends"):
+        backends.backend_info("jax")
+
+
+def _repo_packages():
+    root = Path(__file__).resolve().parents[3] / "packages"
+    if not (root / "ptycho-cli" / "pyproject.toml").is_file():
+        pytest.skip("not run from a source checkout")
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    return {p.parent.name: tomllib.loads(p.read_text()) for p in root.glob("*/pyproject.toml")}
+
+
+def test_table_matches_the_distributions_metadata():
+    """Each backend's distribution registers the entry point of its name, depends on the
+    framework distributions the table records, and the ptycho-cli extra installs it."""
+    projects = {p["project"]["name"]: p["project"] for p in _repo_packages().values()}
+    registered = {
+        ep_name: dist
+        for dist, proj in projects.items()
+        for ep_name in proj.get("entry-points", {}).get(backends.ENTRY_POINT_GROUP, {})
+    }
+    assert set(registered) == set(BACKEND_NAMES)
+    extras = projects["ptycho-cli"]["optional-dependencies"]
+    for info in backends.BACKENDS:
+        assert registered[info.name] == info.distribution
+        deps = " ".join(projects[info.distribution]["dependencies"])
+        for framework in info.framework_distributions:
+            assert framework in deps, (info.name, framework)
+        assert any(req.startswith(info.distribution) for req in extras[info.cli_extra])
+
+
+# ----------------------------------------------------------------------------- default backend
+def _registered(monkeypatch, names, missing_modules=()):
+    eps = {
+        n: EntryPoint(name=n, value=f"fake_{n}", group=backends.ENTRY_POINT_GROUP) for n in names
+    }
+    monkeypatch.setattr(backends, "_entry_points", lambda: eps)
+    monkeypatch.setattr(backends, "_findable", lambda module: module not in missing_modules)
+
+
+@pytest.mark.parametrize("only", ["pytorch", "tensorflow"])
+def test_the_only_installed_backend_is_the_default(monkeypatch, only):
+    _registered(monkeypatch, [only])
+    assert available_backends() == [only]
+    assert backends.default_backend() == only
+
+
+@pytest.mark.parametrize("installed", [["pytorch", "tensorflow"], ["tensorflow", "pytorch"], []])
+def test_default_backend_with_both_or_none_is_pytorch(monkeypatch, installed):
+    """specs/packages.md: with both installed, or none, the default is pytorch."""
+    _registered(monkeypatch, installed)
+    assert backends.default_backend() == "pytorch" == backends.DEFAULT_BACKEND
+
+
+def test_a_backend_without_its_framework_is_not_installed(monkeypatch):
+    tf = backends.backend_info("tensorflow")
+    _registered(monkeypatch, BACKEND_NAMES, missing_modules={tf.framework_modules[-1]})
+    assert available_backends() == ["pytorch"]
+    assert backends.default_backend() == "pytorch"
+    torch = backends.backend_info("pytorch")
+    _registered(monkeypatch, BACKEND_NAMES, missing_modules={torch.framework_modules[0]})
+    assert backends.default_backend() == "tensorflow"
+
+
+def test_default_backend_takes_an_explicit_list():
+    assert backends.default_backend(["tensorflow"]) == "tensorflow"
+    assert backends.default_backend(list(BACKEND_NAMES)) == "pytorch"

@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from ptycho_core.backends import BACKENDS
 from ptycho_core.bundle import (
     BUNDLE_FORMAT,
     BUNDLE_NAME,
@@ -262,3 +263,36 @@ def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(ValueError):
         write_bundle(path, dict(_manifest(), bad=float("nan")), _files())
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("info", BACKENDS, ids=lambda i: i.name)
+def test_creator_versions_follow_the_backend_table(monkeypatch, info):
+    """A manifest records the ptycho distributions of every backend, and the framework
+    distributions of its own backend only (names from ptycho_core.backends.BACKENDS)."""
+    from ptycho_core import bundle as core_bundle
+
+    monkeypatch.setattr(core_bundle._metadata, "version", lambda dist: f"v-{dist}")
+    creator = make_manifest(info.name, {}, {}, 1.0, {}, [])["creator"]
+    others = {f for b in BACKENDS if b is not info for f in b.framework_distributions}
+    assert {b.distribution for b in BACKENDS} <= set(creator)
+    assert set(info.framework_distributions) <= set(creator)
+    assert not (others - set(info.framework_distributions)) & set(creator)
+    assert all(creator[d] == f"v-{d}" for d in creator)
+    # every backend of the table is accepted by the writer and the reader
+    assert make_manifest(info.name, {}, {}, 1.0, {}, [])["backend"] == info.name
+
+
+def test_old_bundle_with_positions_provided_still_loads(tmp_path):
+    """Bundles written before TrainingConfig.positions_provided was removed carry the key."""
+    from ptycho_core.config import ModelConfig, TrainingConfig
+    from ptycho_core.engine import bundle_configs
+
+    current = TrainingConfig(model=ModelConfig(N=32), nepochs=7)
+    old_training = dict(current.to_dict(), positions_provided=True)
+    path = tmp_path / BUNDLE_NAME
+    manifest = make_manifest("tensorflow", ModelConfig(N=32), old_training, 2.0, {}, [])
+    write_bundle(path, manifest, {"probe.npy": npy_bytes(np.ones((32, 32), np.complex64))})
+    with pytest.warns(DeprecationWarning, match="positions_provided"):
+        model, training = bundle_configs(read_manifest(path), path)
+    assert model == ModelConfig(N=32)
+    assert training == current

@@ -217,6 +217,36 @@ def test_n_images_alias_constructor_and_from_dict(cls):
         cls(n_images=0)
 
 
+def test_positions_provided_is_gone_but_old_dicts_still_load(caplog):
+    """Removed (nothing read it): not a field, not a constructor keyword, not in ``to_dict``;
+    ``from_dict`` of an old bundle's or config file's dict drops it with a DeprecationWarning
+    and an INFO log line."""
+    assert "positions_provided" not in TrainingConfig.field_names()
+    with pytest.raises(TypeError):
+        TrainingConfig(positions_provided=True)  # type: ignore[call-arg]
+    old = dict(TrainingConfig(batch_size=4).to_dict(), positions_provided=False)
+    with caplog.at_level("INFO", logger="ptycho_core.config"):
+        with pytest.warns(DeprecationWarning, match="positions_provided"):
+            t = TrainingConfig.from_dict(old)
+    assert t == TrainingConfig(batch_size=4)
+    assert "positions_provided" not in t.to_dict()
+    assert any("positions_provided" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ConfigError, match="unknown key"):  # only where it was a field
+        InferenceConfig.from_dict({"positions_provided": True})
+
+
+def test_backend_names_are_the_backend_table():
+    from ptycho_core import backends, config
+
+    assert config.BACKEND_NAMES is backends.BACKEND_NAMES
+    assert TrainingConfig().backend == backends.DEFAULT_BACKEND
+    for name in backends.BACKEND_NAMES:
+        assert TrainingConfig(backend=name).backend == name
+        assert InferenceConfig(backend=name).backend == name
+    with pytest.raises(ConfigError, match="backend"):
+        TrainingConfig(backend="jax")
+
+
 def test_no_warning_without_alias():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -13,7 +13,7 @@ from ptycho_core.errors import ConfigError, DataContractError
 from ptycho_core.io import ScanData, save_npz
 from ptycho_core.simulation import simulate_scan
 from ptycho_core.workflow import (
-    RESULT_KEYS,
+    Reconstruction,
     iter_batches,
     make_result,
     prepare_inference,
@@ -210,22 +210,29 @@ def test_run_inference_reassembles_truth(gridsize):
     cfg = InferenceConfig(model=ModelConfig(N=N, gridsize=gridsize), stitch_crop=12)
     pi = prepare_inference(cfg, _manifest(gridsize), data)
     res = run_inference(pi, lambda batch: batch.Y, batch_size=5, backend="pytorch")
-    assert list(res)[: len(RESULT_KEYS)] == list(RESULT_KEYS)
-    cov = res["coverage"] > 0
+    assert isinstance(res, Reconstruction)
+    cov = res.coverage > 0
     assert cov.sum() == 48 * 48  # positions 16..52, crop 12 covers p-6..p+5: pixels 10..57
-    np.testing.assert_allclose(res["object"][cov], data.object[cov], atol=1e-5)
-    assert res["origin"] == (0.0, 0.0) and res["backend"] == "pytorch"
-    assert res["amplitude"].dtype == np.float32 and res["object"].dtype == np.complex64
-    assert np.all(np.abs(res["phase"]) <= np.pi)
-    assert res["config"]["stitch_crop"] == 12
-    assert res["norm_factor"] == pi.norm_factor and res["timings"]["predict_s"] >= 0
+    np.testing.assert_allclose(res.object[cov], data.object[cov], atol=1e-5)
+    assert res.origin == (0.0, 0.0) and res.backend == "pytorch"
+    assert res.amplitude.dtype == np.float32 and res.object.dtype == np.complex64
+    assert res.phase.dtype == np.float32 and res.coverage.dtype == np.float32
+    assert res.positions.dtype == np.float64
+    np.testing.assert_array_equal(res.positions, data.positions)
+    np.testing.assert_allclose(res.amplitude, np.abs(data.object) * cov, atol=1e-5)
+    pi32 = np.float32(np.pi)
+    assert np.all(res.phase > -pi32) and np.all(res.phase <= pi32)
+    assert res.config["stitch_crop"] == 12
+    assert res.norm_factor == pi.norm_factor and res.intensity_scale == 2.5
+    assert res.timings["predict_s"] >= 0 and res.timings["inference_s"] >= res.timings["predict_s"]
 
 
 def test_run_inference_one_patch_per_group_and_bad_shapes():
     data = _grid_scan()
     pi = prepare_inference(InferenceConfig(model=ModelConfig(N=N, gridsize=2)), _manifest(2), data)
     res = run_inference(pi, lambda b: b.Y[:, :1], batch_size=8, backend="tensorflow")
-    assert res["object"].shape == (72, 72) and np.any(res["coverage"] > 0)
+    assert res.object.shape == (72, 72) and np.any(res.coverage > 0)
+    assert res.backend == "tensorflow"
     with pytest.raises(ValueError, match="predict returned shape"):
         run_inference(pi, lambda b: b.Y[:, :, :8], batch_size=8, backend="tensorflow")
 
@@ -242,11 +249,29 @@ def test_make_result_without_object_frame():
         config={"a": 1},
         timings={"t": 1},
     )
-    assert set(res) == set(RESULT_KEYS)
-    assert res["origin"] == (35.0, 45.0)
-    cov = res["coverage"] > 0
-    np.testing.assert_allclose(res["amplitude"][cov], 1.0, rtol=1e-6)
-    np.testing.assert_allclose(np.abs(res["phase"][cov]), np.pi, rtol=1e-6)
+    assert isinstance(res, Reconstruction)
+    assert res.origin == (35.0, 45.0)
+    assert res.config == {"a": 1} and res.timings == {"t": 1.0}
+    assert math.isnan(res.norm_factor) and math.isnan(res.intensity_scale)
+    cov = res.coverage > 0
+    np.testing.assert_allclose(res.amplitude[cov], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.abs(res.phase[cov]), np.pi, rtol=1e-6)
+
+
+@pytest.mark.parametrize("imag", [0.0, -0.0, -1e-9])
+def test_make_result_phase_is_in_half_open_interval(imag):
+    """Phase lies in (−π, π] (``specs/physics.md``): −1 − 0j and values that round to −π in
+    float32 are reported as +π."""
+    from ptycho_core.stitching import Stitcher
+
+    pos = np.array([[40.0, 50.0]])
+    st = Stitcher(N, 10, positions=pos)
+    st.add(np.full((1, N, N), complex(-1.0, imag), np.complex64), pos)
+    res = make_result(st.result(), positions=pos, backend="pytorch", config={}, timings={})
+    cov = res.coverage > 0
+    pi32 = np.float32(np.pi)
+    assert np.all(res.phase > -pi32) and np.all(res.phase <= pi32)
+    np.testing.assert_allclose(res.phase[cov], pi32, rtol=1e-6)
 
 
 def test_write_history_csv(tmp_path):

@@ -16,14 +16,14 @@ SCRIPT = textwrap.dedent("""
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
     tf.config.threading.set_intra_op_parallelism_threads(1)
-    from ptycho_core.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
+    from ptycho_core.config import ExecutionConfig, ModelConfig, TrainingConfig
     from ptycho_core.simulation import simulate_scan
     from ptycho_tf.training import resolve_strategy
     from ptycho_tf.workflows import train
     scan = simulate_scan(N=32, n_positions=48, nphotons=1e6, seed=2)
     out = {}
     for devices in (2, 1):
-        ex = PyTorchExecutionConfig(accelerator="cpu", devices=devices, enable_progress_bar=False,
+        ex = ExecutionConfig(accelerator="cpu", devices=devices, enable_progress_bar=False,
                                     enable_checkpointing=False)
         strategy = resolve_strategy(ex)
         cfg = TrainingConfig(model=ModelConfig(N=32, gridsize=2, n_filters_scale=1), nepochs=2,
@@ -32,8 +32,8 @@ SCRIPT = textwrap.dedent("""
         res = train(cfg, ex, train_data=scan)
         out[devices] = {"strategy": type(strategy).__name__,
                         "replicas": strategy.num_replicas_in_sync,
-                        "train_loss": res["history"]["train_loss"],
-                        "val_loss": res["history"]["val_loss"]}
+                        "train_loss": res.history["train_loss"],
+                        "val_loss": res.history["val_loss"]}
     print("RESULT " + json.dumps(out))
 """)
 

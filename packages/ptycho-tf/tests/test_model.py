@@ -1,5 +1,5 @@
-"""The Keras model against ADR-002 (layer table, parameter count) and ``specs/model.md``
-behaviour."""
+"""The Keras model against core's ADR-002 layer table (``ptycho_core.architecture``) and
+``specs/model.md`` behaviour."""
 
 import math
 
@@ -9,37 +9,9 @@ import pytest
 import tensorflow as tf
 
 from ptycho_core import physics as ref
+from ptycho_core.architecture import conv_layers, parameter_count, scalar_weights
 from ptycho_core.config import ModelConfig
-from ptycho_tf.model import build_models, conv_flops_per_group, weight_mapping
-
-
-def adr_conv_table(n, k, c, object_big=True, pad_object=True, probe_big=True):
-    """ADR-002's table written out independently: ``{name: (in, out)}`` in row order."""
-    levels = {32: 2, 64: 3, 128: 4, 256: 5}[n]
-    c_out = c if object_big else 1
-    enc_f = [128 * k // (2 ** (levels - 1 - i)) for i in range(levels)]
-    dec_g = [32 * k * 2 ** (levels - 2 - j) for j in range(levels - 1)]
-    rows = []
-    prev = c
-    for i, f in enumerate(enc_f):
-        rows += [(f"enc{i}_conv1", prev, f), (f"enc{i}_conv2", f, f)]
-        prev = f
-    for br in ("amp", "phase"):
-        prev = enc_f[-1]
-        for j, g in enumerate(dec_g):
-            rows += [(f"{br}_dec{j}_conv1", prev, g), (f"{br}_dec{j}_conv2", g, g)]
-            prev = g
-    rows += [("amp_head", 32 * k, c_out), ("phase_head", 32 * k, c_out)]
-    if not pad_object:
-        rows += [(f"{br}_up_conv{i}", 32 * k, 32 * k) for br in ("amp", "phase") for i in (1, 2)]
-    elif probe_big:
-        for br in ("amp", "phase"):
-            rows += [
-                (f"{br}_border_conv1", 32 * k, 32 * k),
-                (f"{br}_border_conv2", 32 * k, 32 * k),
-                (f"{br}_border_head", 32 * k, c_out),
-            ]
-    return rows
+from ptycho_tf.model import build_models, weight_mapping
 
 
 def _probe(n):
@@ -65,41 +37,35 @@ CASES = [
 
 
 @pytest.mark.parametrize("kw", CASES)
-def test_layer_table_and_parameter_count(kw):
+def test_layers_are_cores_table(kw):
+    """My convolutions == ``ptycho_core.architecture.conv_layers`` (names, channels, the size
+    they run at) and my weight order == its row order; parameter count == core's."""
     mc = ModelConfig(**kw)
     models = build_models(mc, probe=_probe(mc.N), intensity_scale=2.0)
-    table = adr_conv_table(
-        mc.N, mc.n_filters_scale, mc.C, mc.object_big, mc.pad_object, mc.probe_big
-    )
+    table = conv_layers(mc)
     convs = [layer for layer in models.autoencoder.layers if isinstance(layer, keras.layers.Conv2D)]
-    assert sorted(layer.name for layer in convs) == sorted(name for name, _, _ in table)
-    for name, cin, cout in table:
-        layer = models.autoencoder.get_layer(name)
-        assert tuple(layer.kernel.shape) == (3, 3, cin, cout), name
-        assert tuple(layer.bias.shape) == (cout,)
+    assert sorted(layer.name for layer in convs) == sorted(row.name for row in table)
+    for row in table:
+        layer = models.autoencoder.get_layer(row.name)
+        assert tuple(layer.kernel.shape) == (3, 3, row.in_channels, row.out_channels), row
+        assert tuple(layer.bias.shape) == (row.out_channels,)
+        assert tuple(layer.input.shape[1:]) == (row.size, row.size, row.in_channels), row
         assert layer.padding == "same" and tuple(layer.strides) == (1, 1)
-    expected = sum((9 * cin + 1) * cout for _, cin, cout in table) + 1 + 2 * mc.N**2
-    assert models.autoencoder.count_params() == expected
-    # weight_mapping: ADR row order, torch-style names, then scale and probe
-    names = [n for n, _ in weight_mapping(models)]
-    assert names[: 2 * len(table)] == [f"{r[0]}.{p}" for r in table for p in ("weight", "bias")]
-    assert names[-3:] == ["log_intensity_scale", "probe_real", "probe_imag"]
+    assert models.autoencoder.count_params() == parameter_count(mc)
+    # weight_mapping: the table's row order, torch-style names, then scale and probe
+    mapping = weight_mapping(models)
+    want = [f"{row.name}.{p}" for row in table for p in ("weight", "bias")]
+    assert [n for n, _ in mapping] == want + [name for name, _ in scalar_weights(mc)]
+    model_vars = {id(v) for v in models.autoencoder.weights}
+    assert all(id(v) in model_vars for _, v in mapping)
     d2o = models.diffraction_to_obj
     assert all(any(w is v for v in models.autoencoder.weights) for w in d2o.weights)
 
 
-def test_conv_flops_by_hand():
-    mc = ModelConfig(N=64, gridsize=1, n_filters_scale=2)
-    # enc0 at 64: 1→64→64; enc1 at 32: 64→128→128; enc2 at 16: 128→256→256
-    enc = (
-        64 * 64 * (1 * 64 + 64 * 64)
-        + 32 * 32 * (64 * 128 + 128 * 128)
-        + 16 * 16 * (128 * 256 + 256 * 256)
-    )
-    dec = 2 * (8 * 8 * (256 * 128 + 128 * 128) + 16 * 16 * (128 * 64 + 64 * 64))
-    heads = 2 * 32 * 32 * 64 * 1
-    border = 2 * (32 * 32 * (64 * 64 * 2) + 64 * 64 * 64 * 1)
-    assert conv_flops_per_group(mc) == 2 * 9 * (enc + dec + heads + border)
+def test_supervised_parameter_count_has_no_probe():
+    mc = ModelConfig(N=32, n_filters_scale=1, model_type="supervised")
+    models = build_models(mc, intensity_scale=2.0)
+    assert models.autoencoder.count_params() == parameter_count(mc) - 2 * mc.N**2
 
 
 def _inputs(rng, b, mc, spread=4.0):

@@ -14,18 +14,27 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ptycho_core.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
+import ptycho_tf
+from ptycho_core.config import ExecutionConfig, ModelConfig, TrainingConfig
+from ptycho_core.config import ignored_execution_fields as core_ignored
+from ptycho_core.engine import FitRequest
 from ptycho_core.simulation import simulate_scan
+from ptycho_core.training import HistoryRecorder, LossSpec, min_lr, scheduled_lr
 from ptycho_core.workflow import prepare_training
 from ptycho_tf import physics as tfp
-from ptycho_tf.losses import LossWeights
+from ptycho_tf import workflows
 from ptycho_tf.model import build_models
-from ptycho_tf.training import PtychoTrainer, build_callbacks, make_dataset, resolve_strategy
-from ptycho_tf.workflows import build_training_run, log_ignored_fields, train
-
-QUIET = PyTorchExecutionConfig(
-    accelerator="cpu", enable_progress_bar=False, enable_checkpointing=False
+from ptycho_tf.training import (
+    AtomicBestWeights,
+    HistoryCallback,
+    PtychoTrainer,
+    build_callbacks,
+    make_dataset,
+    resolve_strategy,
 )
+from ptycho_tf.workflows import build_training_run, train
+
+QUIET = ExecutionConfig(accelerator="cpu", enable_progress_bar=False, enable_checkpointing=False)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +51,19 @@ def _config(tmp_path, **kw):
         output_dir=tmp_path,
         backend="tensorflow",
         seed=kw.pop("seed", 7),
-        validation_fraction=0.2,
+        validation_fraction=kw.pop("validation_fraction", 0.2),
         **kw,
+    )
+
+
+def _request(cfg, prep, tmp_path, execution=QUIET, recorder=None):
+    return FitRequest(
+        config=cfg,
+        execution=execution,
+        prepared=prep,
+        loss=LossSpec.from_training_config(cfg),
+        history=recorder or HistoryRecorder(None),
+        output_dir=tmp_path,
     )
 
 
@@ -69,32 +89,35 @@ def test_gridsize2_ground_truth_lines_up_with_diffraction(tmp_path):
 def test_same_seed_same_initial_weights_and_history(scan, tmp_path):
     a = train(_config(tmp_path / "a"), QUIET, train_data=scan)
     b = train(_config(tmp_path / "b"), QUIET, train_data=scan)
-    np.testing.assert_allclose(a["history"]["train_loss"], b["history"]["train_loss"], rtol=1e-6)
-    np.testing.assert_allclose(a["history"]["val_loss"], b["history"]["val_loss"], rtol=1e-6)
+    np.testing.assert_allclose(a.history["train_loss"], b.history["train_loss"], rtol=1e-6)
+    np.testing.assert_allclose(a.history["val_loss"], b.history["val_loss"], rtol=1e-6)
     c = train(_config(tmp_path / "c", seed=8), QUIET, train_data=scan)
-    assert c["history"]["train_loss"] != a["history"]["train_loss"]
-    # history.csv columns and a loss plot
+    assert c.history["train_loss"] != a.history["train_loss"]
+    # history.csv columns (written by core's recorder); no loss plot (the CLI's)
     with open(tmp_path / "a" / "history.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0])[:4] == ["epoch", "train_loss", "val_loss", "lr"]
     assert {"train_nll", "val_nll", "train_mae", "val_mae"} <= set(rows[0])
-    assert len(rows) == 2 and float(rows[0]["lr"]) == pytest.approx(1e-3)
-    assert (tmp_path / "a" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "train_learning_rate" not in rows[0]
+    assert len(rows) == 2 and float(rows[0]["lr"]) == pytest.approx(QUIET.learning_rate)
+    for key in ("train_loss", "val_loss", "train_nll"):
+        np.testing.assert_allclose([float(r[key]) for r in rows], a.history[key], rtol=1e-6)
+    assert not (tmp_path / "a" / "loss.png").exists()
 
 
-def test_initial_weights_depend_only_on_seed(scan):
+def test_initial_weights_depend_only_on_seed(scan, tmp_path):
     cfg = TrainingConfig(model=ModelConfig(N=32, n_filters_scale=1), seed=5)
-    prep = prepare_training(cfg, scan)
+    request = _request(cfg, prepare_training(cfg, scan), tmp_path)
     strategy = tf.distribute.get_strategy()
-    w1 = [w.numpy() for w in build_training_run(cfg, QUIET, prep, strategy)[0].autoencoder.weights]
+    w1 = [w.numpy() for w in build_training_run(request, strategy)[0].autoencoder.weights]
     np.random.default_rng().random(10)  # unrelated randomness in between
     tf.random.uniform(())
-    w2 = [w.numpy() for w in build_training_run(cfg, QUIET, prep, strategy)[0].autoencoder.weights]
-    assert all(np.array_equal(x, y) for x, y in zip(w1, w2, strict=False))
+    w2 = [w.numpy() for w in build_training_run(request, strategy)[0].autoencoder.weights]
+    assert all(np.array_equal(x, y) for x, y in zip(w1, w2, strict=True))
 
 
 def _fit_steps(models, cfg, prep, steps=3, lr=1e-2):
-    trainer = PtychoTrainer(models.autoencoder, LossWeights.from_training_config(cfg))
+    trainer = PtychoTrainer(models.autoencoder, LossSpec.from_training_config(cfg))
     trainer.compile(optimizer=keras.optimizers.Adam(lr), jit_compile=False)
     ds = make_dataset(prep.train, 8, shuffle=False, seed=0, with_ground_truth=False).take(steps)
     trainer.fit(ds, epochs=1, verbose=0, shuffle=False)
@@ -125,8 +148,8 @@ def test_probe_and_scale_train_only_when_trainable(scan, trainable):
 def test_supervised_trains_against_ground_truth(scan, tmp_path):
     cfg = _config(tmp_path, model=ModelConfig(N=32, n_filters_scale=1, model_type="supervised"))
     res = train(cfg, QUIET, train_data=scan)
-    assert {"train_amp_mae", "train_phase_mae", "val_amp_mae"} <= set(res["history"])
-    assert all(math.isfinite(v) for v in res["history"]["train_loss"])
+    assert {"train_amp_mae", "train_phase_mae", "val_amp_mae"} <= set(res.history)
+    assert all(math.isfinite(v) for v in res.history["train_loss"])
 
 
 def test_supervised_without_ground_truth_is_a_clear_error(scan, tmp_path):
@@ -136,77 +159,132 @@ def test_supervised_without_ground_truth_is_a_clear_error(scan, tmp_path):
         train(cfg, QUIET, train_data=bare)
 
 
-def test_callbacks_follow_execution_config(tmp_path):
-    models = build_models(ModelConfig(N=32, n_filters_scale=1), probe=np.ones((32, 32)))
-    ex = PyTorchExecutionConfig(early_stop_patience=3, learning_rate=5e-4)
-    cbs = build_callbacks(
-        ex,
-        autoencoder=models.autoencoder,
-        output_dir=tmp_path,
-        nepochs=5,
-        has_validation=True,
-        history_path=None,
+def _callbacks(scan, tmp_path, execution, validation=0.2, nepochs=5):
+    cfg = _config(tmp_path, nepochs=nepochs, validation_fraction=validation)
+    request = _request(cfg, prepare_training(cfg, scan), tmp_path, execution)
+    models = build_models(cfg.model, probe=np.ones((32, 32)))
+    return build_callbacks(request, models.autoencoder, has_validation=validation > 0)
+
+
+def _find(cbs, kind):
+    return [c for c in cbs if isinstance(c, kind)]
+
+
+def test_callbacks_follow_execution_config(scan, tmp_path):
+    ex = ExecutionConfig(
+        early_stop_patience=3, learning_rate=5e-4, checkpoint_monitor_metric="train_loss"
     )
-    plateau = next(c for c in cbs if isinstance(c, keras.callbacks.ReduceLROnPlateau))
-    assert (plateau.factor, plateau.patience, plateau.min_lr) == (0.5, 2, 1e-4)
+    cbs = _callbacks(scan, tmp_path, ex)
+    assert isinstance(cbs[0], HistoryCallback)  # first: lr is the rate used in the epoch
+    (plateau,) = _find(cbs, keras.callbacks.ReduceLROnPlateau)
+    assert (plateau.factor, plateau.patience, plateau.min_lr) == (0.5, 2, min_lr(5e-4))
     assert plateau.monitor == "val_loss"
-    stop = next(c for c in cbs if isinstance(c, keras.callbacks.EarlyStopping))
+    (stop,) = _find(cbs, keras.callbacks.EarlyStopping)
     assert stop.patience == 3 and stop.monitor == "val_loss"
-    cbs = build_callbacks(
-        PyTorchExecutionConfig(scheduler="none", enable_checkpointing=False),
-        autoencoder=models.autoencoder,
-        output_dir=tmp_path,
-        nepochs=5,
-        has_validation=False,
-        history_path=None,
+    (ckpt,) = _find(cbs, AtomicBestWeights)  # torch name "train_loss" → Keras' "loss"
+    assert (ckpt.monitor, ckpt.mode) == ("loss", "min")
+    # without validation data the monitors fall back to the training loss (Keras: "loss")
+    ex = ExecutionConfig(
+        scheduler="none", checkpoint_monitor_metric="val_loss", checkpoint_mode="max"
     )
-    assert not any(isinstance(c, keras.callbacks.ReduceLROnPlateau) for c in cbs)
-    assert next(c for c in cbs if isinstance(c, keras.callbacks.EarlyStopping)).monitor == "loss"
+    cbs = _callbacks(scan, tmp_path, ex, validation=0.0)
+    assert not _find(cbs, keras.callbacks.ReduceLROnPlateau)
+    assert not _find(cbs, keras.callbacks.LearningRateScheduler)
+    assert _find(cbs, keras.callbacks.EarlyStopping)[0].monitor == "loss"
+    (ckpt,) = _find(cbs, AtomicBestWeights)
+    assert (ckpt.monitor, ckpt.mode) == ("loss", "max")
 
 
-def test_early_stopping_and_checkpoints(scan, tmp_path):
-    ex = PyTorchExecutionConfig(
-        accelerator="cpu", enable_progress_bar=False, early_stop_patience=1, learning_rate=0.5
-    )  # diverges → stops
-    res = train(_config(tmp_path, nepochs=8), ex, train_data=scan)
-    assert len(res["history"]["train_loss"]) < 8
-    assert (tmp_path / "checkpoints" / "last.weights.h5").is_file()
+@pytest.mark.parametrize("name", ["cosine", "step"])
+def test_epoch_schedules_are_cores(scan, tmp_path, name):
+    cbs = _callbacks(scan, tmp_path, ExecutionConfig(scheduler=name, learning_rate=2e-3), nepochs=9)
+    (sched,) = _find(cbs, keras.callbacks.LearningRateScheduler)
+    assert not _find(cbs, keras.callbacks.ReduceLROnPlateau)
+    got = [sched.schedule(e, 123.0) for e in range(10)]
+    assert got == pytest.approx([scheduled_lr(name, 2e-3, e, 9) for e in range(10)])
+    assert len(set(got)) > 1  # the schedule moves
 
 
-def test_ignored_execution_fields_are_logged(caplog):
-    ex = PyTorchExecutionConfig(
-        num_workers=2, accum_steps=3, learning_rate=2e-3, checkpoint_mode="max"
+class _Optimizer:
+    learning_rate = np.float32(2.5e-3)
+
+
+def test_history_callback_feeds_cores_recorder(tmp_path):
+    recorder = HistoryRecorder(tmp_path / "history.csv")
+    cb = HistoryCallback(recorder)
+    cb.set_model(type("M", (), {"optimizer": _Optimizer()})())
+    logs = {"loss": 3.0, "val_loss": 4.0, "nll": 1.0, "val_nll": 2.0, "learning_rate": 9.0}
+    cb.on_epoch_end(0, logs)
+    cb.on_epoch_end(1, {"loss": 2.0, "nll": 0.5})  # an epoch without validation logs
+    hist = recorder.history()
+    assert hist["train_loss"] == [3.0, 2.0] and hist["train_nll"] == [1.0, 0.5]
+    assert hist["val_loss"][0] == 4.0 and math.isnan(hist["val_loss"][1])
+    assert hist["val_nll"][0] == 2.0 and hist["lr"] == pytest.approx([2.5e-3, 2.5e-3])
+    assert not any("learning_rate" in k for k in hist)
+    assert (tmp_path / "history.csv").is_file()
+
+
+def test_early_stopping_checkpoints_and_ignored_fields(scan, tmp_path, caplog):
+    ex = ExecutionConfig(
+        accelerator="cpu",
+        enable_progress_bar=False,
+        early_stop_patience=1,
+        learning_rate=0.5,  # diverges → stops
+        num_workers=2,  # not honoured: logged and reported
     )
     with caplog.at_level(logging.INFO, logger="ptycho_tf.workflows"):
-        ignored = log_ignored_fields(ex)
-    assert set(ignored) == {"num_workers", "accum_steps"}
-    assert "num_workers=2" in caplog.text and "accum_steps=3" in caplog.text
-    assert "learning_rate" not in ignored and "checkpoint_mode" not in ignored
+        res = train(_config(tmp_path, nepochs=8), ex, train_data=scan)
+    assert res.epochs_trained < 8
+    assert (tmp_path / "checkpoints" / "last.weights.h5").is_file()
+    assert res.extra["ignored_execution"] == {"num_workers": 2}
+    assert "num_workers" in caplog.text
+
+
+def _ignored(execution):
+    return core_ignored(
+        execution,
+        ptycho_tf.HONOURED_EXECUTION_FIELDS,
+        honoured_values=ptycho_tf.HONOURED_VALUES,
+    )
+
+
+def test_honoured_execution_fields():
+    assert _ignored(None) == {} and _ignored(ExecutionConfig()) == {}
+    e = ExecutionConfig(
+        num_workers=2,
+        accum_steps=4,
+        learning_rate=5e-4,
+        checkpoint_mode="max",
+        logger_backend="tensorboard",
+    )
+    assert _ignored(e) == {"num_workers": 2, "accum_steps": 4, "logger_backend": "tensorboard"}
+    assert _ignored(ExecutionConfig(logger_backend="none")) == {}
+    fields = ptycho_tf.HONOURED_EXECUTION_FIELDS
+    assert {"learning_rate", "devices", "logger_backend"} <= fields
+    assert {"checkpoint_monitor_metric", "checkpoint_mode"} <= fields
+    assert not {"num_workers", "accum_steps", "strategy", "gradient_clip_val"} & fields
+    assert fields <= set(ExecutionConfig.field_names())
+    assert workflows.HONOURED_EXECUTION_FIELDS is fields
+    assert workflows.HONOURED_VALUES is ptycho_tf.HONOURED_VALUES
 
 
 def test_strategy_resolution():
-    one = resolve_strategy(PyTorchExecutionConfig(accelerator="cpu", devices=1))
+    one = resolve_strategy(ExecutionConfig(accelerator="cpu", devices=1))
     assert isinstance(one, tf.distribute.OneDeviceStrategy)
     with pytest.raises(RuntimeError, match="devices=8"):
-        resolve_strategy(PyTorchExecutionConfig(accelerator="cpu", devices=8))
+        resolve_strategy(ExecutionConfig(accelerator="cpu", devices=8))
+    with pytest.raises(RuntimeError, match=r"devices=\(0, 3\)"):
+        resolve_strategy(ExecutionConfig(accelerator="cpu", devices=(0, 3)))
     with pytest.raises(ValueError, match="tpu"):
-        resolve_strategy(PyTorchExecutionConfig(accelerator="tpu"))
-
-
-def test_cosine_and_step_schedules_match_torch_definitions():
-    from ptycho_tf.training import _schedule
-
-    cos = _schedule("cosine", 1e-3, 10)
-    assert cos(0, None) == pytest.approx(1e-3)
-    assert cos(5, None) == pytest.approx(1e-4 + (1e-3 - 1e-4) / 2)
-    assert cos(10, None) == pytest.approx(1e-4)
-    step = _schedule("step", 1e-3, 9)  # halve every 9 // 3 = 3 epochs
-    assert [step(e, None) for e in (0, 2, 3, 6)] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])
+        resolve_strategy(ExecutionConfig(accelerator="tpu"))
 
 
 def test_backend_imports_no_torch():
     code = (
-        "import sys, ptycho_tf.backend; "
+        "import sys, ptycho_tf; "
+        "assert 'tensorflow' not in sys.modules; "
+        "assert 'learning_rate' in ptycho_tf.HONOURED_EXECUTION_FIELDS; "
+        "import ptycho_tf.backend; "
         "bad = [m for m in ('torch', 'lightning') if m in sys.modules]; "
         "assert not bad, bad"
     )

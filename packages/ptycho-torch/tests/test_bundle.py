@@ -1,5 +1,6 @@
-"""Bundles: save → load → reconstruct is identical; TF bundle → mismatch; damage → BundleError;
-state_dict.pt is a plain tensor dict read with weights_only=True."""
+"""Bundles through the torch hooks: save → load → reconstruct is identical; TF bundle → mismatch;
+damage → BundleError naming the entry; state_dict.pt is a plain tensor dict read with
+weights_only=True; the manifest's intensity scale must agree with the weights."""
 
 import io
 
@@ -9,9 +10,10 @@ import torch
 
 from ptycho_core import bundle as core_bundle
 from ptycho_core.config import InferenceConfig, ModelConfig, PyTorchExecutionConfig, TrainingConfig
+from ptycho_core.engine import LoadedBundle
 from ptycho_core.errors import BundleBackendMismatchError, BundleError
 from ptycho_core.simulation import simulate_scan
-from ptycho_torch.bundle import load_bundle, save_bundle
+from ptycho_torch.bundle import STATE_DICT_ENTRY, load_bundle, save_bundle
 from ptycho_torch.model import PtychoModel
 from ptycho_torch.workflows import reconstruct
 
@@ -59,8 +61,9 @@ def test_save_load_reconstruct_identical(tmp_path, scan, gridsize):
     )
     a = reconstruct(icfg, ex, data=scan)
     b = reconstruct(icfg, ex, data=scan, bundle=load_bundle(path))
-    assert a["backend"] == "pytorch"
-    np.testing.assert_array_equal(a["object"], b["object"])
+    assert isinstance(loaded, LoadedBundle) and loaded.path == path
+    assert a.backend == "pytorch"
+    np.testing.assert_array_equal(a.object, b.object)
 
 
 def test_state_dict_entry_is_plain_tensors(tmp_path):
@@ -69,6 +72,7 @@ def test_state_dict_entry_is_plain_tensors(tmp_path):
         tmp_path / "wts.h5.zip", model, tcfg(tmp_path, probe_trainable=True), normalization={}
     )
     b = core_bundle.read_bundle(path, expected_backend="pytorch")
+    assert STATE_DICT_ENTRY == "state_dict.pt"
     assert set(b.files) >= {"probe.npy", "state_dict.pt"}
     sd = torch.load(io.BytesIO(b.files["state_dict.pt"]), weights_only=True)
     assert list(sd) == list(model.state_dict())
@@ -126,7 +130,7 @@ def test_wrong_architecture_and_missing_entry_are_bundle_errors(tmp_path):
         ),
     )
     core_bundle.write_bundle(other, manifest, b.files)
-    with pytest.raises(BundleError, match="architecture"):
+    with pytest.raises(BundleError, match="state_dict.pt: weights do not match the architecture"):
         load_bundle(other)
     missing = tmp_path / "m" / "wts.h5.zip"
     missing.parent.mkdir()
@@ -160,7 +164,7 @@ def test_inference_batch_size_chunks_prediction(tmp_path, scan, batch):
     ref = reconstruct(
         icfg, PyTorchExecutionConfig(accelerator="cpu", inference_batch_size=scan.M), data=scan
     )
-    np.testing.assert_allclose(res["object"], ref["object"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.object, ref.object, rtol=1e-5, atol=1e-6)
 
 
 def test_inference_device_from_accelerator():
@@ -171,3 +175,30 @@ def test_inference_device_from_accelerator():
         with pytest.raises(RuntimeError, match="CUDA"):
             inference_device("cuda")
         assert inference_device("auto").type in ("cpu", "mps")
+
+
+def test_manifest_scale_must_agree_with_the_weights(tmp_path):
+    """The scale the torch hooks report after loading is the one in state_dict.pt, so a manifest
+    that disagrees with it is refused (core's rule), while an agreeing one loads."""
+    model = make_model()
+    path = save_bundle(tmp_path / "wts.h5.zip", model, tcfg(tmp_path), normalization={})
+    b = core_bundle.read_bundle(path)
+    assert load_bundle(path).intensity_scale == pytest.approx(4.5, rel=1e-6)
+    bad = tmp_path / "bad" / "wts.h5.zip"
+    bad.parent.mkdir()
+    core_bundle.write_bundle(bad, dict(b.manifest, intensity_scale=9.0), b.files)
+    with pytest.raises(BundleError, match="intensity_scale"):
+        load_bundle(bad)
+
+
+def test_non_tensor_payload_is_a_bundle_error(tmp_path):
+    model = make_model()
+    path = save_bundle(tmp_path / "wts.h5.zip", model, tcfg(tmp_path), normalization={})
+    b = core_bundle.read_bundle(path)
+    buf = io.BytesIO()
+    torch.save([torch.zeros(1)], buf)  # loadable with weights_only=True, but not a dict
+    odd = tmp_path / "odd" / "wts.h5.zip"
+    odd.parent.mkdir()
+    core_bundle.write_bundle(odd, b.manifest, dict(b.files, **{"state_dict.pt": buf.getvalue()}))
+    with pytest.raises(BundleError, match="state_dict.pt: is not a plain dict of tensors"):
+        load_bundle(odd)

@@ -29,8 +29,8 @@ SCRIPT = textwrap.dedent(
                                     enable_checkpointing=False)
         res = train(cfg, ex, train_data=scan)
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        print(f"RESULT rank={res['global_rank']} "
-              f"epochs={len(res['history'].get('train_loss', []))} world={world}", flush=True)
+        print(f"RESULT rank={res.global_rank} epochs={res.epochs_trained} world={world}",
+              flush=True)
 
 
     if __name__ == "__main__":  # ddp_spawn re-imports this file in its workers

@@ -1,5 +1,5 @@
-"""The network against ADR-002 (specs/model.md): names, order, shapes, parameter count,
-activations, trainable probe / intensity scale."""
+"""The network (specs/model.md): its layers are core's ADR-002 table (core's tests check the table
+itself), shapes, activations, trainable probe / intensity scale."""
 
 import math
 
@@ -7,47 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from ptycho_torch.model import PtychoModel
-
-
-def adr_layers(n, gridsize, k, object_big=True, probe_big=True, pad_object=True):
-    """The ADR-002 table, written out again from the spec text (not from the code under test)."""
-    L = {32: 2, 64: 3, 128: 4, 256: 5}[n]
-    C = gridsize**2
-    c_out = C if object_big else 1
-    f = [128 * k // 2 ** (L - 1 - i) for i in range(L)]
-    g = [32 * k * 2 ** (L - 2 - j) for j in range(L - 1)]
-    rows = []
-    prev = C
-    for i in range(L):
-        rows += [(f"enc{i}_conv1", prev, f[i]), (f"enc{i}_conv2", f[i], f[i])]
-        prev = f[i]
-    for br in ("amp", "phase"):
-        prev = f[-1]
-        for j in range(L - 1):
-            rows += [(f"{br}_dec{j}_conv1", prev, g[j]), (f"{br}_dec{j}_conv2", g[j], g[j])]
-            prev = g[j]
-    rows += [("amp_head", 32 * k, c_out), ("phase_head", 32 * k, c_out)]
-    if not pad_object:
-        for br in ("amp", "phase"):
-            rows += [(f"{br}_up_conv1", 32 * k, 32 * k), (f"{br}_up_conv2", 32 * k, 32 * k)]
-    elif probe_big:
-        for br in ("amp", "phase"):
-            rows += [
-                (f"{br}_border_conv1", 32 * k, 32 * k),
-                (f"{br}_border_conv2", 32 * k, 32 * k),
-                (f"{br}_border_head", 32 * k, c_out),
-            ]
-    return rows
-
-
-def expected_count(n, gridsize, k, **kw):
-    return (
-        sum((9 * cin + 1) * cout for _, cin, cout in adr_layers(n, gridsize, k, **kw))
-        + 1
-        + 2 * n * n
-    )
-
+from ptycho_core.architecture import conv_layers, parameter_count, scalar_weights
+from ptycho_core.config import ModelConfig
+from ptycho_torch.model import PtychoModel, build_model
 
 CASES = [
     (32, 1, 1, {}),
@@ -62,43 +24,50 @@ CASES = [
 ]
 
 
+def model_for(n, gs, k, **kw):
+    mc = ModelConfig(N=n, gridsize=gs, n_filters_scale=k, **kw)
+    return mc, build_model(mc, probe=None, intensity_scale=1.0)
+
+
 @pytest.mark.parametrize("n,gs,k,kw", CASES)
-def test_layers_names_order_shapes_and_param_count(n, gs, k, kw):
-    m = PtychoModel(N=n, gridsize=gs, n_filters_scale=k, **kw)
-    rows = adr_layers(n, gs, k, **kw)
+def test_layers_are_the_core_table(n, gs, k, kw):
+    """My convs == ptycho_core.architecture's table (names, channels, order); the state dict is
+    the convs in that order, then the scalar weights; parameter count == core's."""
+    mc, m = model_for(n, gs, k, **kw)
+    table = conv_layers(mc)
+    mine = [(name, c.in_channels, c.out_channels) for name, c in m.named_children()]
+    assert all(isinstance(c, torch.nn.Conv2d) for c in m.children())
+    assert mine == [(t.name, t.in_channels, t.out_channels) for t in table]
+    for c in m.children():
+        assert (c.kernel_size, c.stride, c.padding, c.bias is not None) == (
+            (3, 3),
+            (1, 1),
+            (1, 1),
+            True,
+        )
     sd = m.state_dict()
-    keys = list(sd)
-    expect_keys = [f"{name}.{p}" for name, _, _ in rows for p in ("weight", "bias")]
-    expect_keys += ["log_intensity_scale", "probe_real", "probe_imag"]
-    assert keys == expect_keys
-    for name, cin, cout in rows:
-        assert tuple(sd[f"{name}.weight"].shape) == (cout, cin, 3, 3)
-        assert tuple(sd[f"{name}.bias"].shape) == (cout,)
-    assert tuple(sd["log_intensity_scale"].shape) == ()
-    assert tuple(sd["probe_real"].shape) == (n, n)
-    count = sum(p.numel() for p in m.parameters())
-    exp = expected_count(n, gs, k, **kw)
-    print(f"N={n} gridsize={gs} k={k} {kw}: {count} parameters (ADR-002 arithmetic: {exp})")
-    assert count == exp
+    scalars = scalar_weights(mc)
+    expect = [f"{t.name}.{p}" for t in table for p in ("weight", "bias")] + [s for s, _ in scalars]
+    assert list(sd) == expect
+    assert [tuple(sd[s].shape) for s, _ in scalars] == [shape for _, shape in scalars]
+    assert sum(p.numel() for p in m.parameters()) == parameter_count(mc)
 
 
-def test_default_n64_param_count_printed():
-    m = PtychoModel(N=64, gridsize=1, n_filters_scale=2)
-    n_params = sum(p.numel() for p in m.parameters())
-    print(f"default N=64 gridsize=1 k=2 parameter count: {n_params}")
-    # Spelled out by hand: encoder 32k,64k,128k with k=2 -> 64,128,256 filters.
-    enc = (
-        (9 * 1 + 1) * 64
-        + (9 * 64 + 1) * 64
-        + (9 * 64 + 1) * 128
-        + (9 * 128 + 1) * 128
-        + (9 * 128 + 1) * 256
-        + (9 * 256 + 1) * 256
-    )
-    dec = 2 * ((9 * 256 + 1) * 128 + (9 * 128 + 1) * 128 + (9 * 128 + 1) * 64 + (9 * 64 + 1) * 64)
-    heads = 2 * (9 * 64 + 1) * 1
-    border = 2 * ((9 * 64 + 1) * 64 * 2 + (9 * 64 + 1) * 1)
-    assert n_params == enc + dec + heads + border + 1 + 2 * 64 * 64
+@pytest.mark.parametrize(
+    "n,gs,kw", [(32, 2, {}), (64, 1, {"pad_object": False}), (32, 1, {"probe_big": False})]
+)
+def test_each_conv_runs_at_the_table_size(n, gs, kw):
+    """The feature map each conv sees is the table's ``size`` (so core's FLOP counts hold)."""
+    mc, m = model_for(n, gs, 1, **kw)
+    seen = {}
+    for name, conv in m.named_children():
+        conv.register_forward_pre_hook(
+            lambda mod, inp, name=name: seen.update({name: inp[0].shape})
+        )
+    m.diffraction_to_obj(torch.rand(2, gs * gs, n, n), torch.randn(2, gs * gs, 2))
+    assert {name: tuple(shape[-2:]) for name, shape in seen.items()} == {
+        t.name: (t.size, t.size) for t in conv_layers(mc)
+    }
 
 
 @pytest.mark.parametrize("bad", [48, 16, 512])

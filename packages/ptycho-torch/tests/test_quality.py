@@ -23,7 +23,11 @@ SSIM_MARGIN = 0.2  # held-out amplitude SSIM must beat the flat object by at lea
 
 @pytest.mark.slow
 def test_trained_model_beats_flat_object_on_held_out_positions(tmp_path):
-    scan = simulate_scan(N=32, n_positions=600, nphotons=1e6, seed=21, object_size=128)
+    # The procedural scene (the margins below were measured on it; the default "realistic" scene
+    # is a harder case, see specs/simulation.md).
+    scan = simulate_scan(
+        N=32, n_positions=600, nphotons=1e6, seed=21, object_size=128, scenario="procedural"
+    )
     rng = np.random.default_rng(0)
     perm = rng.permutation(scan.M)
     train_scan, test_scan = scan.subset(np.sort(perm[:300])), scan.subset(np.sort(perm[300:]))
@@ -40,23 +44,21 @@ def test_trained_model_beats_flat_object_on_held_out_positions(tmp_path):
         learning_rate=2e-3,
     )
     res = train(cfg, ex, train_data=train_scan)
-    nll = res["history"]["train_nll"]
+    nll = res.history["train_nll"]
     # The NLL carries a large data-dependent constant; its floor is the saturated value reached
     # when the predicted intensity equals the counts. Require the excess over that floor to halve.
     counts = (
-        res["intensity_scale"] * res["norm_factor"] * train_scan.diffraction.astype(np.float64)
+        res.intensity_scale * res.norm_factor * train_scan.diffraction.astype(np.float64)
     ) ** 2
     floor = float(poisson_nll(counts, counts))
     excess = [v - floor for v in nll]
     print("train NLL excess over saturated per epoch:", [round(v, 3) for v in excess])
     assert excess[-1] < 0.5 * excess[0]
 
-    rec = reconstruct(
-        InferenceConfig(model=model, model_path=res["bundle_path"]), ex, data=test_scan
-    )
-    covered = rec["coverage"] > 0
+    rec = reconstruct(InferenceConfig(model=model, model_path=res.bundle_path), ex, data=test_scan)
+    covered = rec.coverage > 0
     truth = scan.object
-    got = evaluate(rec["object"], truth, mask=covered)
+    got = evaluate(rec.object, truth, mask=covered)
     flat = evaluate(np.ones_like(truth), truth, mask=covered)
     print(
         f"held-out SSIM amp {got['ssim_amp']:.3f} (flat {flat['ssim_amp']:.3f}), "

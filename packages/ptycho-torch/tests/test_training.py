@@ -9,13 +9,22 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from ptycho_core.bundle import read_bundle
 from ptycho_core.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
+from ptycho_core.engine import TrainResult
+from ptycho_core.errors import DataContractError
 from ptycho_core.simulation import simulate_scan
-from ptycho_torch.training import build_trainer
+from ptycho_core.training import (
+    PLATEAU_FACTOR,
+    PLATEAU_PATIENCE,
+    HistoryRecorder,
+    min_lr,
+    scheduled_lr,
+)
+from ptycho_torch.training import HistoryCallback, build_trainer
 from ptycho_torch.workflows import build_training_run, train
 
 QUIET = dict(enable_progress_bar=False, logger_backend="none", enable_checkpointing=False)
@@ -136,29 +145,63 @@ def test_dataloaders_honour_worker_fields(tmp_path, scan):
     assert (dl0.num_workers, dl0.pin_memory, dl0.persistent_workers) == (0, False, False)
 
 
-@pytest.mark.parametrize(
-    "sched,cls",
-    [
-        ("plateau", "ReduceLROnPlateau"),
-        ("cosine", "CosineAnnealingLR"),
-        ("step", "StepLR"),
-        ("none", None),
-    ],
-)
-def test_optimizer_learning_rate_and_scheduler(tmp_path, scan, sched, cls):
-    ex = PyTorchExecutionConfig(accelerator="cpu", learning_rate=3e-3, scheduler=sched, **QUIET)
-    _, module, _, _ = build_training_run(cfg(tmp_path), ex, train_data=scan)
+@pytest.mark.parametrize("sched", ["plateau", "cosine", "step", "none"])
+def test_optimizer_learning_rate_and_scheduler_follow_core_policy(tmp_path, scan, sched):
+    lr0, nepochs = 3e-3, 7
+    ex = PyTorchExecutionConfig(accelerator="cpu", learning_rate=lr0, scheduler=sched, **QUIET)
+    _, module, _, _ = build_training_run(cfg(tmp_path, nepochs=nepochs), ex, train_data=scan)
     conf = module.configure_optimizers()
     opt = conf["optimizer"] if isinstance(conf, dict) else conf
-    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 3e-3
-    if cls is None:
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == lr0
+    if sched == "none":
         assert not isinstance(conf, dict)
         return
     s = conf["lr_scheduler"]["scheduler"]
-    assert type(s).__name__ == cls
     if sched == "plateau":
-        assert (s.factor, s.patience, s.min_lrs[0]) == (0.5, 2, 1e-4)
+        assert isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        assert (s.factor, s.patience, s.min_lrs[0]) == (
+            PLATEAU_FACTOR,
+            PLATEAU_PATIENCE,
+            min_lr(lr0),
+        )
         assert conf["lr_scheduler"]["monitor"] == "val_loss"
+        return
+    got = []
+    for _ in range(nepochs):
+        got.append(opt.param_groups[0]["lr"])
+        opt.step()
+        s.step()
+    assert got == pytest.approx([scheduled_lr(sched, lr0, e, nepochs) for e in range(nepochs)])
+
+
+def test_monitors_fall_back_to_train_without_validation(tmp_path, scan):
+    ex = PyTorchExecutionConfig(
+        accelerator="cpu",
+        enable_progress_bar=False,
+        logger_backend="none",
+        checkpoint_monitor_metric="val_nll",
+    )
+    _, module, dm, tr = build_training_run(
+        cfg(tmp_path, validation_fraction=0.0), ex, train_data=scan
+    )
+    assert not dm.has_validation
+    assert module.monitor == "train_loss"
+    es = [c for c in tr.callbacks if isinstance(c, EarlyStopping)]
+    assert es[0].monitor == "train_loss" and tr.checkpoint_callback.monitor == "train_nll"
+
+
+def test_extra_callbacks_and_core_history_recorder(tmp_path, scan):
+    class Marker(Callback):
+        pass
+
+    marker, rec = Marker(), HistoryRecorder()
+    ex = PyTorchExecutionConfig(accelerator="cpu", **QUIET)
+    _, _, _, tr = build_training_run(
+        cfg(tmp_path), ex, train_data=scan, history=rec, callbacks=[marker]
+    )
+    assert tr.callbacks[-1] is marker
+    hist = [c for c in tr.callbacks if isinstance(c, HistoryCallback)]
+    assert len(hist) == 1 and hist[0].recorder is rec
 
 
 # --------------------------------------------------------------------------------- fitting
@@ -175,14 +218,22 @@ def test_same_seed_same_initial_weights_and_loss_curve(tmp_path, scan):
     )
     r1 = train(cfg(tmp_path / "r1"), ex, train_data=scan)
     r2 = train(cfg(tmp_path / "r2"), ex, train_data=scan)
-    assert r1["history"]["train_loss"] == r2["history"]["train_loss"]
-    assert r1["history"]["val_loss"] == r2["history"]["val_loss"]
+    assert r1.history["train_loss"] == r2.history["train_loss"]
+    assert r1.history["val_loss"] == r2.history["val_loss"]
 
 
 def test_train_writes_history_and_bundle(tmp_path, scan):
-    ex = PyTorchExecutionConfig(accelerator="cpu", enable_progress_bar=False, logger_backend="csv")
+    ex = PyTorchExecutionConfig(
+        accelerator="cpu",
+        enable_progress_bar=False,
+        logger_backend="csv",
+        scheduler="step",
+        learning_rate=2e-3,
+        early_stop_patience=10,
+    )
     res = train(cfg(tmp_path, nepochs=3, mae_weight=0.1), ex, train_data=scan)
-    assert res["backend"] == "pytorch"
+    assert isinstance(res, TrainResult)
+    assert res.backend == "pytorch" and res.epochs_trained == 3
     with open(tmp_path / "history.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 3
@@ -190,12 +241,16 @@ def test_train_writes_history_and_bundle(tmp_path, scan):
     for key in ("train_nll", "train_mae", "val_nll", "val_mae"):
         assert key in rows[0] and math.isfinite(float(rows[0][key]))
     for k in ("train_loss", "val_loss"):
-        assert [float(r[k]) for r in rows] == pytest.approx(res["history"][k])
+        assert [float(r[k]) for r in rows] == pytest.approx(res.history[k])
+    # lr is the rate used during each epoch (specs/training.md), not the next epoch's
+    assert [float(r["lr"]) for r in rows] == pytest.approx(
+        [scheduled_lr("step", 2e-3, e, 3) for e in range(3)]
+    )
     # total = nll + 0.1 * mae, recorded per epoch
     assert float(rows[-1]["train_loss"]) == pytest.approx(
         float(rows[-1]["train_nll"]) + 0.1 * float(rows[-1]["train_mae"]), rel=1e-4
     )
-    b = read_bundle(res["bundle_path"], expected_backend="pytorch")
+    b = read_bundle(res.bundle_path, expected_backend="pytorch")
     assert b.manifest["backend"] == "pytorch"
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     assert any((tmp_path / "logs").rglob("metrics.csv"))
@@ -207,12 +262,10 @@ def test_resume_from_checkpoint(tmp_path, scan):
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     assert ckpt.exists()
     resumed = train(cfg(tmp_path, nepochs=2), ex, train_data=scan, ckpt_path=ckpt)
-    assert resumed["history"]["train_loss"][0] == first["history"]["train_loss"][0]
-    assert len(resumed["history"]["train_loss"]) == 2
+    assert resumed.history["train_loss"][0] == first.history["train_loss"][0]
+    assert len(resumed.history["train_loss"]) == 2
     straight = train(cfg(tmp_path / "s", nepochs=2), ex, train_data=scan)
-    assert resumed["history"]["train_loss"] == pytest.approx(
-        straight["history"]["train_loss"], rel=1e-5
-    )
+    assert resumed.history["train_loss"] == pytest.approx(straight.history["train_loss"], rel=1e-5)
 
 
 def test_trainable_probe_and_scale_train_and_are_saved(tmp_path, scan):
@@ -224,19 +277,19 @@ def test_trainable_probe_and_scale_train_and_are_saved(tmp_path, scan):
     )
     from ptycho_core.physics import normalize_probe
 
-    b = read_bundle(res["bundle_path"])
+    b = read_bundle(res.bundle_path)
     probe = b.load_npy("probe.npy")
     start = normalize_probe(scan.probe, 4.0)
     assert not np.allclose(probe, start, atol=1e-7)
     s0 = b.manifest["normalization"]["intensity_scale"]
     assert b.manifest["intensity_scale"] != pytest.approx(s0, rel=1e-7)
-    assert res["intensity_scale"] == pytest.approx(b.manifest["intensity_scale"], rel=1e-6)
+    assert res.intensity_scale == pytest.approx(b.manifest["intensity_scale"], rel=1e-6)
 
 
 def test_frozen_probe_and_scale_do_not_change(tmp_path, scan):
     ex = PyTorchExecutionConfig(accelerator="cpu", **QUIET)
     res = train(cfg(tmp_path, nepochs=1), ex, train_data=scan)
-    b = read_bundle(res["bundle_path"])
+    b = read_bundle(res.bundle_path)
     from ptycho_core.physics import normalize_probe
 
     np.testing.assert_array_equal(
@@ -251,14 +304,14 @@ def test_supervised_baseline_trains_and_needs_ground_truth(tmp_path, scan):
     ex = PyTorchExecutionConfig(accelerator="cpu", **QUIET)
     model = ModelConfig(N=32, gridsize=1, n_filters_scale=1, model_type="supervised")
     res = train(cfg(tmp_path, model=model, nepochs=2), ex, train_data=scan)
-    h = res["history"]
+    h = res.history
     assert (
         "train_amp_mae" in h
         and "train_phase_mae" in h
         and all(math.isfinite(v) for v in h["train_loss"])
     )
     bare = replace(scan, Y=None, object=None)
-    with pytest.raises(ValueError, match="Y"):
+    with pytest.raises(DataContractError, match="'Y'.*supervised"):
         train(cfg(tmp_path / "x", model=model, nepochs=1), ex, train_data=bare)
 
 
@@ -266,5 +319,5 @@ def test_gridsize2_trains(tmp_path, scan):
     ex = PyTorchExecutionConfig(accelerator="cpu", **QUIET)
     model = ModelConfig(N=32, gridsize=2, n_filters_scale=1)
     res = train(cfg(tmp_path, model=model, nepochs=1, realspace_weight=0.5), ex, train_data=scan)
-    assert math.isfinite(res["history"]["train_loss"][0])
-    assert "train_realspace" in res["history"]
+    assert math.isfinite(res.history["train_loss"][0])
+    assert "train_realspace" in res.history

@@ -1,4 +1,4 @@
-"""Backend dispatch (``specs/packages.md``, ``specs/configuration.md``): run a payload on the
+"""Backend dispatch (``specs/cli.md``, ``specs/packages.md``): run a payload on the
 backend it names, never another one.
 
 - :func:`train` uses ``payload.config.backend``; :func:`reconstruct` uses the backend recorded in
@@ -6,8 +6,10 @@ backend it names, never another one.
   :class:`~ptycho_core.errors.BundleBackendMismatchError` before any framework is imported.
 - A backend that is not installed raises :class:`~ptycho_core.errors.BackendUnavailableError`
   ("<Name> backend selected … pip install …") from :func:`ptycho_core.backends.load_backend`.
-- Both backends return the same result structure; ``results["backend"]`` is always set, and a
-  backend result missing one of the agreed keys is an error, not a silent gap.
+- Both backends return the same typed results — :class:`ptycho_core.engine.TrainResult` and
+  :class:`ptycho_core.workflow.Reconstruction`; anything else, or a result that names another
+  backend, is an error, not a silent gap. ``timings["total_s"]`` is set when the backend did
+  not set it.
 """
 
 from __future__ import annotations
@@ -17,27 +19,22 @@ import logging
 import time
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ptycho_cli.execution import resolve_accelerator
 from ptycho_cli.factories import InferencePayload, TrainingPayload
 from ptycho_core.backends import load_backend
 from ptycho_core.errors import BundleBackendMismatchError
 
-__all__ = ["train", "reconstruct", "TRAIN_RESULT_KEYS", "check_inference_backend"]
+if TYPE_CHECKING:
+    from ptycho_core.engine import TrainResult
+    from ptycho_core.workflow import Reconstruction
+
+__all__ = ["train", "reconstruct", "check_inference_backend"]
 
 logger = logging.getLogger(__name__)
 
-#: Keys every backend's ``train`` returns (specs/core-api.md).
-TRAIN_RESULT_KEYS = (
-    "backend",
-    "bundle_path",
-    "history",
-    "intensity_scale",
-    "norm_factor",
-    "timings",
-    "config",
-)
+_Result = TypeVar("_Result", "TrainResult", "Reconstruction")
 
 
 def _resolved_execution(execution: Any, backend: str) -> Any:
@@ -48,15 +45,18 @@ def _resolved_execution(execution: Any, backend: str) -> Any:
     return execution
 
 
-def _check_keys(results: Any, keys: tuple[str, ...], backend: str, what: str) -> dict[str, Any]:
-    if not isinstance(results, dict):
+def _check_result(result: object, expected: type[_Result], backend: str, what: str) -> _Result:
+    """``result`` if it is an ``expected`` made by ``backend``; RuntimeError otherwise."""
+    if not isinstance(result, expected):
         raise RuntimeError(
-            f"{backend} backend {what} returned {type(results).__name__}, expected a dict"
+            f"{backend} backend {what} returned {type(result).__name__}, expected "
+            f"{expected.__module__}.{expected.__name__}"
         )
-    missing = [k for k in keys if k not in results]
-    if missing:
-        raise RuntimeError(f"{backend} backend {what} result lacks the agreed keys {missing}")
-    return results
+    if result.backend != backend:
+        raise RuntimeError(
+            f"{backend} backend {what} returned a result of the {result.backend!r} backend"
+        )
+    return result
 
 
 def _load(name: str, on_backend_loaded: Callable[[ModuleType], None] | None) -> ModuleType:
@@ -68,23 +68,24 @@ def _load(name: str, on_backend_loaded: Callable[[ModuleType], None] | None) -> 
 
 def train(
     payload: TrainingPayload, *, on_backend_loaded: Callable[[ModuleType], None] | None = None
-) -> dict[str, Any]:
-    """Train on ``payload.config.backend``; returns the backend's result dict (``backend`` set).
+) -> TrainResult:
+    """Train on ``payload.config.backend``; returns the backend's :class:`TrainResult`.
 
     ``on_backend_loaded(module)`` runs after the backend (and its framework) was imported and
     before it works (the CLI uses it to tame framework logging)."""
+    from ptycho_core.engine import TrainResult  # framework-free; lazy keeps --help light
+
     name = payload.config.backend
     module = _load(name, on_backend_loaded)
     execution = _resolved_execution(payload.execution, name)
     logger.info("training with the %s backend", name)
     start = time.perf_counter()
-    results = module.train(
+    result = module.train(
         payload.config, execution, train_data=payload.train_data, test_data=payload.test_data
     )
-    results = _check_keys(results, TRAIN_RESULT_KEYS, name, "train")
-    results["backend"] = name
-    results.setdefault("timings", {}).setdefault("total_s", time.perf_counter() - start)
-    return results
+    result = _check_result(result, TrainResult, name, "train")
+    result.timings.setdefault("total_s", time.perf_counter() - start)
+    return result
 
 
 def check_inference_backend(payload: InferencePayload) -> str:
@@ -98,11 +99,12 @@ def check_inference_backend(payload: InferencePayload) -> str:
 
 def reconstruct(
     payload: InferencePayload, *, on_backend_loaded: Callable[[ModuleType], None] | None = None
-) -> dict[str, Any]:
-    """Reconstruct ``payload.data`` with the bundle's backend; returns the shared result dict."""
+) -> Reconstruction:
+    """Reconstruct ``payload.data`` with the bundle's backend; returns its
+    :class:`Reconstruction`."""
     name = check_inference_backend(payload)
     module = _load(name, on_backend_loaded)
-    from ptycho_core.workflow import RESULT_KEYS
+    from ptycho_core.workflow import Reconstruction
 
     execution = _resolved_execution(payload.execution, name)
     config = payload.config
@@ -110,8 +112,7 @@ def reconstruct(
         config = dataclasses.replace(config, backend=name)
     logger.info("reconstructing with the %s backend", name)
     start = time.perf_counter()
-    results = module.reconstruct(config, execution, data=payload.data)
-    results = _check_keys(results, tuple(RESULT_KEYS), name, "reconstruct")
-    results["backend"] = name
-    results.setdefault("timings", {}).setdefault("total_s", time.perf_counter() - start)
-    return results
+    result = module.reconstruct(config, execution, data=payload.data)
+    result = _check_result(result, Reconstruction, name, "reconstruct")
+    result.timings.setdefault("total_s", time.perf_counter() - start)
+    return result

@@ -6,21 +6,31 @@ the user actually gave, for the factories' precedence rules) or :func:`build_exe
 (a full config) on the parsed arguments.
 
 Deprecated flags are mapped with a :class:`DeprecationWarning`: ``--device X`` → ``--accelerator
-X`` and ``--disable_mlflow`` → ``--logger none``. Nothing here imports a deep-learning framework;
+X`` and ``--disable_mlflow`` → ``--logger none``. The flag choices are the enumerations of
+:mod:`ptycho_core.config`. Nothing here imports a deep-learning framework;
 :func:`resolve_accelerator` probes torch lazily, and only when it is installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import logging
 import sys
 import warnings
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
-from ptycho_core.config import PyTorchExecutionConfig
+from ptycho_core.backends import DEFAULT_BACKEND, backend_info
+from ptycho_core.config import (
+    ACCELERATORS,
+    CHECKPOINT_MODES,
+    LOGGER_BACKENDS,
+    SCHEDULERS,
+    PyTorchExecutionConfig,
+)
 
 __all__ = [
     "EXECUTION_FLAGS",
@@ -32,10 +42,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-SCHEDULERS = ("plateau", "none", "cosine", "step")
-LOGGERS = ("csv", "tensorboard", "mlflow", "none")
 
 #: argparse ``dest`` → PyTorchExecutionConfig field.
 EXECUTION_FLAGS: dict[str, str] = {
@@ -135,7 +141,7 @@ def add_execution_arguments(parser: argparse.ArgumentParser, *, training: bool =
     )
     g.add_argument(
         "--logger",
-        choices=LOGGERS,
+        choices=LOGGER_BACKENDS,
         default=None,
         help="training metrics logger (default csv; mlflow is never required)",
     )
@@ -190,7 +196,7 @@ def add_execution_arguments(parser: argparse.ArgumentParser, *, training: bool =
         )
         g.add_argument(
             "--checkpoint-mode",
-            choices=("min", "max"),
+            choices=CHECKPOINT_MODES,
             default=None,
             help="whether a lower or higher monitored metric is better (default min)",
         )
@@ -302,28 +308,48 @@ def _installed(module: str) -> bool:
         return False
 
 
-def resolve_accelerator(accelerator: str, backend: str = "pytorch") -> str:
+def _torch_accelerator(torch: ModuleType) -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _tensorflow_accelerator(tf: ModuleType) -> str:
+    return "cuda" if tf.config.list_physical_devices("GPU") else "cpu"
+
+
+#: Framework module (the first of a backend's ``framework_modules``) → (probe, whether to import
+#: the framework for the probe when it is installed but not imported yet).
+_ACCELERATOR_PROBES: dict[str, tuple[Callable[[ModuleType], str], bool]] = {
+    "torch": (_torch_accelerator, True),
+    "tensorflow": (_tensorflow_accelerator, False),
+}
+
+
+def resolve_accelerator(accelerator: str, backend: str = DEFAULT_BACKEND) -> str:
     """Resolve ``auto`` to ``cuda``, ``mps`` or ``cpu``; other names pass through unchanged.
 
     For the PyTorch backend torch is imported here only if it is installed (and only when the
     answer is needed); for TensorFlow, ``auto`` is resolved by asking TensorFlow for GPUs, again
-    only when TensorFlow is already imported (the backend imports it anyway).
+    only when TensorFlow is already imported (the backend imports it anyway). A framework that
+    fails to answer means the CPU (``specs/cli.md``).
     """
     if accelerator != "auto":
         return accelerator
-    if backend == "pytorch" and _installed("torch"):
-        import torch  # lazy: only when a torch run is about to start
-
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return "mps"
+    framework = backend_info(backend).framework_modules[0]
+    probe, may_import = _ACCELERATOR_PROBES.get(framework, (None, False))
+    if probe is None:
         return "cpu"
-    if backend == "tensorflow" and "tensorflow" in sys.modules:
-        tf = sys.modules["tensorflow"]
-        try:
-            return "cuda" if tf.config.list_physical_devices("GPU") else "cpu"
-        except Exception:  # a broken GPU stack means: run on the CPU
-            return "cpu"
-    return "cpu"
+    module = sys.modules.get(framework)
+    if module is None and may_import and _installed(framework):
+        module = importlib.import_module(framework)  # lazy: only when a run is about to start
+    if module is None:
+        return "cpu"
+    try:
+        return probe(module)
+    except Exception as exc:  # a broken GPU stack means: run on the CPU
+        logger.warning("could not ask %s for accelerators (%s); using the CPU", framework, exc)
+        return "cpu"

@@ -15,6 +15,9 @@ can serve both).
 
 - ``N`` comes from the data (pattern and probe size). A source that sets another ``N`` is a
   ``ValueError`` naming both values; so is a test file whose ``N`` differs from the training file.
+- Training: ``backend`` not given by any source is :func:`ptycho_core.backends.default_backend`
+  (the only installed backend, else ``pytorch``).
+- Keys of removed fields (``positions_provided``) are dropped with a ``DeprecationWarning``.
 - Inference: the bundle's model config is authoritative (the weights fix the architecture). Any
   source that sets a model field to another value — ``gridsize`` included — is a ``ValueError``
   naming both values; the data's ``N`` must equal the bundle's. ``backend`` defaults to the
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ptycho_core.backends import default_backend
 from ptycho_core.bundle import BUNDLE_NAME, bundle_file, read_manifest
 from ptycho_core.config import (
     InferenceConfig,
@@ -71,6 +75,8 @@ _TRAIN_PATH_KEYS = ("train_data_file", "test_data_file", "output_dir")
 _INFER_PATH_KEYS = ("model_path", "test_data_file", "output_dir")
 _TRAIN_KEYS = tuple(k for k in TrainingConfig.field_names() if k != "model")
 _INFER_KEYS = tuple(k for k in InferenceConfig.field_names() if k != "model")
+#: Keys of removed config fields, still accepted (and dropped) from old config files.
+_REMOVED_KEYS = tuple(TrainingConfig._removed)
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,13 @@ class _Space:
                 "'n_images' is deprecated; use 'n_groups'", DeprecationWarning, stacklevel=5
             )
             name = "n_groups"
+        if name in _REMOVED_KEYS:
+            warnings.warn(
+                f"{name!r} was removed (it had no effect); ignoring it",
+                DeprecationWarning,
+                stacklevel=5,
+            )
+            return
         if name in self.paths:
             logger.debug("ignoring %r from a config source: it is given as an argument", name)
             return
@@ -337,6 +350,8 @@ def create_training_payload(
                 f"of the training data {train_path}"
             )
     resolver.resolve_all()
+    if "backend" not in resolver.values:
+        resolver.set("backend", default_backend(), "installed backends")
     paths = {
         "train_data_file": train_path,
         "test_data_file": test_path,

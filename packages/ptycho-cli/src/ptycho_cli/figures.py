@@ -174,10 +174,13 @@ def reconstruction_figure(
 
 
 def _loss_axes(ax: Any, history: Mapping[str, Sequence[float]]) -> None:
+    """Plot ``train_loss`` and ``val_loss`` against the epoch, numbered from 1 (a
+    :attr:`ptycho_core.engine.TrainResult.history` counts epochs from 0). A series without a
+    finite value (no validation data) is left out; NaN epochs are gaps."""
     plotted = False
     for key, style in (("train_loss", "-o"), ("val_loss", "-s")):
         values = np.asarray(history.get(key, []), dtype=np.float64)
-        if values.size:
+        if np.isfinite(values).any():
             epochs = np.arange(1, values.size + 1)
             ax.plot(epochs, values, style, ms=3, label=key.replace("_", " "))
             plotted = True
@@ -195,7 +198,9 @@ def _loss_axes(ax: Any, history: Mapping[str, Sequence[float]]) -> None:
 
 
 def loss_figure(path: str | Path, history: Mapping[str, Sequence[float]]) -> Path:
-    """Loss per epoch (train and validation)."""
+    """Loss per epoch (train and validation) from a ``TrainResult.history``, epochs from 1.
+
+    The CLI is the only writer of ``loss.png`` (``specs/cli.md``)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
     _loss_axes(ax, history)

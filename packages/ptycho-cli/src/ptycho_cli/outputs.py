@@ -18,14 +18,17 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ptycho_cli import figures
 from ptycho_core.io import ScanData, atomic_write, scan_to_product, write_product
+
+if TYPE_CHECKING:
+    from ptycho_core.workflow import Reconstruction
 
 __all__ = [
     "staged",
@@ -89,29 +92,29 @@ def write_json(path: str | Path, data: Any) -> Path:
     return Path(path)
 
 
-def write_recon_npz(path: str | Path, results: Mapping[str, Any]) -> Path:
+def write_recon_npz(path: str | Path, result: Reconstruction) -> Path:
     """``object`` (H,W) complex64, ``amplitude``, ``phase``, ``coverage`` (H,W) float32,
     ``origin`` (2,) (x0, y0) object pixels of array pixel (0, 0), ``positions`` (M,2) (x, y),
     and ``_metadata`` (JSON: backend, config, timings)."""
     meta = {
-        "backend": results.get("backend"),
-        "config": results.get("config"),
-        "timings": results.get("timings"),
+        "backend": result.backend,
+        "config": result.config,
+        "timings": result.timings,
         "format": "ptycho-recon",
         "version": 1,
         "units": {"positions": "object pixels (x, y)", "phase": "rad"},
     }
-    arrays = {
-        "object": np.asarray(results["object"], np.complex64),
-        "amplitude": np.asarray(results["amplitude"], np.float32),
-        "phase": np.asarray(results["phase"], np.float32),
-        "coverage": np.asarray(results["coverage"], np.float32),
-        "origin": np.asarray(results["origin"], np.float64).reshape(2),
-        "positions": np.asarray(results["positions"], np.float64).reshape(-1, 2),
-        "_metadata": np.array(json.dumps(to_jsonable(meta), sort_keys=True)),
-    }
     with atomic_write(path, "wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(
+            handle,
+            object=np.asarray(result.object, np.complex64),
+            amplitude=np.asarray(result.amplitude, np.float32),
+            phase=np.asarray(result.phase, np.float32),
+            coverage=np.asarray(result.coverage, np.float32),
+            origin=np.asarray(result.origin, np.float64).reshape(2),
+            positions=np.asarray(result.positions, np.float64).reshape(-1, 2),
+            _metadata=np.array(json.dumps(to_jsonable(meta), sort_keys=True)),
+        )
     return Path(path)
 
 
@@ -156,28 +159,28 @@ def _pixel_size(scan: ScanData | None) -> float:
 
 def write_reconstruction(
     folder: str | Path,
-    results: Mapping[str, Any],
+    result: Reconstruction,
     scan: ScanData,
     *,
-    history: Mapping[str, Any] | None = None,
+    history: Mapping[str, Sequence[float]] | None = None,
     title: str = "",
 ) -> list[Path]:
     """``recon.npz``, ``recon.h5`` (with ``history["train_loss"]`` as its loss values) and
     ``recon.png`` into ``folder`` (use a :func:`staged` folder). Returns the written paths."""
     folder = Path(folder)
-    written = [write_recon_npz(folder / RECON_NPZ, results)]
+    written = [write_recon_npz(folder / RECON_NPZ, result)]
     pixel = _pixel_size(scan)
     losses = np.asarray((history or {}).get("train_loss", []), np.float64)
-    comment = f"ptycho {results.get('backend')} reconstruction" + (
+    comment = f"ptycho {result.backend} reconstruction" + (
         ""
         if pixel != DEFAULT_PIXEL_SIZE_M
         else f"; pixel size {pixel:g} m is nominal (not recorded in the input scan)"
     )
     product = scan_to_product(
         scan,
-        np.asarray(results["object"], np.complex64),
+        np.asarray(result.object, np.complex64),
         pixel_size_m=pixel,
-        origin_px=tuple(float(v) for v in np.asarray(results["origin"]).reshape(2)),
+        origin_px=(float(result.origin[0]), float(result.origin[1])),
         loss_values=losses if losses.size else None,
         name="ptycho",
         comments=comment,
@@ -187,11 +190,11 @@ def write_reconstruction(
     written.append(
         figures.reconstruction_figure(
             folder / RECON_PNG,
-            np.asarray(results["amplitude"]),
-            np.asarray(results["phase"]),
-            positions=np.asarray(results["positions"]).reshape(-1, 2),
-            origin=np.asarray(results["origin"]).reshape(2),
-            coverage=np.asarray(results["coverage"]),
+            np.asarray(result.amplitude),
+            np.asarray(result.phase),
+            positions=np.asarray(result.positions).reshape(-1, 2),
+            origin=np.asarray(result.origin).reshape(2),
+            coverage=np.asarray(result.coverage),
             title=title,
         )
     )

@@ -2,7 +2,10 @@
 
 Importing this package never imports a deep-learning framework (a test checks it).
 Submodules: ``config``, ``errors``, ``io`` (NPZ and Ptychodus product files), ``grouping``,
-``physics``, ``simulation``, ``stitching``, ``metrics``, ``bundle``, ``backends``, ``workflow``.
+``physics``, ``simulation``, ``stitching``, ``metrics``, ``bundle``, ``backends``, ``workflow``,
+and the backends' shared skeleton: ``engine`` (train / reconstruct / bundles), ``training``
+(schedules, history, loss specification), ``architecture`` (the ADR-002 layer table) and
+``testing`` (the backend conformance suite; needs pytest).
 """
 
 from ptycho_core.__about__ import __version__

@@ -8,6 +8,7 @@ Nothing here imports a framework.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,20 @@ class ConvLayer:
         return 2 * 9 * self.in_channels * self.out_channels * self.size * self.size
 
 
+def _positive_int(value: Any, name: str) -> int:
+    """``value`` as an ``int`` when it is a whole number >= 1 (NumPy integers included)."""
+    ok = (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+        and float(value) == int(float(value))
+        and float(value) >= 1
+    )
+    if not ok:
+        raise ValueError(f"{name}={value!r} must be an integer >= 1")
+    return int(value)
+
+
 def encoder_levels(n: int) -> int:
     """``L = log2(N / 8)``: the encoder's number of levels (the bottleneck is 8×8)."""
     if n not in SUPPORTED_N:
@@ -65,13 +80,9 @@ def conv_layers(model_config: Any) -> list[ConvLayer]:
     with ``N``, ``gridsize``, ``n_filters_scale``, ``object_big``, ``probe_big``,
     ``pad_object``), in the ADR-002 row order (amplitude before phase)."""
     n = int(model_config.N)
-    k = int(model_config.n_filters_scale)
-    if k < 1:
-        raise ValueError(
-            f"n_filters_scale={model_config.n_filters_scale!r} must be an integer >= 1"
-        )
+    k = _positive_int(model_config.n_filters_scale, "n_filters_scale")
     levels = encoder_levels(n)
-    c = int(model_config.gridsize) ** 2
+    c = _positive_int(model_config.gridsize, "gridsize") ** 2
     c_out = c if model_config.object_big else 1
     layers: list[ConvLayer] = []
     cin = c

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ptycho_core._jsonutil import json_default
+from ptycho_core.backends import BACKEND_NAMES, BACKENDS
 from ptycho_core.errors import BundleBackendMismatchError, BundleError
 from ptycho_core.io._atomic import atomic_write
 
@@ -67,9 +68,11 @@ PROBE_NAME = "probe.npy"
 MAX_TOTAL_BYTES = 4 * 1024**3
 MAX_ENTRIES = 1024
 _MAX_MANIFEST_BYTES = 16 * 1024**2
-_BACKENDS = ("pytorch", "tensorflow")
-_CREATOR_DISTS = ("ptycho-core", "ptycho-tf", "ptycho-torch", "ptycho-cli", "numpy")
-_FRAMEWORK_DISTS = {"pytorch": ("torch", "lightning"), "tensorflow": ("tensorflow", "keras")}
+_BACKENDS = BACKEND_NAMES
+#: Distributions whose versions every manifest records (``creator``), then the backend's
+#: framework distributions (:data:`ptycho_core.backends.BACKENDS`).
+_CREATOR_DISTS = ("ptycho-core", *(b.distribution for b in BACKENDS), "ptycho-cli", "numpy")
+_FRAMEWORK_DISTS = {b.name: b.framework_distributions for b in BACKENDS}
 _RESERVED = (
     "format",
     "schema_version",

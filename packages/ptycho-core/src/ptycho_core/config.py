@@ -9,6 +9,9 @@ message names the field, the value and what is allowed.
 - ``devices`` given as a list is stored as a tuple (hashable) and serialised as a list.
 - ``n_images`` is a deprecated alias of ``n_groups``: accepted as a constructor keyword (an
   ``InitVar``, never stored) and as a ``from_dict`` key, each with a ``DeprecationWarning``.
+- ``TrainingConfig.positions_provided`` was removed (nothing read it); ``from_dict`` still
+  accepts the key from old bundles and config files, with a ``DeprecationWarning``, and drops it.
+- ``BACKEND_NAMES`` is :data:`ptycho_core.backends.BACKEND_NAMES` (the backend table).
 - ``to_dict()`` is JSON-safe and nested (``model`` is a dict); ``from_dict()`` rejects unknown keys
   with a message listing the valid ones. ``dataclasses.replace`` re-validates.
 
@@ -27,6 +30,7 @@ from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ptycho_core.backends import BACKEND_NAMES, DEFAULT_BACKEND
 from ptycho_core.errors import ConfigError
 
 __all__ = [
@@ -47,7 +51,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BACKEND_NAMES: tuple[str, ...] = ("pytorch", "tensorflow")
 SUPPORTED_N: tuple[int, ...] = (32, 64, 128, 256)
 MODEL_TYPES = ("pinn", "supervised")
 AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
@@ -161,6 +164,9 @@ class _ConfigBase:
     """``to_dict`` / ``from_dict`` shared by the config dataclasses."""
 
     _aliases: ClassVar[tuple[str, ...]] = ()
+    #: Keys of removed fields that old bundles and config files still carry: accepted by
+    #: ``from_dict`` with a DeprecationWarning and dropped.
+    _removed: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict: paths → str, tuples → lists, ``model`` → nested dict."""
@@ -186,12 +192,19 @@ class _ConfigBase:
         """Build from a mapping; unknown keys → ConfigError listing valid keys.
 
         ``n_images`` (where the class has ``n_groups``) is accepted with a DeprecationWarning.
-        A nested ``model`` mapping becomes a :class:`ModelConfig`.
+        Keys of removed fields (``_removed``, e.g. ``positions_provided`` of old bundles) are
+        dropped with a DeprecationWarning. A nested ``model`` mapping becomes a
+        :class:`ModelConfig`.
         """
         if not isinstance(d, Mapping):
             raise ConfigError(f"{cls.__name__}.from_dict expects a mapping, got {type(d).__name__}")
         valid = cls.field_names()
         kwargs = dict(d)
+        for key in cls._removed:
+            if key in kwargs:
+                message = f"{cls.__name__}: {key!r} was removed (it had no effect); ignoring it"
+                warnings.warn(message, DeprecationWarning, stacklevel=2)
+                logger.info("%s (value %r)", message, kwargs.pop(key))
         unknown = sorted(k for k in kwargs if k not in valid and k not in cls._aliases)
         if unknown:
             raise ConfigError(
@@ -274,6 +287,7 @@ class TrainingConfig(_ConfigBase):
     """
 
     _aliases: ClassVar[tuple[str, ...]] = ("n_images",)
+    _removed: ClassVar[tuple[str, ...]] = ("positions_provided",)
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train_data_file: Path | None = None
@@ -289,11 +303,10 @@ class TrainingConfig(_ConfigBase):
     subsample_seed: int | None = None
     neighbor_count: int = 6
     sequential_sampling: bool = False
-    positions_provided: bool = True
     probe_trainable: bool = False
     intensity_scale_trainable: bool = False
     output_dir: Path = Path("outputs")
-    backend: str = "pytorch"
+    backend: str = DEFAULT_BACKEND
     seed: int = 42
     validation_fraction: float = 0.05
     n_images: InitVar[int | None] = None
@@ -325,7 +338,6 @@ class TrainingConfig(_ConfigBase):
         _check_neighbors(c, self.model)
         c.boolean(
             "sequential_sampling",
-            "positions_provided",
             "probe_trainable",
             "intensity_scale_trainable",
         )

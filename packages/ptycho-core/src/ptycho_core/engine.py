@@ -51,6 +51,7 @@ __all__ = [
     "HISTORY_NAME",
     "MODEL_NAMES",
     "BackendHooks",
+    "WeightHooks",
     "FitOutcome",
     "FitRequest",
     "LoadedBundle",
@@ -77,7 +78,9 @@ Predict = Callable[[GroupedData], np.ndarray]
 @dataclass(eq=False)
 class FitRequest:
     """What a backend's :meth:`BackendHooks.fit` gets: the prepared data, the loss, a history
-    recorder to call once per epoch, where to put checkpoints, and a checkpoint to resume."""
+    recorder to call once per epoch (it writes ``<output_dir>/history.csv``; on non-zero DDP
+    ranks the backend sets ``history.write = False``), where to put checkpoints, and a
+    checkpoint to resume."""
 
     config: TrainingConfig
     execution: ExecutionConfig
@@ -107,17 +110,13 @@ class FitOutcome:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-class BackendHooks(Protocol):
-    """The framework-specific part of a backend (``specs/training.md``)."""
+class WeightHooks(Protocol):
+    """What a backend supplies for bundles: build a model, its weights as bytes and back, its
+    probe and intensity scale (``specs/training.md``)."""
 
     name: str
     #: The bundle entry that holds the weights (``state_dict.pt``, ``model.weights.h5``).
     weights_entry: str
-
-    def fit(self, request: FitRequest) -> FitOutcome:
-        """Seed, build the model (:meth:`build_model`), train it; call ``request.history.record``
-        at the end of every epoch."""
-        ...
 
     def build_model(
         self,
@@ -142,6 +141,16 @@ class BackendHooks(Protocol):
         ...
 
     def model_intensity_scale(self, model: Any) -> float: ...
+
+
+class BackendHooks(WeightHooks, Protocol):
+    """The framework-specific part of a backend: :class:`WeightHooks` plus training and
+    prediction (``specs/training.md``)."""
+
+    def fit(self, request: FitRequest) -> FitOutcome:
+        """Seed, build the model (:meth:`build_model`), train it; call ``request.history.record``
+        at the end of every epoch."""
+        ...
 
     def make_predict(self, model: Any, execution: ExecutionConfig) -> Predict:
         """``predict(batch) -> (B, C_out, N, N)`` complex NumPy object patches for a
@@ -196,7 +205,7 @@ def _json_history(history: dict[str, list[float]]) -> dict[str, list[float | Non
 
 
 def save_bundle(
-    hooks: BackendHooks,
+    hooks: WeightHooks,
     path: str | Path,
     model: Any,
     training_config: TrainingConfig,
@@ -270,7 +279,7 @@ def bundle_intensity_scale(manifest: dict[str, Any], where: object) -> float:
     return float(s)
 
 
-def load_bundle(hooks: BackendHooks, path: str | Path) -> LoadedBundle:
+def load_bundle(hooks: WeightHooks, path: str | Path) -> LoadedBundle:
     """Read a bundle written by :func:`save_bundle` for ``hooks.name`` (or the folder holding it).
 
     One rule for both backends: ``model_config`` is required, ``training_config`` optional;
@@ -327,11 +336,9 @@ def train(
     """
     execution = execution or ExecutionConfig()
     t0 = time.perf_counter()
+    # prepare_training reports missing ground truth (LossSpec.check_ground_truth), before fit.
     prepared = prepare_training(config, train_data)
     loss = LossSpec.from_training_config(config)
-    loss.check_ground_truth(
-        prepared.train.Y is not None, prepared.scan.source or "<in-memory scan>"
-    )
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     recorder = HistoryRecorder(out / HISTORY_NAME)

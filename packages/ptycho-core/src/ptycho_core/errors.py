@@ -48,18 +48,22 @@ class BundleBackendMismatchError(BundleError):
         )
 
 
-_PIP_NAMES = {"pytorch": ("PyTorch", "ptycho-torch"), "tensorflow": ("TensorFlow", "ptycho-tf")}
-
-
 class BackendUnavailableError(PtychoError, RuntimeError):
-    """The selected backend is not installed (message carries the pip command)."""
+    """The selected backend is not installed (message carries the pip command).
+
+    Display name and distribution come from :data:`ptycho_core.backends.BACKENDS`.
+    """
 
     def __init__(self, backend: str, reason: str | None = None) -> None:
-        label, dist = _PIP_NAMES.get(backend, (backend, f"ptycho-{backend}"))
+        from ptycho_core.backends import BACKENDS  # lazy: backends imports this module
+
+        info = next((b for b in BACKENDS if b.name == backend), None)
+        label = info.display_name if info is not None else backend
+        install = info.install_command if info is not None else f"pip install ptycho-{backend}"
         self.backend = backend
         msg = (
             f"{label} backend selected, but it is not installed or cannot be imported. "
-            f"Install it with: pip install {dist}"
+            f"Install it with: {install}"
         )
         if reason:
             msg += f" ({reason})"

@@ -81,15 +81,16 @@ def align_phase(
     m = _mask(p.shape, mask)
     d = wrap_phase(p - t)
     offset = np.zeros_like(d)
+    grid = np.indices(d.shape, dtype=np.float64)  # (2, H, W): pixel row and column indices
+    rows: np.ndarray = grid[0]
+    cols: np.ndarray = grid[1]
     if remove_plane:
         z = np.exp(1j * d)
-        rows, cols = np.indices(d.shape, dtype=np.float64)
         gx = np.angle(np.sum((z[:, 1:] * np.conj(z[:, :-1]))[m[:, 1:] & m[:, :-1]]))
         gy = np.angle(np.sum((z[1:, :] * np.conj(z[:-1, :]))[m[1:, :] & m[:-1, :]]))
         offset = gx * cols + gy * rows
     offset = offset + np.angle(np.sum(np.exp(1j * (d - offset))[m]))
     if remove_plane:
-        rows, cols = np.indices(d.shape, dtype=np.float64)
         a = np.stack([cols[m], rows[m], np.ones(int(m.sum()))], axis=1)
         coef, *_ = np.linalg.lstsq(a, wrap_phase(d - offset)[m], rcond=None)
         offset = offset + coef[0] * cols + coef[1] * rows + coef[2]

@@ -85,12 +85,12 @@ def monitored_metric(metric: str, has_validation: bool) -> str:
     return "train_" + metric[4:]
 
 
-def _finite_or_nan(value: Any) -> float:
+def _float_or_nan(value: Any) -> float:
+    """``float(value)``; NaN for a missing or non-numeric value (±inf is kept: a diverged loss)."""
     try:
-        v = float(value)
+        return float(value)
     except (TypeError, ValueError):
         return math.nan
-    return v
 
 
 class HistoryRecorder:
@@ -121,18 +121,16 @@ class HistoryRecorder:
         columns, named ``train_<c>`` / ``val_<c>``. Missing values are NaN (empty CSV cells)."""
         row = {
             "epoch": float(epoch),
-            "train_loss": _finite_or_nan(train_loss),
-            "val_loss": _finite_or_nan(val_loss),
-            "lr": _finite_or_nan(lr),
+            "train_loss": _float_or_nan(train_loss),
+            "val_loss": _float_or_nan(val_loss),
+            "lr": _float_or_nan(lr),
         }
         for key in sorted(components or {}):
             if key not in row:
-                row[key] = _finite_or_nan((components or {})[key])
+                row[key] = _float_or_nan((components or {})[key])
         self.rows.append(row)
         if self.path is not None and self.write:
-            hist = self.history()
-            hist.pop("epoch")
-            write_history_csv(self.path, hist)
+            write_history_csv(self.path, self.history())
         return row
 
     def history(self) -> dict[str, list[float]]:
@@ -150,7 +148,7 @@ class HistoryRecorder:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from a :meth:`state_dict` (a resumed run)."""
         self.rows = [
-            {str(k): _finite_or_nan(v) for k, v in dict(r).items()} for r in state.get("rows", [])
+            {str(k): _float_or_nan(v) for k, v in dict(r).items()} for r in state.get("rows", [])
         ]
 
 
@@ -173,7 +171,8 @@ class LossSpec:
     def __post_init__(self) -> None:
         for name in ("nll_weight", "mae_weight", "realspace_weight"):
             v = getattr(self, name)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+            ok = isinstance(v, int | float) and not isinstance(v, bool)
+            if not (ok and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name}={v!r} must be a finite number >= 0")
         if not self.eps >= 1e-12:
             raise ValueError(f"eps={self.eps!r} must be >= 1e-12")

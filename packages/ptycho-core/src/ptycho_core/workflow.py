@@ -134,8 +134,9 @@ def prepare_training(
     """Load, normalise, group and split a training scan (see the module docstring).
 
     Raises ConfigError when the patterns' N differs from ``config.model.N`` or the grouping
-    request cannot be met, DataContractError for bad or too small data and, for
-    ``model_type='supervised'``, when there is neither ``Y`` nor ``objectGuess``.
+    request cannot be met, DataContractError for bad or too small data and, when the loss needs
+    ground truth (``model_type='supervised'`` or ``realspace_weight > 0``), when there is
+    neither ``Y`` nor ``objectGuess`` (:meth:`ptycho_core.training.LossSpec.check_ground_truth`).
     """
     t0 = time.perf_counter()
     owner = "TrainingConfig"
@@ -166,11 +167,13 @@ def prepare_training(
         )
 
     truth = _ground_truth(scan)
-    if model.model_type == "supervised" and truth is None:
-        raise DataContractError(
-            f"{scan.source or '<in-memory scan>'}: key 'Y': expected ground-truth patches "
-            "(or an 'objectGuess' to cut them from) for model_type='supervised', got neither"
-        )
+    # The one ground-truth rule (supervised or realspace_weight > 0); imported here because
+    # ptycho_core.training imports this module.
+    from ptycho_core.training import LossSpec
+
+    LossSpec.from_training_config(config).check_ground_truth(
+        truth is not None, scan.source or "<in-memory scan>"
+    )
     rng = make_rng(config.seed)
     grouped = _group(
         scan,
@@ -357,7 +360,7 @@ class Reconstruction:
     """A stitched reconstruction in the object frame, as both backends return it.
 
     ``object`` ``(H, W) complex64``; ``amplitude`` ``(H, W) float32`` = ``|object|``; ``phase``
-    ``(H, W) float32`` = ``angle(object)`` in ``(−π, π]`` (radians; ``specs/physics.md``);
+    ``(H, W) float32`` = ``angle(object)`` in ``(−π, π]`` (radians; bounds are ``float32(π)``);
     ``coverage`` ``(H, W) float32`` (summed stitching weights, 0 where no patch landed);
     ``origin`` ``(x0, y0)`` the object-frame coordinates of pixel ``[0, 0]``; ``positions``
     ``(M, 2) float64`` ``(x, y)`` object pixels; ``backend`` its name; ``config`` the inference
@@ -391,10 +394,14 @@ def make_result(
     """A :class:`Reconstruction` from a stitcher's result (dtypes as documented there)."""
     obj = np.asarray(stitched.object, dtype=np.complex64)
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+    # (−π, π] in float32: angle(−1 − 0j) = −π, and angles just above −π round to float32(−π).
+    pi32 = np.float32(np.pi)
+    phase = np.angle(obj).astype(np.float32)
+    phase[phase <= -pi32] = pi32
     return Reconstruction(
         object=obj,
         amplitude=np.abs(obj).astype(np.float32),
-        phase=np.angle(obj).astype(np.float32),
+        phase=phase,
         coverage=np.asarray(stitched.coverage, dtype=np.float32),
         origin=(float(stitched.origin[0]), float(stitched.origin[1])),
         positions=np.asarray(positions, dtype=np.float64),
@@ -409,14 +416,25 @@ def make_result(
 def write_history_csv(path: str | Path, history: Mapping[str, list[float]]) -> Path:
     """Write a loss history (metric → per-epoch values) as CSV (``epoch`` first), atomically.
 
-    Shorter series are padded with empty cells.
+    The ``epoch`` column holds ``history['epoch']`` when given (as integers), else the row
+    index. NaN (a missing value) and shorter series' missing rows are empty cells.
     """
     p = Path(path)
-    names = list(history)
+    epochs = history.get("epoch")
+    names = [k for k in history if k != "epoch"]
     n = max((len(v) for v in history.values()), default=0)
+
+    def cell(values: list[float], e: int) -> Any:
+        v = values[e] if e < len(values) else math.nan
+        return "" if isinstance(v, float | np.floating) and math.isnan(v) else v
+
+    def epoch(e: int) -> int:
+        v = epochs[e] if epochs is not None and e < len(epochs) else math.nan
+        return int(v) if math.isfinite(v) else e
+
     with atomic_write(p, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["epoch", *names])
         for e in range(n):
-            w.writerow([e, *(history[k][e] if e < len(history[k]) else "" for k in names)])
+            w.writerow([epoch(e), *(cell(history[k], e) for k in names)])
     return p

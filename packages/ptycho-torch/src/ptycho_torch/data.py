@@ -7,6 +7,7 @@ from the group centre; optionally ``Y`` ``(B, C, N, N)`` complex64 ground-truth 
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from typing import Any
 
 import lightning.pytorch as pl
@@ -28,19 +29,15 @@ def grouped_to_tensors(grouped: Any, *, with_ground_truth: bool = False) -> dict
     :func:`ptycho_core.workflow.prepare_training`, so ``diffraction`` is ``s·α·X``).
 
     Returns ``x`` ``(G, C, N, N)`` float32, ``offsets`` ``(G, C, 2)`` float32 and, when asked
-    for, ``Y`` ``(G, C, N, N)`` complex64 ground-truth patches.
+    for and present, ``Y`` ``(G, C, N, N)`` complex64 ground-truth patches. A missing ``Y`` is
+    reported once, by :meth:`ptycho_core.training.LossSpec.check_ground_truth`.
     """
     out = {
         "x": torch.from_numpy(np.ascontiguousarray(np.asarray(grouped.diffraction, np.float32))),
         "offsets": torch.from_numpy(np.ascontiguousarray(np.asarray(grouped.offsets, np.float32))),
     }
-    if with_ground_truth:
-        y = getattr(grouped, "Y", None)
-        if y is None:
-            raise ValueError(
-                "ground-truth patches Y are needed (model_type='supervised' or realspace_weight>0) "
-                "but the data has neither Y nor objectGuess"
-            )
+    y = getattr(grouped, "Y", None) if with_ground_truth else None
+    if y is not None:
         out["Y"] = torch.from_numpy(np.ascontiguousarray(np.asarray(y, np.complex64)))
     return out
 
@@ -66,7 +63,7 @@ class EpochShuffleSampler(RandomSampler):
     resumed from a checkpoint sees the same batches as an uninterrupted one. Lightning calls
     :meth:`set_epoch` each epoch (and swaps in a seeded DistributedSampler under DDP)."""
 
-    def __init__(self, data_source: Dataset, seed: int = 0) -> None:
+    def __init__(self, data_source: Sized, seed: int = 0) -> None:
         super().__init__(data_source)
         self.seed, self.epoch = int(seed), 0
 
@@ -80,7 +77,7 @@ class EpochShuffleSampler(RandomSampler):
 
 
 def loader_kwargs(execution: Any, *, batch_size: int) -> dict[str, Any]:
-    """DataLoader keyword arguments from a :class:`PyTorchExecutionConfig`.
+    """DataLoader keyword arguments from a :class:`ptycho_core.config.ExecutionConfig`.
 
     ``persistent_workers`` and ``prefetch_factor`` are passed only with ``num_workers > 0``
     (torch rejects them otherwise).

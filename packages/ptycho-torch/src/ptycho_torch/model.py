@@ -1,9 +1,10 @@
 """The PtychoPINN network in PyTorch (ADR-002, ``specs/model.md``).
 
-One plain ``nn.Module`` holds exactly the layers of ADR-002, registered with the ADR's names in
-the ADR's row order (amp before phase), so ``state_dict()`` keys are ``enc0_conv1.weight``,
-``amp_dec0_conv1.bias``, …, ``log_intensity_scale``, ``probe_real``, ``probe_imag`` and map
-one-to-one onto the Keras model's weights. Data layout is ``(B, C, N, N)``.
+One plain ``nn.Module`` holds exactly the layers of ADR-002, built by iterating the one layer
+table :func:`ptycho_core.architecture.conv_layers` (names and row order, amp before phase), so
+``state_dict()`` keys are ``enc0_conv1.weight``, ``amp_dec0_conv1.bias``, …,
+``log_intensity_scale``, ``probe_real``, ``probe_imag`` and map one-to-one onto the Keras model's
+weights. Data layout is ``(B, C, N, N)``.
 
 Two entry points:
 
@@ -22,11 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptycho_core.architecture import (
+    conv_flops_per_group,
+    conv_layers,
+    encoder_levels,
+    scalar_weights,
+)
+from ptycho_core.config import SUPPORTED_N
 from ptycho_torch import physics
 
-__all__ = ["SUPPORTED_N", "ModelOutput", "PtychoModel", "conv_layer_specs", "build_model"]
+__all__ = ["SUPPORTED_N", "ModelOutput", "PtychoModel", "build_model"]
 
-SUPPORTED_N = (32, 64, 128, 256)
 _AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
 
 
@@ -40,52 +47,6 @@ class ModelOutput(NamedTuple):
     obj: torch.Tensor
     amplitude: torch.Tensor
     intensity: torch.Tensor
-
-
-def conv_layer_specs(
-    n: int,
-    gridsize: int,
-    n_filters_scale: int,
-    *,
-    object_big: bool,
-    probe_big: bool,
-    pad_object: bool,
-) -> list[tuple[str, int, int]]:
-    """``[(name, in_channels, out_channels), ...]`` of every 3×3 conv in ADR-002 row order."""
-    if n not in SUPPORTED_N:
-        raise ValueError(f"N={n} is not supported; the model supports N in {SUPPORTED_N}")
-    k = int(n_filters_scale)
-    if k < 1:
-        raise ValueError(f"n_filters_scale={n_filters_scale!r} must be a positive integer")
-    levels = int(round(math.log2(n / 8)))
-    c = gridsize * gridsize
-    c_out = c if object_big else 1
-    specs: list[tuple[str, int, int]] = []
-    cin = c
-    for i in range(levels):
-        f = 128 * k // 2 ** (levels - 1 - i)
-        specs += [(f"enc{i}_conv1", cin, f), (f"enc{i}_conv2", f, f)]
-        cin = f
-    bottleneck = cin
-    for branch in ("amp", "phase"):
-        cin = bottleneck
-        for j in range(levels - 1):
-            g = 32 * k * 2 ** (levels - 2 - j)
-            specs += [(f"{branch}_dec{j}_conv1", cin, g), (f"{branch}_dec{j}_conv2", g, g)]
-            cin = g
-    top = 32 * k
-    specs += [("amp_head", top, c_out), ("phase_head", top, c_out)]
-    if not pad_object:
-        for branch in ("amp", "phase"):
-            specs += [(f"{branch}_up_conv1", top, top), (f"{branch}_up_conv2", top, top)]
-    elif probe_big:
-        for branch in ("amp", "phase"):
-            specs += [
-                (f"{branch}_border_conv1", top, top),
-                (f"{branch}_border_conv2", top, top),
-                (f"{branch}_border_head", top, c_out),
-            ]
-    return specs
 
 
 def _amp_activation(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -120,6 +81,8 @@ class PtychoModel(nn.Module):
         Make ``probe_real``/``probe_imag`` or ``log_intensity_scale`` trainable
         (``requires_grad``); they are ``nn.Parameter`` either way so the state dict is complete.
     """
+
+    _center: torch.Tensor  # (N, N) float32 buffer: the centre N/2 square
 
     def __init__(
         self,
@@ -158,17 +121,13 @@ class PtychoModel(nn.Module):
             bool(probe_mask),
             float(gaussian_smoothing_sigma),
         )
-        self.levels = int(round(math.log2(self.N / 8)))
-        self.specs = conv_layer_specs(
-            self.N,
-            self.gridsize,
-            n_filters_scale,
-            object_big=object_big,
-            probe_big=probe_big,
-            pad_object=pad_object,
-        )
-        for name, cin, cout in self.specs:
-            self.add_module(name, nn.Conv2d(cin, cout, 3, padding=1))
+        self.n_filters_scale = n_filters_scale
+        self.levels = encoder_levels(self.N)
+        # The convs of ptycho_core.architecture's table, registered in its order (specs/model.md).
+        self.layers = conv_layers(self)
+        for layer in self.layers:
+            conv = nn.Conv2d(layer.in_channels, layer.out_channels, 3, padding=1)
+            self.add_module(layer.name, conv)
         self.log_intensity_scale = nn.Parameter(
             torch.tensor(math.log(float(intensity_scale)), dtype=torch.float32),
             requires_grad=bool(intensity_scale_trainable),
@@ -189,17 +148,20 @@ class PtychoModel(nn.Module):
         # the memory format never shows in the state dict (bundles store contiguous tensors).
         self.channels_last = bool(channels_last)
         if self.channels_last:
-            for name, _, _ in self.specs:
-                self.get_submodule(name).to(memory_format=torch.channels_last)
+            for layer in self.layers:
+                for param in self.get_submodule(layer.name).parameters():
+                    if param.dim() == 4:
+                        param.data = param.data.contiguous(memory_format=torch.channels_last)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
-        """The state dict in ADR-002 row order: convs (weight, bias) first, then
-        ``log_intensity_scale``, ``probe_real``, ``probe_imag`` (torch would list own parameters
-        before submodules)."""
+        """The state dict in the order of :func:`ptycho_core.architecture.conv_layers` (weight,
+        bias per conv), then :func:`ptycho_core.architecture.scalar_weights`
+        (``log_intensity_scale``, ``probe_real``, ``probe_imag``); torch alone would list own
+        parameters before submodules."""
         sd = super().state_dict(*args, **kwargs)
         prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
-        own = [prefix + n for n in ("log_intensity_scale", "probe_real", "probe_imag")]
-        for key in own:
+        for name, _ in scalar_weights(self):
+            key = prefix + name
             if key in sd:
                 sd.move_to_end(key)
         return sd
@@ -300,29 +262,9 @@ class PtychoModel(nn.Module):
         return ModelOutput(obj, amp, amp * amp)
 
     def conv_flops_per_pattern(self) -> int:
-        """Multiply-add FLOPs (2 per MAC) of all convs for one group's forward pass."""
-        sizes = self._conv_sizes()
-        return int(
-            sum(
-                2 * 9 * cin * cout * s * s
-                for (name, cin, cout), s in zip(self.specs, sizes, strict=False)
-            )
-        )
-
-    def _conv_sizes(self) -> list[int]:
-        sizes = []
-        for name, _, _ in self.specs:
-            if name.startswith("enc"):
-                sizes.append(self.N // 2 ** int(name[3]))
-            elif "_dec" in name:
-                sizes.append(8 * 2 ** int(name.split("_dec")[1][0]))
-            elif name.endswith("_head") and "border" not in name:
-                sizes.append(self.N // 2 if self.pad_object else self.N)
-            elif name.endswith("border_head"):
-                sizes.append(self.N)
-            else:  # up / border convs at N/2
-                sizes.append(self.N // 2)
-        return sizes
+        """Forward FLOPs (2 per multiply-add) of all convs for one group
+        (:func:`ptycho_core.architecture.conv_flops_per_group`)."""
+        return conv_flops_per_group(self)
 
 
 def build_model(

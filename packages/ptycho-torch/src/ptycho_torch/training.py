@@ -2,9 +2,11 @@
 Trainer builders.
 
 The network and physics are the plain ``nn.Module`` :class:`ptycho_torch.model.PtychoModel`; the
-loss is :class:`ptycho_torch.losses.PtychoLoss`. Everything runtime-related comes from a
-:class:`ptycho_core.config.PyTorchExecutionConfig` through :func:`build_trainer`, which tests
-inspect without running a fit.
+loss is :class:`ptycho_torch.losses.PtychoLoss`. The policy — learning-rate rules, monitor
+fallback, history — is :mod:`ptycho_core.training`'s; this module only translates it into
+Lightning objects. Everything runtime-related comes from a
+:class:`ptycho_core.config.ExecutionConfig` through :func:`build_trainer`, which tests inspect
+without running a fit.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,14 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from ptycho_core.workflow import write_history_csv
+from ptycho_core.training import (
+    PLATEAU_FACTOR,
+    PLATEAU_PATIENCE,
+    HistoryRecorder,
+    min_lr,
+    monitored_metric,
+    scheduled_lr,
+)
 from ptycho_torch.losses import PtychoLoss
 from ptycho_torch.model import PtychoModel
 
@@ -30,22 +40,19 @@ __all__ = [
     "build_callbacks",
     "build_logger",
     "build_trainer",
-    "PLATEAU_FACTOR",
-    "PLATEAU_PATIENCE",
-    "MIN_LR",
 ]
 
 log = logging.getLogger(__name__)
 
-PLATEAU_FACTOR = 0.5
-PLATEAU_PATIENCE = 2
-MIN_LR = 1e-4
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "lr")
-
 
 class PtychoLightningModule(pl.LightningModule):
     """Runs the model and the loss on batches, logs ``train_*``/``val_*`` metrics, builds Adam
-    and the learning-rate schedule. Holds no physics of its own."""
+    and the learning-rate schedule. Holds no physics of its own.
+
+    ``scheduler``: ``plateau`` → ``ReduceLROnPlateau`` on ``monitor`` with the core constants;
+    ``cosine`` / ``step`` → ``LambdaLR`` following :func:`ptycho_core.training.scheduled_lr`
+    epoch by epoch; ``none`` → a constant rate.
+    """
 
     def __init__(
         self,
@@ -62,17 +69,13 @@ class PtychoLightningModule(pl.LightningModule):
         self.learning_rate, self.scheduler_name = float(learning_rate), scheduler
         self.max_epochs, self.monitor = int(max_epochs), monitor
 
-    def forward(self, x: torch.Tensor, offsets: torch.Tensor | None = None):
-        return self.model(x, offsets)
-
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         out = self.model(batch["x"], batch["offsets"])
         terms = self.loss_fn(out, batch["x"], batch.get("Y"))
         bs = batch["x"].shape[0]
         for name, value in terms.items():
-            key = f"{stage}_{name}"
             self.log(
-                key,
+                f"{stage}_{name}",
                 value.detach(),
                 on_step=False,
                 on_epoch=True,
@@ -90,8 +93,8 @@ class PtychoLightningModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=self.learning_rate)
-        name = self.scheduler_name
+        lr0, name, nepochs = self.learning_rate, self.scheduler_name, self.max_epochs
+        opt = torch.optim.Adam(params, lr=lr0)
         if name == "none":
             return opt
         if name == "plateau":
@@ -100,78 +103,61 @@ class PtychoLightningModule(pl.LightningModule):
                 mode="min",
                 factor=PLATEAU_FACTOR,
                 patience=PLATEAU_PATIENCE,
-                min_lr=min(MIN_LR, self.learning_rate),
+                min_lr=min_lr(lr0),
             )
-            return {
-                "optimizer": opt,
-                "lr_scheduler": {
-                    "scheduler": sched,
-                    "monitor": self.monitor,
-                    "interval": "epoch",
-                    "strict": True,
-                },
+            conf = {
+                "scheduler": sched,
+                "monitor": self.monitor,
+                "interval": "epoch",
+                "strict": True,
             }
-        if name == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-                opt, T_max=max(1, self.max_epochs), eta_min=min(MIN_LR, self.learning_rate)
-            )
-        elif name == "step":
-            sched = torch.optim.lr_scheduler.StepLR(
-                opt, step_size=max(1, self.max_epochs // 3), gamma=0.5
-            )
-        else:
-            raise ValueError(
-                f"scheduler={name!r} is not one of ('plateau', 'none', 'cosine', 'step')"
-            )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+            return {"optimizer": opt, "lr_scheduler": conf}
 
+        # A plain function (not a callable object): LambdaLR then stores nothing of it in the
+        # checkpoint, which stays loadable with weights_only=True. Unknown names raise here.
+        def factor(epoch: int) -> float:
+            return scheduled_lr(name, lr0, epoch, nepochs) / lr0
 
-def _metric(metrics: dict[str, Any], key: str) -> float:
-    v = metrics.get(key)
-    return float(v) if v is not None else math.nan
+        by_epoch = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": by_epoch, "interval": "epoch"}}
 
 
 class HistoryCallback(Callback):
-    """Collects one row per epoch (``epoch``, ``train_loss``, ``val_loss``, ``lr`` and every other
-    ``train_*``/``val_*`` component) in :attr:`rows`; global rank 0 rewrites ``history.csv``
-    atomically after every epoch, so an interrupted run keeps the epochs it finished."""
+    """Feeds a :class:`ptycho_core.training.HistoryRecorder` one row per epoch (``train_loss``,
+    ``val_loss``, ``lr`` — the rate used during the epoch — and every other logged
+    ``train_*``/``val_*`` component). Only global
+    rank 0 writes ``history.csv``; the checkpointed state is the recorder's, so a run resumed
+    from a checkpoint continues its history."""
 
-    def __init__(self, path: str | Path | None) -> None:
-        self.path = Path(path) if path is not None else None
-        self.rows: list[dict[str, float]] = []
+    def __init__(self, recorder: HistoryRecorder) -> None:
+        self.recorder, self._lr = recorder, math.nan
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero:
+            self.recorder.write = False
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The rate used during the epoch: Lightning steps epoch schedulers before the epoch-end
+        # hooks run.
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         m = trainer.callback_metrics
-        row = {
-            "epoch": float(trainer.current_epoch),
-            "train_loss": _metric(m, "train_loss"),
-            "val_loss": _metric(m, "val_loss"),
-            "lr": float(trainer.optimizers[0].param_groups[0]["lr"]),
-        }
-        for key in sorted(m):
-            if key.startswith(("train_", "val_")) and key not in row:
-                row[key] = _metric(m, key)
-        self.rows.append(row)
-        if self.path is not None and trainer.is_global_zero:
-            hist = self.history()
-            hist.pop("epoch")
-            write_history_csv(self.path, hist)
+        self.recorder.record(
+            trainer.current_epoch,
+            train_loss=m.get("train_loss", math.nan),
+            val_loss=m.get("val_loss", math.nan),
+            lr=self._lr,
+            components={k: v for k, v in m.items() if k.startswith(("train_", "val_"))},
+        )
 
     def state_dict(self) -> dict[str, Any]:
-        """Rows so far, so a run resumed from a checkpoint continues its history."""
-        return {"rows": [dict(r) for r in self.rows]}
+        return self.recorder.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.rows = [dict(r) for r in state_dict.get("rows", [])]
-
-    def history(self) -> dict[str, list[float]]:
-        """Dict of lists (``epoch``, ``train_loss``, ``val_loss``, ``lr``, components)."""
-        keys: list[str] = list(HISTORY_COLUMNS)
-        for r in self.rows:
-            keys += [k for k in r if k not in keys]
-        return {k: [r.get(k, math.nan) for r in self.rows] for k in keys}
+        self.recorder.load_state_dict(state_dict)
 
 
 def build_logger(execution: Any, output_dir: str | Path) -> Any:
@@ -203,25 +189,20 @@ def build_callbacks(
     output_dir: str | Path,
     *,
     has_validation: bool = True,
-    history_path: str | Path | None = None,
+    history: HistoryRecorder | None = None,
 ) -> list[Callback]:
-    """History, EarlyStopping (patience from ``execution``) and, with ``enable_checkpointing``, a
-    ModelCheckpoint under ``<output_dir>/checkpoints`` (``last.ckpt`` + top-k by the monitor).
-
-    Without a validation split the monitors fall back from ``val_*`` to ``train_*``.
+    """History (``history``, or an in-memory recorder), EarlyStopping (patience from
+    ``execution``) and, with ``enable_checkpointing``, a ModelCheckpoint under
+    ``<output_dir>/checkpoints`` (``last.ckpt`` + top-k by the monitor). Monitors follow
+    :func:`ptycho_core.training.monitored_metric` (``val_*`` → ``train_*`` without validation).
     """
-
-    def monitored(metric: str) -> str:
-        return metric if has_validation or not metric.startswith("val_") else "train_" + metric[4:]
-
-    cbs: list[Callback] = [HistoryCallback(history_path)]
-    cbs.append(
-        EarlyStopping(
-            monitor=monitored("val_loss"), mode="min", patience=int(execution.early_stop_patience)
-        )
-    )
+    stop_on = monitored_metric("val_loss", has_validation)
+    cbs: list[Callback] = [
+        HistoryCallback(history if history is not None else HistoryRecorder()),
+        EarlyStopping(monitor=stop_on, mode="min", patience=int(execution.early_stop_patience)),
+    ]
     if execution.enable_checkpointing:
-        metric = monitored(execution.checkpoint_monitor_metric)
+        metric = monitored_metric(execution.checkpoint_monitor_metric, has_validation)
         cbs.append(
             ModelCheckpoint(
                 dirpath=str(Path(output_dir) / "checkpoints"),
@@ -242,17 +223,17 @@ def build_trainer(
     max_epochs: int,
     output_dir: str | Path,
     has_validation: bool = True,
-    history_path: str | Path | None = None,
+    history: HistoryRecorder | None = None,
+    callbacks: Sequence[Callback] = (),
     **overrides: Any,
 ) -> pl.Trainer:
     """A ``lightning.pytorch.Trainer`` honouring every field of ``execution`` that shapes
-    training."""
+    training; ``callbacks`` are appended to :func:`build_callbacks`'s."""
+    devices = execution.devices
     kwargs: dict[str, Any] = dict(
         accelerator=execution.accelerator,
         strategy=execution.strategy,
-        devices=list(execution.devices)
-        if isinstance(execution.devices, tuple)
-        else execution.devices,
+        devices=list(devices) if isinstance(devices, tuple) else devices,
         deterministic=bool(execution.deterministic),
         gradient_clip_val=execution.gradient_clip_val,
         accumulate_grad_batches=int(execution.accum_steps),
@@ -261,9 +242,10 @@ def build_trainer(
         enable_model_summary=False,
         max_epochs=int(max_epochs),
         logger=build_logger(execution, output_dir),
-        callbacks=build_callbacks(
-            execution, output_dir, has_validation=has_validation, history_path=history_path
-        ),
+        callbacks=[
+            *build_callbacks(execution, output_dir, has_validation=has_validation, history=history),
+            *callbacks,
+        ],
         default_root_dir=str(output_dir),
         num_sanity_val_steps=0,
         log_every_n_steps=1,  # metrics are epoch-level; this only silences Lightning's hint

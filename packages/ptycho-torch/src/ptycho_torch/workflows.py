@@ -1,40 +1,51 @@
 """Train and reconstruct end to end with the PyTorch backend (``specs/training.md``).
 
-Data preparation, grouping, batching and stitching come from :mod:`ptycho_core.workflow`; this
-module adds the torch model, the Lightning trainer and the bundle.
+The skeleton — data preparation, loss specification, history, bundle, timings, results — is
+:mod:`ptycho_core.engine`'s; this module supplies its hooks (:class:`TorchHooks`): the torch
+model, the Lightning fit and the ``state_dict.pt`` weight entry.
 
 Multi-device: with ``strategy='ddp'`` Lightning re-launches the calling script once per extra
 device, so every rank runs :func:`train`; only global rank 0 writes ``history.csv`` and the
-bundle. With ``strategy='ddp_spawn'`` the calling process collects rank 0's weights and writes.
+bundle. With ``strategy='ddp_spawn'`` the calling process collects rank 0's weights and writes;
+its history is read back from the ``history.csv`` rank 0 wrote.
 """
 
 from __future__ import annotations
 
 import csv
-import logging
+import io
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 
-from ptycho_core.bundle import BUNDLE_NAME
-from ptycho_core.config import InferenceConfig, PyTorchExecutionConfig, TrainingConfig
-from ptycho_core.errors import ConfigError
+from ptycho_core import engine
+from ptycho_core.config import ExecutionConfig, InferenceConfig, TrainingConfig
+from ptycho_core.errors import BundleError
 from ptycho_core.io import ScanData
-from ptycho_core.workflow import prepare_inference, prepare_training, run_inference
-from ptycho_torch.bundle import LoadedBundle, load_bundle, save_bundle
+from ptycho_core.training import HistoryRecorder, LossSpec, monitored_metric
+from ptycho_core.workflow import PreparedTraining, Reconstruction, prepare_training
 from ptycho_torch.data import PtychoDataModule, grouped_to_tensors
 from ptycho_torch.losses import PtychoLoss
 from ptycho_torch.model import PtychoModel, build_model
 from ptycho_torch.training import PtychoLightningModule, build_trainer
 
-__all__ = ["NAME", "train", "reconstruct", "build_training_run", "inference_device", "make_predict"]
+__all__ = [
+    "HOOKS",
+    "NAME",
+    "TorchHooks",
+    "build_training_run",
+    "inference_device",
+    "reconstruct",
+    "train",
+]
 
-log = logging.getLogger(__name__)
 NAME = "pytorch"
 
 
@@ -55,20 +66,27 @@ def inference_device(accelerator: str) -> torch.device:
 
 def build_training_run(
     config: TrainingConfig,
-    execution: PyTorchExecutionConfig | None = None,
+    execution: ExecutionConfig | None = None,
     *,
     train_data: ScanData | None = None,
+    prepared: PreparedTraining | None = None,
+    loss: LossSpec | None = None,
+    history: HistoryRecorder | None = None,
+    callbacks: Sequence[Callback] = (),
     **trainer_overrides: Any,
-) -> tuple[Any, PtychoLightningModule, PtychoDataModule, pl.Trainer]:
-    """Prepare data, seed, build model, loss, LightningModule, DataModule and Trainer (no fit).
+) -> tuple[PreparedTraining, PtychoLightningModule, PtychoDataModule, pl.Trainer]:
+    """Seed, build model, loss, LightningModule, DataModule and Trainer (no fit).
 
-    Seeding happens immediately before the model is built, so one seed gives identical initial
-    weights (and, on CPU with ``deterministic``, an identical loss curve).
+    ``prepared`` (else :func:`ptycho_core.workflow.prepare_training` of ``train_data``),
+    ``loss`` (else the config's :class:`LossSpec`) and ``history`` (else an in-memory recorder)
+    are the engine's pieces; ``callbacks`` are appended to the trainer's. Seeding happens
+    immediately before the model is built, so one seed gives identical initial weights (and, on
+    CPU with ``deterministic``, an identical loss curve).
     """
-    execution = execution or PyTorchExecutionConfig()
-    prepared = prepare_training(config, train_data)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    execution = execution or ExecutionConfig()
+    if prepared is None:
+        prepared = prepare_training(config, train_data)
+    loss = loss if loss is not None else LossSpec.from_training_config(config)
     pl.seed_everything(int(config.seed), workers=True, verbose=False)
     model = build_model(
         config.model,
@@ -77,35 +95,30 @@ def build_training_run(
         probe_trainable=config.probe_trainable,
         intensity_scale_trainable=config.intensity_scale_trainable,
     )
-    loss = PtychoLoss(
-        config.nll_weight,
-        config.mae_weight,
-        config.realspace_weight,
-        supervised=config.model.model_type == "supervised",
-    )
     gt = loss.needs_ground_truth
-    train_t = grouped_to_tensors(prepared.train, with_ground_truth=gt)
-    val_t = (
-        grouped_to_tensors(prepared.val, with_ground_truth=gt) if prepared.val is not None else None
-    )
+    val = prepared.val
     dm = PtychoDataModule(
-        train_t, val_t, batch_size=config.batch_size, execution=execution, seed=config.seed
+        grouped_to_tensors(prepared.train, with_ground_truth=gt),
+        grouped_to_tensors(val, with_ground_truth=gt) if val is not None else None,
+        batch_size=config.batch_size,
+        execution=execution,
+        seed=config.seed,
     )
-    monitor = "val_loss" if dm.has_validation else "train_loss"
     module = PtychoLightningModule(
         model,
-        loss,
+        PtychoLoss(loss),
         learning_rate=execution.learning_rate,
         scheduler=execution.scheduler,
         max_epochs=config.nepochs,
-        monitor=monitor,
+        monitor=monitored_metric("val_loss", dm.has_validation),
     )
     trainer = build_trainer(
         execution,
         max_epochs=config.nepochs,
-        output_dir=out,
+        output_dir=config.output_dir,
         has_validation=dm.has_validation,
-        history_path=out / "history.csv",
+        history=history,
+        callbacks=callbacks,
         **trainer_overrides,
     )
     return prepared, module, dm, trainer
@@ -118,128 +131,113 @@ def _history_from_csv(path: Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) if r[k] not in ("", None) else math.nan for r in rows] for k in keys}
 
 
+class TorchHooks:
+    """:class:`ptycho_core.engine.BackendHooks` for PyTorch + Lightning."""
+
+    name = NAME
+    #: ``torch.save`` of a plain ``{ADR-002 name: tensor}`` dict (nothing else pickled).
+    weights_entry = "state_dict.pt"
+
+    build_model = staticmethod(build_model)
+
+    def fit(self, request: engine.FitRequest) -> engine.FitOutcome:
+        """Lightning fit (resuming from ``request.resume_from``); checkpoints hold tensors and
+        primitives only and are read with ``weights_only=True``."""
+        _, module, dm, trainer = build_training_run(
+            request.config,
+            request.execution,
+            prepared=request.prepared,
+            loss=request.loss,
+            history=request.history,
+        )
+        t0 = time.perf_counter()
+        resume = request.resume_from
+        trainer.fit(
+            module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True
+        )
+        fit_s = time.perf_counter() - t0
+        csv_path = request.output_dir / engine.HISTORY_NAME
+        spawned = not request.history.rows and csv_path.exists()  # ddp_spawn: rank 0 in a child
+        return engine.FitOutcome(
+            model=module.model.cpu(),
+            fit_s=fit_s,
+            history=_history_from_csv(csv_path) if spawned else None,
+            is_global_zero=bool(trainer.is_global_zero),
+            global_rank=int(trainer.global_rank),
+        )
+
+    def weights_to_bytes(self, model: PtychoModel) -> bytes:
+        buf = io.BytesIO()
+        torch.save(
+            {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, buf
+        )
+        return buf.getvalue()
+
+    def weights_from_bytes(self, model: PtychoModel, data: bytes, where: str) -> None:
+        """``torch.load(weights_only=True)`` (nothing is unpickled or executed) and a strict
+        ``load_state_dict``; the model is left in eval mode."""
+        try:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:  # any unpickling refusal or corruption
+            raise BundleError(f"{where}: cannot be read as a tensor dict ({exc})") from exc
+        tensors = isinstance(state, dict) and all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        )
+        if not tensors:
+            raise BundleError(f"{where}: is not a plain dict of tensors")
+        try:
+            model.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise BundleError(
+                f"{where}: weights do not match the architecture in the manifest ({exc})"
+            ) from exc
+        model.eval()
+
+    def model_probe(self, model: PtychoModel) -> np.ndarray:
+        return model.probe.detach().cpu().numpy().astype(np.complex64)
+
+    def model_intensity_scale(self, model: PtychoModel) -> float:
+        return float(model.intensity_scale.detach().cpu())
+
+    def make_predict(self, model: PtychoModel, execution: ExecutionConfig) -> engine.Predict:
+        """``predict(batch) -> (B, C, N, N) complex64`` NumPy on
+        :func:`inference_device` ``(execution.accelerator)``."""
+        device = inference_device(execution.accelerator)
+        model = model.to(device).eval()
+
+        @torch.inference_mode()
+        def predict(batch: Any) -> np.ndarray:
+            x = torch.from_numpy(np.ascontiguousarray(batch.diffraction, dtype=np.float32))
+            off = torch.from_numpy(np.ascontiguousarray(batch.offsets, dtype=np.float32))
+            return model.diffraction_to_obj(x.to(device), off.to(device)).cpu().numpy()
+
+        return predict
+
+
+HOOKS = TorchHooks()
+
+
 def train(
     config: TrainingConfig,
-    execution: PyTorchExecutionConfig | None = None,
+    execution: ExecutionConfig | None = None,
     *,
     train_data: ScanData | None = None,
     test_data: ScanData | None = None,
     ckpt_path: str | Path | None = None,
-) -> dict[str, Any]:
-    """Train a model and write ``<output_dir>/wts.h5.zip`` and ``history.csv`` (rank 0 only).
-
-    ``ckpt_path`` resumes from a Lightning checkpoint (e.g. ``<output_dir>/checkpoints/last.ckpt``).
-    With test data (``test_data`` or ``config.test_data_file``) the trained model also
-    reconstructs it; that result is under ``"reconstruction"``.
-
-    Returns ``backend``, ``bundle_path``, ``history`` (dict of lists: ``train_loss``,
-    ``val_loss``, ``lr``, components), ``intensity_scale``, ``norm_factor``, ``nphotons``,
-    ``timings`` (s), ``config``, ``global_rank``.
-    """
-    execution = execution or PyTorchExecutionConfig()
-    t0 = time.perf_counter()
-    prepared, module, dm, trainer = build_training_run(config, execution, train_data=train_data)
-    t_fit = time.perf_counter()
-    trainer.fit(
-        module,
-        datamodule=dm,
-        ckpt_path=str(ckpt_path) if ckpt_path is not None else None,
-        weights_only=True,
-    )  # checkpoints hold tensors and primitives only; never unpickle objects
-    fit_s = time.perf_counter() - t_fit
-    out = Path(config.output_dir)
-    hist_cb = trainer.callbacks[0] if trainer.callbacks else None
-    history = hist_cb.history() if hist_cb is not None and getattr(hist_cb, "rows", None) else {}
-    if not history and (out / "history.csv").exists():  # ddp_spawn: rank 0 ran in a child process
-        history = _history_from_csv(out / "history.csv")
-    bundle_path = out / BUNDLE_NAME
-    model: PtychoModel = module.model.cpu()
-    if trainer.is_global_zero:
-        save_bundle(
-            bundle_path,
-            model,
-            config,
-            normalization=prepared.normalization(),
-            extra={
-                "epochs_trained": len(history.get("train_loss", [])),
-                "history": {
-                    k: [None if not math.isfinite(v) else v for v in vals]
-                    for k, vals in history.items()
-                },
-            },
-        )
-    n_patterns = len(prepared.train) * config.model.C * max(1, len(history.get("train_loss", [])))
-    timings = dict(
-        prepared.timings,
-        fit_s=fit_s,
-        train_s=time.perf_counter() - t0,
-        patterns_per_s=n_patterns / fit_s if fit_s > 0 else math.nan,
+) -> engine.TrainResult:
+    """:func:`ptycho_core.engine.train` with :data:`HOOKS`; ``ckpt_path`` resumes from a
+    Lightning checkpoint (e.g. ``<output_dir>/checkpoints/last.ckpt``)."""
+    return engine.train(
+        HOOKS, config, execution, train_data=train_data, test_data=test_data, resume_from=ckpt_path
     )
-    result: dict[str, Any] = {
-        "backend": NAME,
-        "bundle_path": bundle_path,
-        "history": history,
-        "intensity_scale": float(model.intensity_scale.detach()),
-        "norm_factor": prepared.norm_factor,
-        "nphotons": prepared.nphotons,
-        "timings": timings,
-        "config": config.to_dict(),
-        "global_rank": int(trainer.global_rank),
-    }
-    if trainer.is_global_zero and (test_data is not None or config.test_data_file is not None):
-        inf_cfg = InferenceConfig(
-            model=config.model,
-            model_path=bundle_path,
-            test_data_file=config.test_data_file,
-            neighbor_count=config.neighbor_count,
-            output_dir=config.output_dir,
-            backend=NAME,
-        )
-        result["reconstruction"] = reconstruct(inf_cfg, execution, data=test_data)
-    return result
-
-
-def make_predict(model: PtychoModel, device: torch.device):
-    """``predict(batch) -> (B, C, N, N) complex64`` NumPy for
-    :func:`ptycho_core.workflow.run_inference`."""
-    model = model.to(device).eval()
-
-    @torch.inference_mode()
-    def predict(batch: Any) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch.diffraction, dtype=np.float32)).to(device)
-        off = torch.from_numpy(np.ascontiguousarray(batch.offsets, dtype=np.float32)).to(device)
-        return model.diffraction_to_obj(x, off).cpu().numpy()
-
-    return predict
 
 
 def reconstruct(
     config: InferenceConfig,
-    execution: PyTorchExecutionConfig | None = None,
+    execution: ExecutionConfig | None = None,
     *,
     data: ScanData | None = None,
-    bundle: LoadedBundle | None = None,
-) -> dict[str, Any]:
-    """Reconstruct a scan with a trained bundle (``config.model_path``: the archive or its folder).
-
-    Groups every position, predicts in chunks of ``execution.inference_batch_size`` and stitches
-    each chunk as it arrives, so memory stays bounded. Returns the keys of
-    :data:`ptycho_core.workflow.RESULT_KEYS` (``backend == "pytorch"``) plus ``norm_factor`` and
-    ``intensity_scale``.
-    """
-    execution = execution or PyTorchExecutionConfig()
-    t0 = time.perf_counter()
-    if bundle is None:
-        if config.model_path is None:
-            raise ConfigError(
-                "InferenceConfig.model_path = None is invalid; allowed: a wts.h5.zip bundle "
-                "(or the folder holding one)"
-            )
-        bundle = load_bundle(config.model_path)
-    load_s = time.perf_counter() - t0
-    prepared = prepare_inference(config, bundle.manifest, data)
-    predict = make_predict(bundle.model, inference_device(execution.accelerator))
-    result = run_inference(prepared, predict, execution.inference_batch_size, NAME)
-    result["timings"]["load_bundle_s"] = load_s
-    result["timings"]["total_s"] = time.perf_counter() - t0
-    return result
+    bundle: engine.LoadedBundle | None = None,
+) -> Reconstruction:
+    """:func:`ptycho_core.engine.reconstruct` with :data:`HOOKS`."""
+    return engine.reconstruct(HOOKS, config, execution, data=data, bundle=bundle)

@@ -14,6 +14,7 @@ from ptycho_cli.execution import (  # positive_* re-exported for the commands
     positive_float,
     positive_int,
 )
+from ptycho_core.backends import BACKEND_NAMES, DEFAULT_BACKEND
 
 __all__ = [
     "add_science_arguments",
@@ -25,7 +26,8 @@ __all__ = [
     "positive_float",
 ]
 
-BACKENDS = ("pytorch", "tensorflow")
+#: ``--backend`` choices: the backend table of :mod:`ptycho_core.backends`.
+BACKEND_CHOICES = BACKEND_NAMES
 
 
 def parse_set(text: str) -> tuple[str, Any]:
@@ -66,9 +68,10 @@ def add_science_arguments(parser: argparse.ArgumentParser, *, training: bool = T
     g = parser.add_argument_group("model and training" if training else "model")
     g.add_argument(
         "--backend",
-        choices=BACKENDS,
+        choices=BACKEND_CHOICES,
         default=None,
-        help="deep-learning backend (training default: pytorch; inference: the bundle's backend)",
+        help="deep-learning backend (training default: the only installed backend, else "
+        f"{DEFAULT_BACKEND}; inference: the bundle's backend)",
     )
     g.add_argument(
         "--gridsize",

@@ -1,15 +1,25 @@
-"""Steps shared by train, infer and demo: run dispatch and write the result files."""
+"""Steps shared by train, infer and demo: run dispatch and write the result files.
+
+The CLI owns ``loss.png`` (``specs/cli.md``): the backend writes the bundle and ``history.csv``,
+:func:`write_training_outputs` draws the loss curve from :attr:`TrainResult.history`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ptycho_cli import dispatch, figures
 from ptycho_cli.console import Console, tame_framework_logging
 from ptycho_cli.factories import InferencePayload
 from ptycho_cli.outputs import LOSS_PNG, staged, write_reconstruction
+
+if TYPE_CHECKING:
+    from ptycho_core.engine import TrainResult
+    from ptycho_core.io import ScanData
+    from ptycho_core.workflow import Reconstruction
 
 
 def framework_hook(module: Any) -> None:
@@ -17,53 +27,78 @@ def framework_hook(module: Any) -> None:
     tame_framework_logging()
 
 
-def write_training_outputs(output_dir: Path, results: Mapping[str, Any]) -> list[Path]:
+def write_training_outputs(output_dir: Path, result: TrainResult) -> list[Path]:
     """``loss.png`` beside the backend's ``wts.h5.zip`` and ``history.csv``."""
-    written = [Path(results["bundle_path"])]
+    written = [Path(result.bundle_path)]
     hist = Path(output_dir) / "history.csv"
     if hist.exists():
         written.append(hist)
     with staged(output_dir) as tmp:
-        figures.loss_figure(tmp / LOSS_PNG, results.get("history") or {})
+        figures.loss_figure(tmp / LOSS_PNG, result.history)
     written.append(Path(output_dir) / LOSS_PNG)
     return written
+
+
+def write_reconstruction_outputs(
+    output_dir: Path,
+    result: Reconstruction,
+    scan: ScanData,
+    *,
+    history: Mapping[str, Sequence[float]] | None = None,
+    title: str = "",
+) -> list[Path]:
+    """``recon.npz``, ``recon.h5`` and ``recon.png`` of ``result`` (a reconstruction of
+    ``scan``), staged: all or nothing."""
+    with staged(output_dir) as tmp:
+        names = [
+            p.name for p in write_reconstruction(tmp, result, scan, history=history, title=title)
+        ]
+    return [Path(output_dir) / n for n in names]
 
 
 def reconstruct_and_write(
     payload: InferencePayload,
     output_dir: Path,
     *,
-    history: Mapping[str, Any] | None = None,
+    history: Mapping[str, Sequence[float]] | None = None,
     title: str = "",
-) -> tuple[dict[str, Any], list[Path]]:
-    results = dispatch.reconstruct(payload, on_backend_loaded=framework_hook)
-    with staged(output_dir) as tmp:
-        names = [
-            p.name
-            for p in write_reconstruction(tmp, results, payload.data, history=history, title=title)
-        ]
-    return results, [Path(output_dir) / n for n in names]
+) -> tuple[Reconstruction, list[Path]]:
+    if payload.data is None:
+        raise ValueError(f"{payload.bundle_path}: no scan was given to reconstruct")
+    result = dispatch.reconstruct(payload, on_backend_loaded=framework_hook)
+    written = write_reconstruction_outputs(
+        output_dir, result, payload.data, history=history, title=title
+    )
+    return result, written
 
 
-def _seconds(results: Mapping[str, Any]) -> str:
-    t = results.get("timings") or {}
+def _seconds(timings: Mapping[str, float]) -> str:
     for key in ("train_s", "fit_s", "total_s"):
-        if isinstance(t.get(key), (int, float)):
-            return f"{t[key]:.1f} s"
+        if isinstance(timings.get(key), (int, float)):
+            return f"{timings[key]:.1f} s"
     return "n/a"
 
 
-def print_train_summary(console: Console, results: Mapping[str, Any], written: list[Path]) -> None:
-    hist = results.get("history") or {}
-    tl, vl = hist.get("train_loss") or [], hist.get("val_loss") or []
-    console.result(
-        f"trained with the {results['backend']} backend in {_seconds(results)}: "
-        f"{len(tl)} epochs, final train_loss {tl[-1]:.4g}"
-        if tl
-        else f"trained with the {results['backend']} backend in {_seconds(results)}"
-    )
-    if vl:
-        console.result(f"final val_loss {vl[-1]:.4g}")
+def _last_finite(values: Sequence[float]) -> float | None:
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return finite[-1] if finite else None
+
+
+def print_train_summary(console: Console, result: TrainResult, written: list[Path]) -> None:
+    hist = result.history
+    tl = _last_finite(hist.get("train_loss") or [])
+    vl = _last_finite(hist.get("val_loss") or [])
+    head = f"trained with the {result.backend} backend in {_seconds(result.timings)}"
+    if tl is not None:
+        n = result.epochs_trained
+        head += f": {n} epoch{'' if n == 1 else 's'}, final train_loss {tl:.4g}"
+    console.result(head)
+    if vl is not None:
+        console.result(f"final val_loss {vl:.4g}")
+    ignored = result.extra.get("ignored_execution") or {}
+    if ignored:
+        settings = ", ".join(f"{k}={v!r}" for k, v in sorted(dict(ignored).items()))
+        console.warn(f"the {result.backend} backend ignored these execution settings: {settings}")
     print_files(console, written)
 
 

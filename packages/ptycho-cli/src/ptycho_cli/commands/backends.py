@@ -11,11 +11,6 @@ from ptycho_cli.console import Console
 NAME = "backends"
 HELP = "list installed and missing backends with install commands"
 
-_INFO = {  # backend → (label, distribution, framework distributions)
-    "pytorch": ("PyTorch", "ptycho-torch", ("torch", "lightning")),
-    "tensorflow": ("TensorFlow", "ptycho-tf", ("tensorflow", "keras")),
-}
-
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
@@ -35,16 +30,24 @@ def _version(dist: str) -> str | None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from ptycho_core.backends import BACKEND_NAMES, available_backends
+    from ptycho_core.backends import BACKENDS, available_backends, default_backend
 
-    installed = set(available_backends())
-    for name in BACKEND_NAMES:
-        label, dist, frameworks = _INFO.get(name, (name, f"ptycho-{name}", ()))
+    available = available_backends()
+    installed = set(available)
+    for info in BACKENDS:
+        name = info.name
         if name in installed:
-            versions = ", ".join(f"{d} {_version(d)}" for d in (dist, *frameworks) if _version(d))
+            dists = (info.distribution, *info.framework_distributions)
+            versions = ", ".join(f"{d} {_version(d)}" for d in dists if _version(d))
             console.result(f"{name:<11} installed  ({versions})")
         else:
-            console.result(f"{name:<11} missing    install with: pip install {dist}")
-    if not installed:
-        console.result("no backend installed: pip install ptycho-torch (recommended)")
+            console.result(
+                f"{name:<11} missing    install with: {info.install_command} "
+                f'(or pip install "ptycho-cli[{info.cli_extra}]")'
+            )
+    if installed:
+        console.result(f"default backend: {default_backend(available)}")
+    else:
+        first = BACKENDS[0]
+        console.result(f"no backend installed: {first.install_command} (recommended)")
     return 0

@@ -135,7 +135,8 @@ def _product_to_npz(src: Path, dst: Path, diffraction: Path | None, intensity: b
         metadata={"object_pixel_size_m": product.object_pixel_width_m, "converted_from": src.name},
     )
     save_npz(dst, scan, nphotons=product.probe_photon_count)
-    return f"{scan.M} patterns of {scan.N}×{scan.N}, object {scan.object.shape}"
+    shape = scan.object.shape if scan.object is not None else None
+    return f"{scan.M} patterns of {scan.N}×{scan.N}, object {shape}"
 
 
 def run(args: argparse.Namespace, console: Console) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ptycho_cli.commands._common import (
-    BACKENDS,
+    BACKEND_CHOICES,
     add_config_arguments,
     execution_from_args,
     positive_float,
@@ -28,6 +28,7 @@ from ptycho_cli.commands._common import (
 )
 from ptycho_cli.console import Console
 from ptycho_cli.execution import add_execution_arguments
+from ptycho_core.backends import DEFAULT_BACKEND
 
 NAME = "demo"
 HELP = "simulate a scan, train on half, reconstruct the held-out half, report SSIM/PSNR"
@@ -96,9 +97,9 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=BACKENDS,
+        choices=BACKEND_CHOICES,
         default=None,
-        help="backend to train (default: pytorch if installed, else tensorflow)",
+        help=f"backend to train (default: the only installed backend, else {DEFAULT_BACKEND})",
     )
     g = p.add_argument_group("demo size (defaults: the full demo; --quick changes them)")
     g.add_argument(
@@ -179,15 +180,6 @@ def split_spatially(positions: np.ndarray, N: int) -> tuple[np.ndarray, np.ndarr
     return train, test
 
 
-def _choose_backend(requested: str | None) -> str:
-    if requested:
-        return requested
-    from ptycho_core.backends import available_backends
-
-    found = available_backends()
-    return found[0] if found else "pytorch"  # none installed: dispatch says how to install
-
-
 def run(args: argparse.Namespace, console: Console) -> int:
     from ptycho_cli import dispatch, factories, figures
     from ptycho_cli.commands._run import (
@@ -203,7 +195,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
     start = time.perf_counter()
     s = _settings(args)
     out = Path(args.output_dir)
-    backend = _choose_backend(args.backend)
 
     console.stage(
         f"simulating {s.n_positions} diffraction patterns ({s.N}×{s.N}, "
@@ -217,6 +208,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
         object_size=s.object_size,
     )
     scan = dataclasses.replace(scan, Y=None)  # unsupervised: ground-truth patches not needed
+    truth = scan.object
+    if truth is None:  # the simulator always returns its object
+        raise RuntimeError("the simulated scan has no ground-truth object")
     train_idx, test_idx = split_spatially(scan.positions, s.N)
     if len(train_idx) < 2 * s.gridsize**2 or len(test_idx) < s.gridsize**2:
         raise ValueError(
@@ -228,8 +222,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         save_npz(tmp / "test.npz", scan.subset(test_idx), nphotons=s.nphotons)
     t_sim = time.perf_counter() - start
 
-    overrides = {
-        "backend": backend,
+    overrides: dict[str, Any] = {
         "nepochs": s.epochs,
         "batch_size": s.batch_size,
         "n_filters_scale": s.n_filters_scale,
@@ -237,6 +230,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         "nphotons": s.nphotons,
         "seed": args.seed,
     }
+    if args.backend is not None:
+        overrides["backend"] = args.backend
     overrides.update(science_overrides(args, console))
     payload = factories.create_training_payload(
         out / "train.npz",
@@ -245,18 +240,19 @@ def run(args: argparse.Namespace, console: Console) -> int:
         overrides=overrides,
         execution_config=execution_from_args(args, console),
     )
+    backend = payload.config.backend  # --backend, a config file, else the default backend
     console.stage(
         f"training the {backend} backend on {len(train_idx)} patterns (left part) for "
         f"{payload.config.nepochs} epochs …"
     )
-    results = dispatch.train(payload, on_backend_loaded=framework_hook)
+    trained = dispatch.train(payload, on_backend_loaded=framework_hook)
     t_train = time.perf_counter() - start - t_sim
-    history = results.get("history") or {}
-    written = write_training_outputs(out, results)
+    history = trained.history
+    written = write_training_outputs(out, trained)
 
     console.stage(f"reconstructing the {len(test_idx)} held-out patterns (right half) …")
     inf = factories.create_inference_payload(
-        results["bundle_path"], out / "test.npz", out, execution_config=payload.execution
+        trained.bundle_path, out / "test.npz", out, execution_config=payload.execution
     )
     rec, files = reconstruct_and_write(
         inf, out, history=history, title="held-out reconstruction (right half of the scan)"
@@ -266,8 +262,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     metrics, files, cmp = score_and_write(
         out,
-        rec,
-        scan.object,
+        rec.object,
+        rec.coverage,
+        rec.origin,
+        truth,
         margin=0,
         extra={
             "demo": {
@@ -289,7 +287,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             cmp.mask,
             metrics,
             history,
-            truth_full=scan.object,
+            truth_full=truth,
             train_positions=scan.positions[train_idx],
             test_positions=scan.positions[test_idx],
             origin=cmp.origin,

@@ -83,7 +83,9 @@ def metric_lines(metrics: dict[str, Any]) -> list[str]:
 
 def score_and_write(
     out_dir: Path,
-    recon: dict[str, Any],
+    obj: np.ndarray,
+    coverage: np.ndarray,
+    origin: Any,
     truth: np.ndarray,
     *,
     register: bool = False,
@@ -91,15 +93,17 @@ def score_and_write(
     margin: int = 0,
     extra: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[Path], Any]:
-    """Compare, then write ``metrics.json`` and ``comparison.png`` into ``out_dir`` (staged)."""
+    """Compare the reconstruction ``obj`` ``(H, W)`` complex with ``coverage`` ``(H, W)`` and
+    ``origin`` ``(x0, y0)`` object pixels to ``truth``, then write ``metrics.json`` and
+    ``comparison.png`` into ``out_dir`` (staged)."""
     from ptycho_cli import figures
     from ptycho_cli.compare import compare_to_truth
     from ptycho_cli.outputs import COMPARISON_PNG, METRICS_JSON, staged, write_json
 
     cmp = compare_to_truth(
-        recon["object"],
-        recon["coverage"],
-        recon["origin"],
+        obj,
+        coverage,
+        origin,
         truth,
         register=register,
         remove_plane=remove_plane,
@@ -129,7 +133,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     out_dir = args.output_dir or Path(recon["path"]).parent
     metrics, written, _ = score_and_write(
         out_dir,
-        recon,
+        recon["object"],
+        recon["coverage"],
+        recon["origin"],
         truth,
         register=args.register,
         remove_plane=args.remove_plane,

@@ -47,14 +47,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
         execution_config=execution_from_args(args, console),
     )
     backend = dispatch.check_inference_backend(payload)
-    console.stage(f"reconstructing {payload.data.M} patterns with the {backend} backend …")
-    results, written = reconstruct_and_write(payload, args.output_dir)
-    shape = results["object"].shape
-    covered = float((results["coverage"] > 0).mean())
-    secs = (results.get("timings") or {}).get("total_s")
+    n = payload.data.M if payload.data is not None else 0
+    console.stage(f"reconstructing {n} patterns with the {backend} backend …")
+    result, written = reconstruct_and_write(payload, args.output_dir)
+    shape = result.object.shape
+    covered = float((result.coverage > 0).mean())
+    secs = result.timings.get("total_s")
     console.result(
         f"reconstructed a {shape[0]}×{shape[1]} object ({covered:.0%} covered) with "
-        f"the {results['backend']} backend" + (f" in {secs:.1f} s" if secs else "")
+        f"the {result.backend} backend" + (f" in {secs:.1f} s" if secs else "")
     )
     print_files(console, written)
     return 0

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         framework_hook,
         print_train_summary,
         reconstruct_and_write,
+        write_reconstruction_outputs,
         write_training_outputs,
     )
 
@@ -63,17 +64,19 @@ def run(args: argparse.Namespace, console: Console) -> int:
         f"training the {cfg.backend} backend on {payload.train_data.M} patterns "
         f"(N={cfg.model.N}, gridsize={cfg.model.gridsize}, {cfg.nepochs} epochs) …"
     )
-    results = dispatch.train(payload, on_backend_loaded=framework_hook)
-    written = write_training_outputs(args.output_dir, results)
-    if payload.test_data is not None:
+    result = dispatch.train(payload, on_backend_loaded=framework_hook)
+    written = write_training_outputs(args.output_dir, result)
+    if payload.test_data is not None and result.reconstruction is not None:
+        # the backend reconstructed the test data with the trained model
+        written += write_reconstruction_outputs(
+            args.output_dir, result.reconstruction, payload.test_data, history=result.history
+        )
+    elif payload.test_data is not None:
         console.stage(f"reconstructing {args.test_data} …")
         inf = factories.create_inference_payload(
-            results["bundle_path"],
-            args.test_data,
-            args.output_dir,
-            execution_config=payload.execution,
+            result.bundle_path, args.test_data, args.output_dir, execution_config=payload.execution
         )
-        _, files = reconstruct_and_write(inf, args.output_dir, history=results.get("history"))
+        _, files = reconstruct_and_write(inf, args.output_dir, history=result.history)
         written += files
-    print_train_summary(console, results, written)
+    print_train_summary(console, result, written)
     return 0

@@ -257,5 +257,5 @@ def save_npz(
     if scan.Y is not None:
         arrays["Y"] = np.asarray(scan.Y, dtype=np.complex64)
     with atomic_write(path, "wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, allow_pickle=False, **arrays)
     logger.info("wrote %s (%d patterns)", path, scan.M)

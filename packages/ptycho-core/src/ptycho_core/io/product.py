@@ -169,16 +169,23 @@ def _attr_value(raw: Any) -> Any:
 def _read(path: Path) -> Product:
     import h5py  # core dependency; imported here to keep `import ptycho_core` light
 
-    def dataset(h5: Any, key: str, required: bool = True) -> np.ndarray | None:
+    # h5py has no type information, so its Dataset is typed Any here.
+    def optional_dataset(h5: Any, key: str) -> Any | None:
+        """The ``h5py.Dataset`` at ``key``, or None when the file has no such key."""
         if key not in h5:
-            if required:
-                raise DataContractError(
-                    f"{path}: missing required dataset {key!r}; present: {sorted(h5.keys())}"
-                )
             return None
         node = h5[key]
         if not isinstance(node, h5py.Dataset):
             raise contract_error(path, key, "an HDF5 dataset", type(node).__name__)
+        return node
+
+    def dataset(h5: Any, key: str) -> Any:
+        """The ``h5py.Dataset`` at ``key``; a missing key is a contract error."""
+        node = optional_dataset(h5, key)
+        if node is None:
+            raise DataContractError(
+                f"{path}: missing required dataset {key!r}; present: {sorted(h5.keys())}"
+            )
         return node
 
     with h5py.File(path, "r") as h5:
@@ -221,13 +228,13 @@ def _read(path: Path) -> Product:
             kwargs["probe_pixel_width_m"] = kwargs["object_pixel_width_m"]
         if kwargs["probe_pixel_height_m"] <= 0:
             kwargs["probe_pixel_height_m"] = kwargs["object_pixel_height_m"]
-        spacing = dataset(h5, "object_layer_spacing_m", required=False)
+        spacing = optional_dataset(h5, "object_layer_spacing_m")
         if spacing is not None:
             kwargs["object_layer_spacing_m"] = spacing[()]
-        values = dataset(h5, "loss_values", required=False)
+        values = optional_dataset(h5, "loss_values")
         if values is None:
-            values = dataset(h5, "costs", required=False)
-        epochs = dataset(h5, "loss_epochs", required=False)
+            values = optional_dataset(h5, "costs")
+        epochs = optional_dataset(h5, "loss_epochs")
         if values is not None:
             kwargs["loss_values"] = values[()]
             if epochs is not None:

@@ -1,0 +1,217 @@
+"""The ADR-002 layer table (``specs/model.md``), checked against tables written out by hand.
+
+Every expected row below was derived on paper from the ADR formulas (``L = log2(N/8)``,
+``f_i = 128k / 2^(L−1−i)`` at ``N/2^i``, ``g_j = 32k · 2^(L−2−j)`` at ``8·2^j``, heads
+``32k → C_out``), not from the code under test.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from ptycho_core.architecture import (
+    ConvLayer,
+    conv_flops_per_group,
+    conv_layers,
+    decoder_levels,
+    encoder_levels,
+    parameter_count,
+    scalar_weights,
+)
+from ptycho_core.config import ModelConfig
+from ptycho_core.errors import ConfigError
+
+
+def _rows(cfg) -> list[tuple[str, int, int, int]]:
+    return [(layer.name, layer.in_channels, layer.out_channels, layer.size) for layer in cfg]
+
+
+# N=64, gridsize=2 (C=4), k=2, object_big (C_out=4): L=3, f=(64, 128, 256), g=(128, 64).
+ENCODER_64_G2_K2 = [
+    ("enc0_conv1", 4, 64, 64),
+    ("enc0_conv2", 64, 64, 64),
+    ("enc1_conv1", 64, 128, 32),
+    ("enc1_conv2", 128, 128, 32),
+    ("enc2_conv1", 128, 256, 16),
+    ("enc2_conv2", 256, 256, 16),
+]
+DECODERS_64_K2 = [
+    ("amp_dec0_conv1", 256, 128, 8),
+    ("amp_dec0_conv2", 128, 128, 8),
+    ("amp_dec1_conv1", 128, 64, 16),
+    ("amp_dec1_conv2", 64, 64, 16),
+    ("phase_dec0_conv1", 256, 128, 8),
+    ("phase_dec0_conv2", 128, 128, 8),
+    ("phase_dec1_conv1", 128, 64, 16),
+    ("phase_dec1_conv2", 64, 64, 16),
+]
+FULL_64_G2_K2 = (
+    ENCODER_64_G2_K2
+    + DECODERS_64_K2
+    + [
+        ("amp_head", 64, 4, 32),
+        ("phase_head", 64, 4, 32),
+        ("amp_border_conv1", 64, 64, 32),
+        ("amp_border_conv2", 64, 64, 32),
+        ("amp_border_head", 64, 4, 64),
+        ("phase_border_conv1", 64, 64, 32),
+        ("phase_border_conv2", 64, 64, 32),
+        ("phase_border_head", 64, 4, 64),
+    ]
+)
+
+
+def _cfg(**kw) -> ModelConfig:
+    base = dict(
+        N=64, gridsize=2, n_filters_scale=2, object_big=True, probe_big=True, pad_object=True
+    )
+    return ModelConfig(**(base | kw))
+
+
+def test_full_table_n64_gridsize2():
+    assert _rows(conv_layers(_cfg())) == FULL_64_G2_K2
+
+
+def test_pad_object_false_has_up_convs_and_full_size_heads():
+    expected = (
+        ENCODER_64_G2_K2
+        + DECODERS_64_K2
+        + [
+            ("amp_head", 64, 4, 64),
+            ("phase_head", 64, 4, 64),
+            ("amp_up_conv1", 64, 64, 32),
+            ("amp_up_conv2", 64, 64, 32),
+            ("phase_up_conv1", 64, 64, 32),
+            ("phase_up_conv2", 64, 64, 32),
+        ]
+    )
+    assert _rows(conv_layers(_cfg(pad_object=False))) == expected
+    # probe_big does not matter without pad_object
+    assert _rows(conv_layers(_cfg(pad_object=False, probe_big=False))) == expected
+
+
+def test_probe_big_false_has_no_border_branch():
+    expected = (
+        ENCODER_64_G2_K2 + DECODERS_64_K2 + [("amp_head", 64, 4, 32), ("phase_head", 64, 4, 32)]
+    )
+    assert _rows(conv_layers(_cfg(probe_big=False))) == expected
+
+
+def test_object_big_false_heads_have_one_channel():
+    rows = dict((r[0], r[1:]) for r in _rows(conv_layers(_cfg(object_big=False))))
+    assert rows["enc0_conv1"] == (4, 64, 64)  # the input still has C = 4 channels
+    assert rows["amp_head"] == (64, 1, 32) and rows["phase_head"] == (64, 1, 32)
+    assert rows["amp_border_head"] == (64, 1, 64) and rows["phase_border_head"] == (64, 1, 64)
+
+
+def test_n32_gridsize1_k1():
+    # L=2, f=(64, 128), g0=32 at 8, heads 32 -> 1 at 16, border at 16 -> 32.
+    expected = [
+        ("enc0_conv1", 1, 64, 32),
+        ("enc0_conv2", 64, 64, 32),
+        ("enc1_conv1", 64, 128, 16),
+        ("enc1_conv2", 128, 128, 16),
+        ("amp_dec0_conv1", 128, 32, 8),
+        ("amp_dec0_conv2", 32, 32, 8),
+        ("phase_dec0_conv1", 128, 32, 8),
+        ("phase_dec0_conv2", 32, 32, 8),
+        ("amp_head", 32, 1, 16),
+        ("phase_head", 32, 1, 16),
+        ("amp_border_conv1", 32, 32, 16),
+        ("amp_border_conv2", 32, 32, 16),
+        ("amp_border_head", 32, 1, 32),
+        ("phase_border_conv1", 32, 32, 16),
+        ("phase_border_conv2", 32, 32, 16),
+        ("phase_border_head", 32, 1, 32),
+    ]
+    assert _rows(conv_layers(ModelConfig(N=32, gridsize=1, n_filters_scale=1))) == expected
+
+
+def test_n128_spot_checks():
+    # L=4, k=2: f=(32, 64, 128, 256) at 128, 64, 32, 16; g=(256, 128, 64) at 8, 16, 32.
+    rows = {r[0]: r[1:] for r in _rows(conv_layers(ModelConfig(N=128, gridsize=1)))}
+    assert rows["enc0_conv1"] == (1, 32, 128)
+    assert rows["enc1_conv1"] == (32, 64, 64)
+    assert rows["enc3_conv2"] == (256, 256, 16)
+    assert "enc4_conv1" not in rows
+    assert rows["amp_dec0_conv1"] == (256, 256, 8)
+    assert rows["phase_dec1_conv1"] == (256, 128, 16)
+    assert rows["amp_dec2_conv2"] == (64, 64, 32)
+    assert "amp_dec3_conv1" not in rows
+    assert rows["amp_head"] == (64, 1, 64)
+    assert rows["phase_border_head"] == (64, 1, 128)
+    assert len(rows) == 8 + 2 * 6 + 2 + 6
+
+
+def test_levels():
+    assert [encoder_levels(n) for n in (32, 64, 128, 256)] == [2, 3, 4, 5]
+    assert [decoder_levels(n) for n in (32, 64, 128, 256)] == [1, 2, 3, 4]
+
+
+def test_parameter_count_by_hand():
+    # Σ (9·in + 1)·out over FULL_64_G2_K2, worked out on paper:
+    # encoder 2368 + 36928 + 73856 + 147584 + 295168 + 590080 = 1_145_984
+    # decoders 2 × (295040 + 147584 + 73792 + 36928) = 1_106_688
+    # heads 2 × 2308 = 4616; border 2 × (36928 + 36928 + 2308) = 152_328
+    # convs 2_409_616, + 1 + 2·64² = 8193 for the scale and the probe.
+    assert parameter_count(_cfg()) == 2_417_809
+    assert sum(layer.n_params for layer in conv_layers(_cfg())) == 2_409_616
+
+
+def test_n_params_and_flops_of_one_layer():
+    enc0 = conv_layers(_cfg())[0]
+    assert enc0 == ConvLayer("enc0_conv1", 4, 64, 64)
+    assert enc0.n_params == 9 * 4 * 64 + 64  # weights + biases = 2368
+    # 2 FLOPs per multiply-add · 3·3 taps · 4 in · 64 out · 64² pixels
+    assert enc0.flops_per_sample == 18_874_368
+
+
+def test_conv_flops_per_group_by_hand():
+    # 18 · Σ in·out·size² over FULL_64_G2_K2:
+    # encoder 68_157_440, decoders 2 × 6_291_456, heads 524_288, border 2 × 9_437_184
+    assert conv_flops_per_group(_cfg()) == 18 * 100_139_008
+
+
+def test_scalar_weights():
+    assert scalar_weights(_cfg()) == [
+        ("log_intensity_scale", ()),
+        ("probe_real", (64, 64)),
+        ("probe_imag", (64, 64)),
+    ]
+
+
+@pytest.mark.parametrize("n", [16, 48, 96, 512])
+def test_unsupported_n_is_rejected(n):
+    with pytest.raises(ValueError, match=f"N={n}"):
+        encoder_levels(n)
+    fake = SimpleNamespace(
+        N=n, gridsize=1, n_filters_scale=1, object_big=True, probe_big=True, pad_object=True
+    )
+    with pytest.raises(ValueError, match=f"N={n}"):
+        conv_layers(fake)
+    with pytest.raises(ConfigError, match="N"):
+        ModelConfig(N=n)
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5])
+def test_bad_n_filters_scale_is_rejected(k):
+    fake = SimpleNamespace(
+        N=64, gridsize=1, n_filters_scale=k, object_big=True, probe_big=True, pad_object=True
+    )
+    with pytest.raises(ValueError, match="n_filters_scale"):
+        conv_layers(fake)
+    with pytest.raises(ValueError, match="n_filters_scale"):
+        parameter_count(fake)
+    with pytest.raises(ConfigError, match="n_filters_scale"):
+        ModelConfig(n_filters_scale=k)
+
+
+@pytest.mark.parametrize("g", [0, -2])
+def test_bad_gridsize_is_rejected(g):
+    fake = SimpleNamespace(
+        N=64, gridsize=g, n_filters_scale=1, object_big=True, probe_big=True, pad_object=True
+    )
+    with pytest.raises(ValueError, match="gridsize"):
+        conv_layers(fake)
