@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -310,3 +311,228 @@ def test_demo_quick(work):
         assert (work / "demo" / name).is_file(), name
     record = json.loads((work / "demo" / "metrics.json").read_text())
     assert record["demo"]["held_out_patterns"] > 0 and record["demo"]["train_patterns"] > 0
+
+
+# ----------------------------------------------------------------------------- issue 11 (CLI)
+def _with_manifest(src: Path, dst: Path, **changes) -> Path:
+    """A copy of bundle ``src`` with manifest values changed (``model_config__N`` reaches into
+    a mapping) and the checksums recomputed, so only the changed values are wrong."""
+    import hashlib
+    import zipfile
+
+    with zipfile.ZipFile(src) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+        files = {n: zf.read(n) for n in zf.namelist() if n != "manifest.json"}
+    for key, value in changes.items():
+        *parents, last = key.split("__")
+        target = manifest
+        for part in parents:
+            target = target[part]
+        target[last] = value
+    manifest["files"] = {
+        n: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in files.items()
+    }
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(dst, "w") as zf:
+        zf.writestr("manifest.json", json.dumps(manifest))
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return dst
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inspect_verify_and_short_architecture_mismatch(trained, backend, work):
+    out = ok(ptycho("inspect", "--verify", trained[backend], cwd=work))
+    assert "verified:" in out.stdout and f"the weights load into the {backend} model" in out.stdout
+    # the weights are n_filters_scale 1; a manifest that claims 2 describes another network
+    bad = _with_manifest(
+        trained[backend] / "wts.h5.zip",
+        work / f"arch_{backend}" / "wts.h5.zip",
+        model_config__n_filters_scale=2,
+    )
+    for argv in (("inspect", "--verify", bad), ("infer", bad, "scan.npz", "-o", "out_arch")):
+        out = ptycho("--quiet", *argv, cwd=work)
+        assert out.returncode == 1, out.stderr[-3000:]
+        # TensorFlow's C++ start-up notes are not ours; every ptycho line is the one error
+        lines = [ln for ln in out.stderr.splitlines() if ln.startswith("ptycho:")]
+        assert len(lines) == 1 and lines[0].startswith("ptycho: error: "), out.stderr
+        line = lines[0]
+        assert str(bad) in line and "model_config" in line and "of another shape" in line
+        assert len(line) < 300, line
+    assert not (work / "out_arch").exists()
+
+
+def test_nan_intensity_scale_is_refused(trained, work):
+    bad = _with_manifest(
+        trained["pytorch"] / "wts.h5.zip",
+        work / "nan_scale" / "wts.h5.zip",
+        intensity_scale=float("nan"),  # written as JSON NaN
+    )
+    line = one_line_error(ptycho("infer", bad, "scan.npz", "-o", "out_nan", cwd=work))
+    assert str(bad) in line and "'intensity_scale'" in line and "nan" in line
+    assert not (work / "out_nan").exists()
+
+
+def test_output_path_that_is_a_file(trained, work):
+    before = (work / "scan.npz").read_bytes()
+    line = one_line_error(
+        ptycho("infer", trained["pytorch"], "scan.npz", "-o", "scan.npz", cwd=work)
+    )
+    assert line == "ptycho: error: scan.npz: output folder is an existing file, not a folder"
+    assert (work / "scan.npz").read_bytes() == before
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_progress_is_one_line_per_epoch_into_a_file(backend, work):
+    """stdout and stderr captured (not a TTY): no live bar, no carriage returns, one line per
+    epoch (the audit's 60-epoch demo log grew to megabytes of bar redraws)."""
+    args = [a for a in TINY if a != "--quiet"]
+    epochs = args.index("--epochs") + 1
+    args[epochs] = "2"
+    out = ok(
+        ptycho(
+            "train", "scan.npz", "-o", f"progress_{backend}", "--backend", backend, *args, cwd=work
+        )
+    )
+    assert "\r" not in out.stdout and "\r" not in out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("ptycho: epoch ")]
+    assert [ln.split()[2] for ln in lines] == ["1/2", "2/2"], out.stderr
+    assert len(out.stdout) + len(out.stderr) < 5000
+
+
+# ----------------------------------------------------------------------------- issue 11 (runs)
+def _popen(*args: object, cwd: Path) -> subprocess.Popen:
+    exe = shutil.which("ptycho")
+    cmd = [exe] if exe else [sys.executable, "-m", "ptycho_cli"]
+    env = dict(os.environ, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0")
+    return subprocess.Popen(
+        cmd + [str(a) for a in args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _history_rows(path: Path) -> list[dict[str, float]]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [
+            {k: float(v) if v else float("nan") for k, v in row.items()}
+            for row in csv.DictReader(fh)
+        ]
+
+
+def _interrupt_after_epochs(proc: subprocess.Popen, run: Path, epochs: int, sig: int) -> str:
+    """Send ``sig`` once the run's work folder has recorded ``epochs`` epochs (the next one
+    is then running); return stderr."""
+    import time
+
+    history = run / ".ptycho-run" / "history.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if history.is_file() and len(history.read_text().strip().splitlines()) > epochs:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before the signal: {proc.communicate()[1][-3000:]}"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    return err
+
+
+#: Runs long enough to be interrupted mid-epoch: 128 positions, epochs of about a second.
+RUN = ["--n-filters-scale", "1", "--batch-size", "8", "--logger", "none", "--accelerator", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def long_scan(work) -> Path:
+    ok(
+        ptycho(
+            "simulate",
+            "long.npz",
+            "--N",
+            "32",
+            "--n-positions",
+            "128",
+            "--seed",
+            "4",
+            "--no-plot",
+            cwd=work,
+        )
+    )
+    return work / "long.npz"
+
+
+@pytest.mark.parametrize(
+    ("backend", "sig"),
+    [("pytorch", signal.SIGINT), ("tensorflow", signal.SIGTERM)],
+    ids=["pytorch-SIGINT", "tensorflow-SIGTERM"],
+)
+def test_interrupt_then_resume_matches_an_uninterrupted_run(backend, sig, work, long_scan):
+    """D4 + D7 with the real frameworks: the signal ends the run with 128+signal and one
+    "interrupted" line, the folder keeps its previous run, and ``--resume`` reaches the history
+    of an uninterrupted run — identical for PyTorch on the CPU, within 1e-6 (relative) for
+    TensorFlow (specs/tf-backend.md)."""
+    args = ("--backend", backend, "--epochs", "4", "--early-stop-patience", "10", *RUN)
+    ref = work / f"straight_{backend}"
+    ok(ptycho("train", long_scan, "-o", ref, "-q", *args, cwd=work))
+    run = work / f"resumed_{backend}"
+    shutil.copytree(ref, run)  # a finished run the interrupted one must leave intact
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+    proc = _popen("train", long_scan, "-o", run, "--overwrite", *args, cwd=work)
+    err = _interrupt_after_epochs(proc, run, 2, sig)
+    assert proc.returncode == 128 + sig, err[-3000:]
+    errors = [ln for ln in err.splitlines() if ln.startswith("ptycho: error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    name = signal.Signals(sig).name
+    assert errors[0].startswith(f"ptycho: error: interrupted ({name}); {run} is unchanged")
+    assert errors[0].endswith("--resume")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert not (run / ".ptycho.lock").exists()
+
+    ok(ptycho("train", long_scan, "-o", run, "-q", "--resume", cwd=work))  # settings: the run's
+    got, want = _history_rows(run / "history.csv"), _history_rows(ref / "history.csv")
+    assert [r["epoch"] for r in got] == [0, 1, 2, 3]
+    for key in ("train_loss", "val_loss", "lr"):
+        a, b = np.array([r[key] for r in got]), np.array([r[key] for r in want])
+        if backend == "pytorch":
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".ptycho-run.json"]
+
+
+def test_two_concurrent_trainings_into_one_folder(work, long_scan):
+    """D6: the second run fails at once naming the folder and the first run; the folder ends up
+    holding exactly the first run."""
+    import time
+
+    run = work / "concurrent"
+    args = ("--epochs", "3", *RUN)
+    first = _popen("train", long_scan, "-o", run, "-q", *args, cwd=work)
+    lock = run / ".ptycho.lock"
+    deadline = time.monotonic() + 120
+    while not lock.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = ptycho("train", long_scan, "-o", run, "-q", *args, cwd=work)
+    line = one_line_error(second)
+    assert line.startswith(f"ptycho: error: {run}: another ptycho train (PID {first.pid}")
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]
+    assert len(_history_rows(run / "history.csv")) == 3
+    assert json.loads((run / ".ptycho-run.json").read_text())["config"]["nepochs"] == 3
+
+
+def test_sigterm_mid_demo_leaves_the_folder_as_it_was(work):
+    """The audit's SIGTERM case with a real backend: nothing of the unfinished demo remains."""
+    out = work / "demo_killed"
+    proc = _popen("demo", "--quick", "--epochs", "20", "-o", out, cwd=work)
+    err = _interrupt_after_epochs(proc, out, 1, signal.SIGTERM)
+    assert proc.returncode == 143, err[-3000:]
+    assert (
+        err.strip().splitlines()[-1] == f"ptycho: error: interrupted (SIGTERM); {out} is unchanged"
+    )
+    assert not out.exists()

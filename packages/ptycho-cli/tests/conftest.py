@@ -172,8 +172,8 @@ class NumpyHooks:
 
 
 def make_fake_backend(name: str, notes: dict[str, Any] | None = None) -> types.ModuleType:
-    """A backend module (``NAME``, ``train``, ``reconstruct``) running the core skeleton
-    (:func:`ptycho_core.engine.train` / :func:`~ptycho_core.engine.reconstruct`) with
+    """A backend module (``NAME``, ``train``, ``reconstruct``, ``load_bundle``) running the core
+    skeleton (:func:`ptycho_core.engine.train` / :func:`~ptycho_core.engine.reconstruct`) with
     :class:`NumpyHooks`: it returns the typed results, as the real backends do."""
     module = types.ModuleType(f"fake_{name}_backend")
     hooks = NumpyHooks(name, notes)
@@ -189,8 +189,13 @@ def make_fake_backend(name: str, notes: dict[str, Any] | None = None) -> types.M
         module.calls.append(("reconstruct", execution))
         return engine.reconstruct(hooks, config, execution, data=data)
 
+    def load_bundle(path):
+        module.calls.append(("load_bundle", path))
+        return engine.load_bundle(hooks, path)
+
     module.train = train
     module.reconstruct = reconstruct
+    module.load_bundle = load_bundle
     return module
 
 

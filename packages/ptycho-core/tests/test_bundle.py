@@ -296,3 +296,91 @@ def test_old_bundle_with_positions_provided_still_loads(tmp_path):
         model, training = bundle_configs(read_manifest(path), path)
     assert model == ModelConfig(N=32)
     assert training == current
+
+
+def test_bundle_without_merge_weights_reads_as_the_centre_merge(tmp_path):
+    """Bundles written before ModelConfig.merge_weights were trained with the centre-square
+    merge: a model config without the key (top level and the training config's nested one)
+    reads as merge_weights='centre' (specs/model.md); a bundle that has the key keeps it."""
+    from ptycho_core.config import ModelConfig, TrainingConfig
+    from ptycho_core.engine import bundle_configs
+
+    current = TrainingConfig(model=ModelConfig(N=32, gridsize=2), nepochs=7)
+    assert current.model.merge_weights == "probe"  # the default of new models
+    old_model = {k: v for k, v in current.model.to_dict().items() if k != "merge_weights"}
+    old_training = dict(current.to_dict(), model=old_model)
+    path = tmp_path / BUNDLE_NAME
+    manifest = make_manifest("pytorch", old_model, old_training, 2.0, {}, [])
+    write_bundle(path, manifest, {"probe.npy": npy_bytes(np.ones((32, 32), np.complex64))})
+    model, training = bundle_configs(read_manifest(path), path)
+    legacy = ModelConfig(N=32, gridsize=2, merge_weights="centre")
+    assert model == legacy and training is not None and training.model == legacy
+    assert "merge_weights" not in read_manifest(path)["model_config"]  # nothing written back
+
+    new = tmp_path / "new" / BUNDLE_NAME
+    new.parent.mkdir()
+    manifest = make_manifest("pytorch", current.model, current, 2.0, {}, [])
+    write_bundle(new, manifest, {"probe.npy": npy_bytes(np.ones((32, 32), np.complex64))})
+    model, training = bundle_configs(read_manifest(new), new)
+    assert model == current.model and training == current
+
+
+# ----------------------------------------------------------------------------- reader soundness
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("intensity_scale", float("nan"), "'intensity_scale'"),
+        ("intensity_scale", float("inf"), "'intensity_scale'"),
+        ("intensity_scale", True, "'intensity_scale'"),
+        ("intensity_scale", "x", "'intensity_scale'"),
+        ("intensity_scale", None, "'intensity_scale'"),
+        ("intensity_scale", 0, "'intensity_scale'"),
+        ("model_config", "x", "'model_config'"),
+        ("training_config", [1], "'training_config'"),
+        ("normalization", 3, "'normalization'"),
+        ("model_names", "abc", "'model_names'"),
+    ],
+)
+def test_manifest_values_are_checked_by_both_readers(tmp_path, key, value, fragment):
+    """Every reader checks what it returns: a manifest value of the wrong type, or a scale that
+    is not finite and > 0, is a BundleError naming the key (read_manifest too, so `inspect`)."""
+    m = dict(_manifest(), **{key: value})
+    m["files"] = {}
+    path = _raw_zip(tmp_path / "m.zip", [], m)
+    _bad(path, "manifest key", fragment)
+    with pytest.raises(BundleError, match=fragment):
+        read_manifest(path)
+
+
+def test_missing_intensity_scale(tmp_path):
+    m = _manifest()
+    del m["intensity_scale"]
+    m["files"] = {}
+    _bad(_raw_zip(tmp_path / "m.zip", [], m), "'intensity_scale'", "finite number > 0")
+
+
+@pytest.mark.parametrize(
+    ("array", "fragment"),
+    [
+        (np.full((4, 4), np.nan, np.complex64), "finite"),
+        (np.zeros((0, 4), np.complex64), "non-empty"),
+        (np.array(["a", "b"]), "numeric"),
+    ],
+)
+def test_load_npy_refuses_nan_empty_and_text(tmp_path, array, fragment):
+    with pytest.raises(BundleError, match=fragment):
+        load_npy_bytes(npy_bytes(array), name="probe.npy")
+    path = tmp_path / BUNDLE_NAME
+    write_bundle(path, _manifest(), {"probe.npy": npy_bytes(array)})
+    with pytest.raises(BundleError, match=f"{BUNDLE_NAME}:probe.npy.*{fragment}"):
+        read_bundle(path).load_npy()
+
+
+def test_damaged_npy_header_in_a_bundle_is_a_bundle_error():
+    """D1 for bundles: the header text that made numpy raise tokenize.TokenError."""
+    data = npy_bytes(np.ones((4, 4), np.complex64))
+    hlen = int.from_bytes(data[8:10], "little")
+    text = b"{'descr': (\n"
+    bad = data[:8] + len(text).to_bytes(2, "little") + text + data[10 + hlen :]
+    with pytest.raises(BundleError, match="probe.npy"):
+        load_npy_bytes(bad, name="probe.npy")

@@ -30,6 +30,7 @@ INVALID = [
     (ModelConfig, {"n_filters_scale": 0}, "n_filters_scale", ">= 1"),
     (ModelConfig, {"model_type": "gan"}, "model_type", "'pinn', 'supervised'"),
     (ModelConfig, {"amp_activation": "tanh"}, "amp_activation", "'sigmoid'"),
+    (ModelConfig, {"merge_weights": "full"}, "merge_weights", "'probe', 'centre'"),
     (ModelConfig, {"object_big": "yes"}, "object_big", "True or False"),
     (ModelConfig, {"probe_mask": 1}, "probe_mask", "True or False"),
     (ModelConfig, {"probe_scale": 0}, "probe_scale", "> 0"),

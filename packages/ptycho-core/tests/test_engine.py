@@ -83,13 +83,7 @@ class FakeHooks:
     def fit(self, request: FitRequest) -> FitOutcome:
         self.fit_calls.append(request)
         p, cfg = request.prepared, request.config
-        model = self.build_model(
-            cfg.model,
-            probe=p.probe,
-            intensity_scale=p.intensity_scale,
-            probe_trainable=cfg.probe_trainable,
-            intensity_scale_trainable=cfg.intensity_scale_trainable,
-        )
+        model = engine.build_initial_model(self, request)
         model.log_scale += math.log(SCALE_GAIN)
         model.probe = (model.probe * PROBE_GAIN).astype(np.complex64)
         model.weights = model.weights + 1
@@ -536,3 +530,17 @@ class TestFakeBackendConformance(BackendConformance):
             train=functools.partial(engine.train, hooks),
             reconstruct=functools.partial(engine.reconstruct, hooks),
         )
+
+
+def test_state_mismatch_names_shapes_and_the_error_is_one_short_line():
+    model = {"w": np.zeros((2, 3)), "b": np.zeros(3)}
+    assert engine.state_mismatch(model, dict(model)) == ""
+    text = engine.state_mismatch(model, {"w": np.zeros((3, 2)), "x": np.zeros(1)})
+    assert (
+        "1 tensor(s) of another shape, e.g. w: [3, 2] in the weights, [2, 3] in the model" in text
+    )
+    assert "1 missing, e.g. b" in text and "1 unexpected, e.g. x" in text
+    assert str(engine.weights_mismatch_error("f.zip:w", text)).endswith(f"({text})")
+    err = engine.weights_mismatch_error("f.zip:w", RuntimeError("layer mismatch\n" * 100))
+    assert isinstance(err, BundleError) and str(err).startswith("f.zip:w: ")
+    assert "\n" not in str(err) and str(err).endswith(" …)") and len(str(err)) < 260

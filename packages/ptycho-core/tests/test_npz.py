@@ -5,12 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 
 import numpy as np
 import pytest
 
 from ptycho_core.errors import DataContractError, PtychoError
 from ptycho_core.io import ScanData, atomic_write, check_enough_patterns, load_npz, save_npz
+from ptycho_core.io import npz as npz_module
+from ptycho_core.io.npz import (
+    EXPANSION_FLOOR_BYTES,
+    EXPANSION_RATIO,
+    expansion_limit,
+    read_npz_arrays,
+)
 
 M, N = 6, 8
 
@@ -229,14 +237,197 @@ def test_missing_file_is_file_not_found(tmp_path):
 def test_not_a_zip(tmp_path):
     path = tmp_path / "text.npz"
     path.write_text("this is not a zip archive at all")
-    _fails(path, "not a valid")
+    _fails(path, "expected an .npz archive", "got a text file")
 
 
+# D10: a text file or an HDF5 file given as a scan was reported as "pickled data ... load it
+# unsafely using allow_pickle" (wrong, and the wrong advice).
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b"hi\n", "a text file"),
+        (b"\x89HDF\r\n\x1a\n" + bytes(64), "an HDF5 file"),
+        (b"", "an empty file"),
+        (b"\x80\x04\x95" + bytes(16), "pickle (never loaded"),
+        (bytes(range(200, 256)), "unrecognised binary file"),
+    ],
+)
+def test_non_zip_files_are_named_for_what_they_are(tmp_path, content, what):
+    path = tmp_path / "t.npz"
+    path.write_bytes(content)
+    msg = _fails(path, "expected an .npz archive", what)
+    assert "allow_pickle" not in msg
+
+
+def test_real_hdf5_file_is_named(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "product.npz"
+    with h5py.File(path, "w") as h5:
+        h5["x"] = np.ones(3)
+    msg = _fails(path, "an HDF5 file", "ptycho convert")
+    assert "pickle" not in msg
+
+
+# D11: a .npy renamed .npz failed with "'numpy.ndarray' object does not support the context
+# manager protocol".
 def test_single_npy_is_not_a_scan(tmp_path):
-    path = tmp_path / "one.npz"
+    path = tmp_path / "s.npz"
     with open(path, "wb") as fh:
-        np.save(fh, np.ones(3))
-    _fails(path, ".npz")
+        np.save(fh, np.ones((M, N, N), np.float32))
+    msg = _fails(path, "expected an .npz archive", "a single .npy array", "numpy.savez")
+    assert "context manager" not in msg
+
+
+def _rewrite_member(src, dst, key, transform):
+    """Copy the archive ``src`` to ``dst`` with member ``key.npy`` replaced by
+    ``transform(bytes)``."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == f"{key}.npy":
+                data = transform(data)
+            zout.writestr(info.filename, data)
+    return dst
+
+
+def _header(data: bytes, text: bytes) -> bytes:
+    """``.npy`` v1.0 bytes with the header text replaced by ``text`` (data kept)."""
+    hlen = int.from_bytes(data[8:10], "little")
+    new = text + b"\n"
+    return data[:8] + len(new).to_bytes(2, "little") + new + data[10 + hlen :]
+
+
+# D1: a damaged .npy header escaped as tokenize.TokenError (not a ValueError, not a PtychoError).
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"{'descr': (",  # the audit's reproducer: TokenError inside numpy's header filter
+        b"{'descr': '<f4', 'fortran_order': False, 'shape': (6, 8, 8), 'x': 1}",
+        b"{'descr': '|O', 'fortran_order': False, 'shape': (6, 8, 8), }",
+        b"{'descr': '<f4', 'fortran_order': 'no', 'shape': (6, 8, 8), }",
+        b"[" * 150,
+        b"{'descr': '<f4', 'fortran_order': False, 'shape': (-6, 8, 8), }",
+        b"{'descr': '<f4', 'fortran_order': False, 'shape': (10**12, 8, 8), }",
+        b"{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (6, 8, 8), }",
+    ],
+)
+def test_damaged_npy_header_names_the_key(tmp_path, text):
+    good = _write(tmp_path)
+    bad = _rewrite_member(good, tmp_path / "tok.npz", "diffraction", lambda d: _header(d, text))
+    _fails(bad, "'diffraction'")
+
+
+def test_data_shorter_than_header_declares(tmp_path):
+    good = _write(tmp_path)
+    bad = _rewrite_member(good, tmp_path / "short.npz", "xcoords", lambda d: d[:-8])
+    _fails(bad, "'xcoords'", "bytes")
+
+
+def test_unknown_keys_are_not_read(tmp_path):
+    """A damaged member outside the contract does not matter: it is never read."""
+    good = _write(tmp_path, extra=np.ones(3))
+    bad = _rewrite_member(good, tmp_path / "x.npz", "extra", lambda d: d[:12])
+    assert load_npz(bad).M == M
+
+
+def test_skip_leaves_optional_keys_unread(tmp_path):
+    y = (np.ones((M, N, N)) * (1 + 1j)).astype(np.complex64)
+    good = _write(tmp_path, Y=y)
+    assert load_npz(good).Y is not None
+    assert load_npz(good, skip=("Y",)).Y is None
+    # even a damaged Y does not matter when skipped
+    bad = _rewrite_member(good, tmp_path / "y.npz", "Y", lambda d: d[:20])
+    assert load_npz(bad, skip=("Y",)).M == M
+    _fails(bad, "'Y'")
+    with pytest.raises(ValueError, match="diffraction"):
+        load_npz(good, skip=("diffraction",))
+
+
+def test_fortran_order_and_big_endian_members(tmp_path):
+    d = np.asfortranarray(np.random.default_rng(3).random((M, N, N))).astype(">f8")
+    scan = load_npz(_write(tmp_path, diffraction=d))
+    np.testing.assert_array_equal(scan.diffraction, d.astype(np.float32))
+
+
+def test_compressed_scan_round_trips(tmp_path):
+    path = tmp_path / "c.npz"
+    np.savez_compressed(path, **_arrays())
+    np.testing.assert_array_equal(load_npz(path).diffraction, _arrays()["diffraction"])
+
+
+def _bomb(path, n_patterns, n=32):
+    """A scan whose diffraction is ``n_patterns`` deflated all-zero patterns (tiny on disk)."""
+    arrays = _arrays(
+        diffraction=np.zeros((n_patterns, n, n), np.float32),
+        xcoords=np.zeros(n_patterns),
+        ycoords=np.zeros(n_patterns),
+        probeGuess=np.ones((n, n), np.complex64),
+    )
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+# D18: no decompression cap for scans: a 2 MB NPZ of deflated zeros inflated to 2.4 GiB RSS.
+def test_decompression_guard_refuses_a_small_file_that_expands_hugely(tmp_path, monkeypatch):
+    """The audit's reproducer, scaled down with the floor: 64 MiB of zeros in a ~70 kB file."""
+    monkeypatch.setattr(npz_module, "EXPANSION_FLOOR_BYTES", 1 << 20)
+    path = _bomb(tmp_path / "bomb.npz", 16_384)
+    assert path.stat().st_size < 200_000
+    msg = _fails(path, "'diffraction'", "decompression guard", "numpy.savez", "67108992 for")
+    assert "max_expanded_bytes" in msg
+    assert load_npz(path, max_expanded_bytes=1 << 27).M == 16_384  # the documented override
+
+
+@pytest.mark.slow
+def test_decompression_guard_on_the_audit_reproducer(tmp_path):
+    """500,000 x 32 x 32 deflated zeros (2 GB of float32 in a ~2 MB file), default guard.
+    Slow only because writing it deflates 2 GB (~7 s); the refusal itself reads nothing."""
+    path = _bomb(tmp_path / "bomb.npz", 500_000)
+    assert path.stat().st_size < 5_000_000
+    _fails(path, "'diffraction'", "decompression guard", "2048000128 for")
+
+
+def test_decompression_guard_rule():
+    assert expansion_limit(10) == EXPANSION_FLOOR_BYTES
+    assert (
+        expansion_limit(10 * EXPANSION_FLOOR_BYTES) == EXPANSION_RATIO * 10 * EXPANSION_FLOOR_BYTES
+    )
+    assert expansion_limit(10, 5) == 5
+
+
+def test_explicit_limit_applies_to_load_npz(tmp_path):
+    path = _write(tmp_path)
+    _fails(path, "decompression guard", max_expanded_bytes=100)
+    assert load_npz(path, max_expanded_bytes=10**6).M == M
+
+
+def test_uncompressed_large_scan_is_never_capped(tmp_path):
+    """Stored (uncompressed) arrays are no larger than the file: the guard always passes."""
+    path = _write(tmp_path)
+    assert sum(v.nbytes for v in read_npz_arrays(path).values()) <= path.stat().st_size
+
+
+def test_non_finite_metadata_nphotons(tmp_path):
+    _fails(_write(tmp_path, _metadata=np.array('{"nphotons": NaN}')), "'_metadata'", "JSON")
+    _fails(
+        _write(tmp_path, _metadata=np.array('{"nphotons": "many"}')),
+        "'_metadata.nphotons'",
+        "finite number",
+    )
+
+
+def test_empty_object_is_refused(tmp_path):
+    _fails(_write(tmp_path, objectGuess=np.ones((0, 5), np.complex64)), "'objectGuess'", "empty")
+
+
+def test_nan_in_optional_arrays(tmp_path):
+    y = np.ones((M, N, N), np.complex64)
+    y[1, 2, 3] = np.nan
+    _fails(_write(tmp_path, Y=y), "'Y'", "finite")
+    o = np.ones((20, 20), np.complex64)
+    o[0, 0] = np.inf
+    _fails(_write(tmp_path, objectGuess=o), "'objectGuess'", "finite")
+    _fails(_write(tmp_path, scan_index=np.full(M, np.nan)), "'scan_index'", "integers")
 
 
 def test_bad_metadata_json(tmp_path):

@@ -18,6 +18,7 @@ from ptycho_core.workflow import (
     make_result,
     prepare_inference,
     prepare_training,
+    read_history_csv,
     run_inference,
     write_history_csv,
 )
@@ -209,7 +210,9 @@ def test_run_inference_reassembles_truth(gridsize):
     data = _grid_scan()
     cfg = InferenceConfig(model=ModelConfig(N=N, gridsize=gridsize), stitch_crop=12)
     pi = prepare_inference(cfg, _manifest(gridsize), data)
-    res = run_inference(pi, lambda batch: batch.Y, batch_size=5, backend="pytorch")
+    assert pi.grouped.Y is None and pi.scan.Y is None  # inference never holds Y (issue D17)
+    truth = data.Y  # the exact patches: a perfect "model"
+    res = run_inference(pi, lambda batch: truth[batch.indices], batch_size=5, backend="pytorch")
     assert isinstance(res, Reconstruction)
     cov = res.coverage > 0
     assert cov.sum() == 48 * 48  # positions 16..52, crop 12 covers p-6..p+5: pixels 10..57
@@ -230,11 +233,12 @@ def test_run_inference_reassembles_truth(gridsize):
 def test_run_inference_one_patch_per_group_and_bad_shapes():
     data = _grid_scan()
     pi = prepare_inference(InferenceConfig(model=ModelConfig(N=N, gridsize=2)), _manifest(2), data)
-    res = run_inference(pi, lambda b: b.Y[:, :1], batch_size=8, backend="tensorflow")
+    truth = data.Y
+    res = run_inference(pi, lambda b: truth[b.indices][:, :1], batch_size=8, backend="tensorflow")
     assert res.object.shape == (72, 72) and np.any(res.coverage > 0)
     assert res.backend == "tensorflow"
     with pytest.raises(ValueError, match="predict returned shape"):
-        run_inference(pi, lambda b: b.Y[:, :, :8], batch_size=8, backend="tensorflow")
+        run_inference(pi, lambda b: truth[b.indices][:, :, :8], batch_size=8, backend="tensorflow")
 
 
 def test_make_result_without_object_frame():
@@ -281,3 +285,33 @@ def test_write_history_csv(tmp_path):
     rows = list(csv.reader(p.open()))
     assert rows[0] == ["epoch", "train_loss", "val_loss"]
     assert rows[1] == ["0", "3.0", "3.5"] and rows[3] == ["2", "1.5", ""]
+
+
+def test_read_history_csv_inverts_write_history_csv(tmp_path):
+    history = {
+        "epoch": [0.0, 1.0, 2.0],
+        "train_loss": [3.0, 2.0, 1.5],
+        "val_loss": [3.5, math.nan, 2.25],
+        "lr": [1e-3, 5e-4, 2.5e-4],
+    }
+    got = read_history_csv(write_history_csv(tmp_path / "h.csv", history))
+    assert list(got) == list(history)
+    for key, values in history.items():
+        np.testing.assert_array_equal(got[key], values)  # NaN == NaN here
+    assert read_history_csv(write_history_csv(tmp_path / "e.csv", {})) == {"epoch": []}
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", "'epoch' column"),
+        ("loss\n1.0\n", "'epoch' column"),
+        ("epoch,train_loss\n0,1.0\n1,oops\n", "line 3, column 'train_loss'.*'oops'"),
+    ],
+)
+def test_read_history_csv_rejects_what_it_cannot_read(tmp_path, text, match):
+    p = tmp_path / "history.csv"
+    p.write_text(text)
+    with pytest.raises(DataContractError, match=match) as err:
+        read_history_csv(p)
+    assert str(p) in str(err.value)

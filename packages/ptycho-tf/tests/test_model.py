@@ -200,3 +200,138 @@ def test_trainable_flags_make_real_weights(rng):
     assert not {"log_intensity_scale", "probe_real", "probe_imag"} & names(fixed)
     assert {"log_intensity_scale", "probe_real", "probe_imag"} <= names(free)
     assert tf.is_tensor(free.forward_layer.probe())
+
+
+# ----------------------------------------------------------------------------- merge weights
+def _wide_probe(n=32):
+    from ptycho_core.simulation import beamline_probe
+
+    return ref.normalize_probe(beamline_probe(n))
+
+
+def _raw_patches(models, inp):
+    """The network's patches before the merge, torch layout ``(B, C, N, N)``."""
+    raw = keras.Model(
+        models.autoencoder.inputs, models.autoencoder.get_layer("object_patch").output
+    )
+    return np.moveaxis(raw(inp).numpy(), -1, 1)
+
+
+@pytest.mark.parametrize(
+    "merge_weights,model_type,sigma,mask",
+    [
+        ("probe", "pinn", 0.0, False),
+        ("probe", "pinn", 1.0, True),
+        ("probe", "supervised", 0.0, False),
+        ("centre", "pinn", 0.0, False),
+    ],
+)
+def test_object_big_merge_uses_the_configured_weights(rng, merge_weights, model_type, sigma, mask):
+    """specs/model.md: 'probe' weights the merge by the forward model's illumination intensity
+    (peak 1), a supervised model (no illumination) by 1 everywhere, 'centre' by the centre N/2
+    square; the model's merged patches are the oracle's merge of its raw patches."""
+    mc = ModelConfig(
+        N=32,
+        gridsize=2,
+        n_filters_scale=1,
+        model_type=model_type,
+        merge_weights=merge_weights,
+        gaussian_smoothing_sigma=sigma,
+        probe_mask=mask,
+    )
+    probe = _wide_probe()
+    keras.utils.set_random_seed(8)
+    models = build_models(mc, probe=probe, intensity_scale=2.0)
+    inp = _inputs(rng, 2, mc, spread=3.0)
+    got = np.moveaxis(models.diffraction_to_obj(inp).numpy(), -1, 1)
+    if merge_weights == "centre":
+        w = ref.center_mask(32)
+    elif model_type == "supervised":
+        w = np.ones((32, 32))
+    else:
+        w = ref.merge_weight(probe, sigma, mask)
+    want = ref.object_big_merge(_raw_patches(models, inp), inp["offsets"], w)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert models.autoencoder.get_layer("object_merge").get_config()["weights"] == (
+        "centre" if merge_weights == "centre" else "uniform" if model_type != "pinn" else "probe"
+    )
+
+
+def test_trainable_probe_gets_no_gradient_through_the_merge_weights(rng):
+    """The merge weights follow the current probe but stop its gradient (specs/model.md): the
+    probe is learned through the forward model only."""
+    mc = ModelConfig(N=32, gridsize=2, n_filters_scale=1)
+    models = build_models(mc, probe=_wide_probe(), intensity_scale=2.0, probe_trainable=True)
+    inp = _inputs(rng, 2, mc, spread=3.0)
+    probe_vars = [models.forward_layer.probe_real, models.forward_layer.probe_imag]
+    with tf.GradientTape(persistent=True) as tape:
+        obj, _, inten = models.autoencoder(inp)
+        through_merge = tf.reduce_sum(tf.abs(obj) ** 2)
+        through_forward = tf.reduce_sum(inten)
+    assert all(g is None for g in tape.gradient(through_merge, probe_vars))
+    g = tape.gradient(through_forward, probe_vars)
+    assert all(v is not None and float(tf.reduce_sum(tf.abs(v))) > 0 for v in g)
+    # ... and a changed probe changes the merge (the weights are not frozen at build time)
+    before = models.diffraction_to_obj(inp).numpy()
+    models.forward_layer.set_probe(_wide_probe() * np.linspace(0.5, 1.5, 32))
+    assert np.abs(models.diffraction_to_obj(inp).numpy() - before).max() > 1e-4
+
+
+def test_weights_load_across_merge_weightings(rng):
+    """'probe' calls the forward layer before the merge (another layer order); the weight file
+    is keyed by layer name, so a 'centre' model's weights load strictly into a 'probe' one."""
+    from ptycho_tf.bundle import TFBundleHooks
+
+    hooks = TFBundleHooks()
+    keras.utils.set_random_seed(9)
+    centre = build_models(
+        ModelConfig(N=32, gridsize=2, n_filters_scale=1, merge_weights="centre"),
+        probe=_wide_probe(),
+        intensity_scale=2.0,
+    )
+    probe = build_models(
+        ModelConfig(N=32, gridsize=2, n_filters_scale=1),
+        probe=_wide_probe() * 0.5,
+        intensity_scale=2.0,
+    )
+    hooks.weights_from_bytes(probe, hooks.weights_to_bytes(centre), "centre weights")
+    for (name, a), (_, b) in zip(weight_mapping(centre), weight_mapping(probe), strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
+
+
+def test_a_bundle_without_merge_weights_reconstructs_as_before(rng, tmp_path):
+    """A bundle written before ModelConfig.merge_weights (no key in its manifest) was trained
+    with the centre merge: it loads as merge_weights='centre' and gives the same patches as
+    the model that wrote it; the same weights under 'probe' would not."""
+    import json
+    import zipfile
+
+    from ptycho_core import bundle as core_bundle
+    from ptycho_core.config import TrainingConfig
+    from ptycho_tf.bundle import TFBundleHooks, load_bundle, save_bundle
+
+    old_mc = ModelConfig(N=32, gridsize=2, n_filters_scale=1, merge_weights="centre")
+    keras.utils.set_random_seed(10)
+    old = build_models(old_mc, probe=_wide_probe(), intensity_scale=2.0)
+    cfg = TrainingConfig(model=old_mc, output_dir=tmp_path, backend="tensorflow")
+    path = save_bundle(tmp_path / "wts.h5.zip", old, cfg, normalization={"norm_factor": 1.0})
+    with zipfile.ZipFile(path) as zf:
+        files = {name: zf.read(name) for name in zf.namelist()}
+    manifest = json.loads(files.pop(core_bundle.MANIFEST_NAME))
+    del manifest["model_config"]["merge_weights"]
+    del manifest["training_config"]["model"]["merge_weights"]
+    legacy = tmp_path / "legacy" / "wts.h5.zip"
+    legacy.parent.mkdir()
+    core_bundle.write_bundle(legacy, manifest, files)
+
+    loaded = load_bundle(legacy)
+    assert loaded.model_config.merge_weights == "centre"
+    inp = _inputs(rng, 3, old_mc, spread=3.0)
+    want = old.diffraction_to_obj(inp).numpy()
+    np.testing.assert_array_equal(loaded.model.diffraction_to_obj(inp).numpy(), want)
+    as_probe = build_models(
+        ModelConfig(N=32, gridsize=2, n_filters_scale=1), probe=_wide_probe(), intensity_scale=2.0
+    )
+    hooks = TFBundleHooks()
+    hooks.weights_from_bytes(as_probe, hooks.weights_to_bytes(loaded.model), "loaded")
+    assert np.abs(as_probe.diffraction_to_obj(inp).numpy() - want).max() > 1e-3

@@ -1,7 +1,6 @@
 """Keras ``fit`` training: seeding, callbacks, history, trainable probe / scale, supervised,
 gridsize-2 data alignment, execution-config handling (``specs/model.md``, ``specs/training.md``)."""
 
-import csv
 import dataclasses
 import logging
 import math
@@ -20,7 +19,7 @@ from ptycho_core.config import ignored_execution_fields as core_ignored
 from ptycho_core.engine import FitRequest
 from ptycho_core.simulation import simulate_scan
 from ptycho_core.training import HistoryRecorder, LossSpec, min_lr, scheduled_lr
-from ptycho_core.workflow import prepare_training
+from ptycho_core.workflow import prepare_training, read_history_csv
 from ptycho_tf import physics as tfp
 from ptycho_tf import workflows
 from ptycho_tf.model import build_models
@@ -94,14 +93,13 @@ def test_same_seed_same_initial_weights_and_history(scan, tmp_path):
     c = train(_config(tmp_path / "c", seed=8), QUIET, train_data=scan)
     assert c.history["train_loss"] != a.history["train_loss"]
     # history.csv columns (written by core's recorder); no loss plot (the CLI's)
-    with open(tmp_path / "a" / "history.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert list(rows[0])[:4] == ["epoch", "train_loss", "val_loss", "lr"]
-    assert {"train_nll", "val_nll", "train_mae", "val_mae"} <= set(rows[0])
-    assert "train_learning_rate" not in rows[0]
-    assert len(rows) == 2 and float(rows[0]["lr"]) == pytest.approx(QUIET.learning_rate)
+    rows = read_history_csv(tmp_path / "a" / "history.csv")
+    assert list(rows)[:4] == ["epoch", "train_loss", "val_loss", "lr"]
+    assert {"train_nll", "val_nll", "train_mae", "val_mae"} <= set(rows)
+    assert "train_learning_rate" not in rows
+    assert rows["epoch"] == [0.0, 1.0] and rows["lr"][0] == pytest.approx(QUIET.learning_rate)
     for key in ("train_loss", "val_loss", "train_nll"):
-        np.testing.assert_allclose([float(r[key]) for r in rows], a.history[key], rtol=1e-6)
+        np.testing.assert_allclose(rows[key], a.history[key], rtol=1e-6)
     assert not (tmp_path / "a" / "loss.png").exists()
 
 
@@ -221,7 +219,8 @@ def test_history_callback_feeds_cores_recorder(tmp_path):
     assert hist["val_loss"][0] == 4.0 and math.isnan(hist["val_loss"][1])
     assert hist["val_nll"][0] == 2.0 and hist["lr"] == pytest.approx([2.5e-3, 2.5e-3])
     assert not any("learning_rate" in k for k in hist)
-    assert (tmp_path / "history.csv").is_file()
+    on_disk = read_history_csv(tmp_path / "history.csv")
+    assert on_disk["train_loss"] == [3.0, 2.0] and math.isnan(on_disk["val_loss"][1])
 
 
 def test_early_stopping_checkpoints_and_ignored_fields(scan, tmp_path, caplog):

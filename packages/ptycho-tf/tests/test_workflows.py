@@ -149,10 +149,10 @@ def test_unreadable_weights_name_where(data):
         TFHooks().weights_from_bytes(models, data, "somewhere")
 
 
-def test_tensorflow_cannot_resume(small_run, tmp_path):
+def test_resume_from_a_missing_state_is_a_config_error(small_run, tmp_path):
     scan, cfg, _ = small_run
     cfg = dataclasses.replace(cfg, output_dir=tmp_path)
-    with pytest.raises(ConfigError, match="resume_from"):
+    with pytest.raises(ConfigError, match=r"x\.ckpt: no such file; resume_from must be"):
         engine.train(TFHooks(), cfg, QUIET, train_data=scan, resume_from=tmp_path / "x.ckpt")
 
 

@@ -171,3 +171,117 @@ def test_channels_last_is_only_a_memory_layout():
     b.load_state_dict(a.state_dict())
     x, off = torch.rand(2, 4, 32, 32) * 3, torch.randn(2, 4, 2)
     torch.testing.assert_close(a(x, off).amplitude, b(x, off).amplitude, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- merge weights
+def _wide_probe(n=32):
+    from ptycho_core.physics import normalize_probe
+    from ptycho_core.simulation import beamline_probe
+
+    return normalize_probe(beamline_probe(n))
+
+
+@pytest.mark.parametrize(
+    "merge_weights,model_type,sigma,mask",
+    [
+        ("probe", "pinn", 0.0, False),
+        ("probe", "pinn", 1.0, True),
+        ("probe", "supervised", 0.0, False),
+        ("centre", "pinn", 0.0, False),
+    ],
+)
+def test_object_big_merge_uses_the_configured_weights(
+    monkeypatch, merge_weights, model_type, sigma, mask
+):
+    """specs/model.md: 'probe' weights the merge by the forward model's illumination intensity
+    (peak 1), a supervised model (no illumination) by 1 everywhere, 'centre' by the centre N/2
+    square; the model's merged patches are the oracle's merge of its raw patches."""
+    from ptycho_core import physics as ref
+    from ptycho_torch import model as model_mod
+
+    probe = _wide_probe()
+    mc = ModelConfig(
+        N=32,
+        gridsize=2,
+        n_filters_scale=1,
+        model_type=model_type,
+        merge_weights=merge_weights,
+        gaussian_smoothing_sigma=sigma,
+        probe_mask=mask,
+    )
+    torch.manual_seed(5)
+    m = build_model(mc, probe=probe, intensity_scale=2.0)
+    seen = {}
+    real_merge = model_mod.physics.object_big_merge
+
+    def spy(patches, offsets, weight=None):
+        seen.update(patches=patches.detach().numpy(), weight=weight)
+        return real_merge(patches, offsets, weight)
+
+    monkeypatch.setattr(model_mod.physics, "object_big_merge", spy)
+    x, off = torch.rand(2, 4, 32, 32) * 3, torch.randn(2, 4, 2) * 3
+    with torch.no_grad():
+        got = m.diffraction_to_obj(x, off).numpy()
+    if merge_weights == "centre":
+        want_w = ref.center_mask(32)
+    elif model_type == "supervised":
+        want_w = np.ones((32, 32))
+    else:
+        want_w = ref.merge_weight(probe, sigma, mask)
+    np.testing.assert_allclose(seen["weight"].numpy(), want_w, atol=1e-6)
+    want = ref.object_big_merge(seen["patches"], off.numpy(), want_w)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_trainable_probe_gets_no_gradient_through_the_merge_weights():
+    """The merge weights follow the current probe but are detached (specs/model.md): the probe
+    is learned through the forward model only."""
+    torch.manual_seed(6)
+    mc = ModelConfig(N=32, gridsize=2, n_filters_scale=1)
+    m = build_model(mc, probe=_wide_probe(), intensity_scale=2.0, probe_trainable=True)
+    x, off = torch.rand(2, 4, 32, 32) * 3, torch.randn(2, 4, 2) * 3
+    (m.diffraction_to_obj(x, off).abs() ** 2).sum().backward()
+    assert m.probe_real.grad is None and m.probe_imag.grad is None
+    m.zero_grad()
+    m(x, off).intensity.sum().backward()  # through the forward model it does learn
+    assert m.probe_real.grad is not None and float(m.probe_real.grad.abs().sum()) > 0
+    # ... and a changed probe changes the weights (they are not frozen at build time)
+    w0 = m.merge_weight().clone()
+    with torch.no_grad():
+        m.probe_real.mul_(torch.linspace(0.5, 1.5, 32))
+    assert not torch.allclose(m.merge_weight(), w0)
+
+
+def test_a_bundle_without_merge_weights_reconstructs_as_before(tmp_path):
+    """A bundle written before ModelConfig.merge_weights (no key in its manifest) was trained
+    with the centre merge: it loads as merge_weights='centre' and gives the same patches as
+    the model that wrote it; read as 'probe' it would not."""
+    import json
+    import zipfile
+
+    from ptycho_core import bundle as core_bundle
+    from ptycho_core.config import TrainingConfig
+    from ptycho_torch.bundle import load_bundle, save_bundle
+
+    old_mc = ModelConfig(N=32, gridsize=2, n_filters_scale=1, merge_weights="centre")
+    torch.manual_seed(7)
+    old = build_model(old_mc, probe=_wide_probe(), intensity_scale=2.0).eval()
+    cfg = TrainingConfig(model=old_mc, output_dir=tmp_path)
+    path = save_bundle(tmp_path / "wts.h5.zip", old, cfg, normalization={"norm_factor": 1.0})
+    with zipfile.ZipFile(path) as zf:
+        files = {name: zf.read(name) for name in zf.namelist()}
+    manifest = json.loads(files.pop(core_bundle.MANIFEST_NAME))
+    del manifest["model_config"]["merge_weights"]
+    del manifest["training_config"]["model"]["merge_weights"]
+    legacy = tmp_path / "legacy" / "wts.h5.zip"
+    legacy.parent.mkdir()
+    core_bundle.write_bundle(legacy, manifest, files)
+
+    loaded = load_bundle(legacy)
+    assert loaded.model_config.merge_weights == "centre" and loaded.model.merge_weights == "centre"
+    x, off = torch.rand(3, 4, 32, 32) * 3, torch.randn(3, 4, 2) * 3
+    with torch.no_grad():
+        want = old.diffraction_to_obj(x, off)
+        torch.testing.assert_close(loaded.model.diffraction_to_obj(x, off), want, rtol=0, atol=0)
+        loaded.model.merge_weights = "probe"
+        assert (loaded.model.diffraction_to_obj(x, off) - want).abs().max() > 1e-3

@@ -1,7 +1,6 @@
 """Lightning training: every execution-config field that shapes the run, seeding, history,
 checkpoint resume, trainable probe / scale, supervised baseline."""
 
-import csv
 import logging
 import math
 from dataclasses import replace
@@ -14,16 +13,18 @@ from lightning.pytorch.loggers import CSVLogger
 
 from ptycho_core.bundle import read_bundle
 from ptycho_core.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
-from ptycho_core.engine import TrainResult
+from ptycho_core.engine import FitRequest, TrainResult
 from ptycho_core.errors import DataContractError
 from ptycho_core.simulation import simulate_scan
 from ptycho_core.training import (
     PLATEAU_FACTOR,
     PLATEAU_PATIENCE,
     HistoryRecorder,
+    LossSpec,
     min_lr,
     scheduled_lr,
 )
+from ptycho_core.workflow import prepare_training, read_history_csv
 from ptycho_torch.training import HistoryCallback, build_trainer
 from ptycho_torch.workflows import build_training_run, train
 
@@ -42,6 +43,19 @@ def cfg(tmp_path, **kw):
     )
     base.update(kw)
     return TrainingConfig(**base)
+
+
+def run(config, ex, scan, history=None, **kw):
+    """:func:`build_training_run` for the request the engine would make (no fit)."""
+    request = FitRequest(
+        config=config,
+        execution=ex,
+        prepared=prepare_training(config, scan),
+        loss=LossSpec.from_training_config(config),
+        history=history or HistoryRecorder(),
+        output_dir=config.output_dir,
+    )
+    return build_training_run(request, **kw)
 
 
 # ------------------------------------------------------------------------- builders (no fit)
@@ -128,7 +142,7 @@ def test_dataloaders_honour_worker_fields(tmp_path, scan):
         prefetch_factor=3,
         **QUIET,
     )
-    _, module, dm, _ = build_training_run(cfg(tmp_path, batch_size=5), ex, train_data=scan)
+    module, dm, _ = run(cfg(tmp_path, batch_size=5), ex, scan)
     dl = dm.train_dataloader()
     assert (
         dl.num_workers,
@@ -140,7 +154,7 @@ def test_dataloaders_honour_worker_fields(tmp_path, scan):
     vl = dm.val_dataloader()
     assert vl.num_workers == 2 and vl.batch_size == 5
     ex0 = PyTorchExecutionConfig(accelerator="cpu", **QUIET)
-    _, _, dm0, _ = build_training_run(cfg(tmp_path), ex0, train_data=scan)
+    _, dm0, _ = run(cfg(tmp_path), ex0, scan)
     dl0 = dm0.train_dataloader()
     assert (dl0.num_workers, dl0.pin_memory, dl0.persistent_workers) == (0, False, False)
 
@@ -149,7 +163,7 @@ def test_dataloaders_honour_worker_fields(tmp_path, scan):
 def test_optimizer_learning_rate_and_scheduler_follow_core_policy(tmp_path, scan, sched):
     lr0, nepochs = 3e-3, 7
     ex = PyTorchExecutionConfig(accelerator="cpu", learning_rate=lr0, scheduler=sched, **QUIET)
-    _, module, _, _ = build_training_run(cfg(tmp_path, nepochs=nepochs), ex, train_data=scan)
+    module, _, _ = run(cfg(tmp_path, nepochs=nepochs), ex, scan)
     conf = module.configure_optimizers()
     opt = conf["optimizer"] if isinstance(conf, dict) else conf
     assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == lr0
@@ -181,9 +195,7 @@ def test_monitors_fall_back_to_train_without_validation(tmp_path, scan):
         logger_backend="none",
         checkpoint_monitor_metric="val_nll",
     )
-    _, module, dm, tr = build_training_run(
-        cfg(tmp_path, validation_fraction=0.0), ex, train_data=scan
-    )
+    module, dm, tr = run(cfg(tmp_path, validation_fraction=0.0), ex, scan)
     assert not dm.has_validation
     assert module.monitor == "train_loss"
     es = [c for c in tr.callbacks if isinstance(c, EarlyStopping)]
@@ -196,9 +208,7 @@ def test_extra_callbacks_and_core_history_recorder(tmp_path, scan):
 
     marker, rec = Marker(), HistoryRecorder()
     ex = PyTorchExecutionConfig(accelerator="cpu", **QUIET)
-    _, _, _, tr = build_training_run(
-        cfg(tmp_path), ex, train_data=scan, history=rec, callbacks=[marker]
-    )
+    _, _, tr = run(cfg(tmp_path), ex, scan, history=rec, callbacks=[marker])
     assert tr.callbacks[-1] is marker
     hist = [c for c in tr.callbacks if isinstance(c, HistoryCallback)]
     assert len(hist) == 1 and hist[0].recorder is rec
@@ -209,10 +219,10 @@ def test_same_seed_same_initial_weights_and_loss_curve(tmp_path, scan):
     ex = PyTorchExecutionConfig(accelerator="cpu", **QUIET)
     sd = []
     for d in ("a", "b"):
-        _, module, _, _ = build_training_run(cfg(tmp_path / d), ex, train_data=scan)
+        module, _, _ = run(cfg(tmp_path / d), ex, scan)
         sd.append(module.model.state_dict())
     assert all(torch.equal(sd[0][k], sd[1][k]) for k in sd[0])
-    _, other, _, _ = build_training_run(cfg(tmp_path / "c", seed=8), ex, train_data=scan)
+    other, _, _ = run(cfg(tmp_path / "c", seed=8), ex, scan)
     assert not torch.equal(
         other.model.state_dict()["enc0_conv1.weight"], sd[0]["enc0_conv1.weight"]
     )
@@ -234,22 +244,18 @@ def test_train_writes_history_and_bundle(tmp_path, scan):
     res = train(cfg(tmp_path, nepochs=3, mae_weight=0.1), ex, train_data=scan)
     assert isinstance(res, TrainResult)
     assert res.backend == "pytorch" and res.epochs_trained == 3
-    with open(tmp_path / "history.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert len(rows) == 3
-    assert list(rows[0])[:4] == ["epoch", "train_loss", "val_loss", "lr"]
+    csv_history = read_history_csv(tmp_path / "history.csv")
+    assert list(csv_history)[:4] == ["epoch", "train_loss", "val_loss", "lr"]
+    assert csv_history["epoch"] == [0.0, 1.0, 2.0]
     for key in ("train_nll", "train_mae", "val_nll", "val_mae"):
-        assert key in rows[0] and math.isfinite(float(rows[0][key]))
+        assert all(math.isfinite(v) for v in csv_history[key])
     for k in ("train_loss", "val_loss"):
-        assert [float(r[k]) for r in rows] == pytest.approx(res.history[k])
+        assert csv_history[k] == pytest.approx(res.history[k])
     # lr is the rate used during each epoch (specs/training.md), not the next epoch's
-    assert [float(r["lr"]) for r in rows] == pytest.approx(
-        [scheduled_lr("step", 2e-3, e, 3) for e in range(3)]
-    )
+    assert csv_history["lr"] == pytest.approx([scheduled_lr("step", 2e-3, e, 3) for e in range(3)])
     # total = nll + 0.1 * mae, recorded per epoch
-    assert float(rows[-1]["train_loss"]) == pytest.approx(
-        float(rows[-1]["train_nll"]) + 0.1 * float(rows[-1]["train_mae"]), rel=1e-4
-    )
+    total = np.add(csv_history["train_nll"], np.multiply(0.1, csv_history["train_mae"]))
+    np.testing.assert_allclose(csv_history["train_loss"], total, rtol=1e-4)
     b = read_bundle(res.bundle_path, expected_backend="pytorch")
     assert b.manifest["backend"] == "pytorch"
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
@@ -261,7 +267,7 @@ def test_resume_from_checkpoint(tmp_path, scan):
     first = train(cfg(tmp_path, nepochs=1), ex, train_data=scan)
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     assert ckpt.exists()
-    resumed = train(cfg(tmp_path, nepochs=2), ex, train_data=scan, ckpt_path=ckpt)
+    resumed = train(cfg(tmp_path, nepochs=2), ex, train_data=scan, resume_from=ckpt)
     assert resumed.history["train_loss"][0] == first.history["train_loss"][0]
     assert len(resumed.history["train_loss"]) == 2
     straight = train(cfg(tmp_path / "s", nepochs=2), ex, train_data=scan)

@@ -13,21 +13,37 @@ from typing import Any
 
 import numpy as np
 
+from ptycho_core.errors import DataContractError
+
 __all__ = ["Comparison", "embed_in_truth_frame", "compare_to_truth"]
 
 logger = logging.getLogger(__name__)
 
 
 def embed_in_truth_frame(
-    recon: np.ndarray, coverage: np.ndarray, origin: Any, truth_shape: tuple[int, int]
+    recon: np.ndarray,
+    coverage: np.ndarray,
+    origin: Any,
+    truth_shape: tuple[int, int],
+    names: tuple[str, str] = ("the reconstruction", "the ground truth"),
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(recon_on_truth_grid complex (H,W), covered bool (H,W))``.
 
     The origin is rounded to whole pixels (stitching canvases start on whole pixels; a
-    fractional origin is logged). Parts of the canvas outside the truth are dropped.
+    fractional origin is logged). Parts of the canvas outside the truth are dropped. A canvas
+    with no covered pixel on the truth is a :class:`~ptycho_core.errors.DataContractError`
+    naming ``names`` (recon, truth).
     """
     h, w = truth_shape
-    x0, y0 = (float(v) for v in np.asarray(origin, np.float64).reshape(2))
+    if np.shape(recon) != np.shape(coverage) or np.ndim(recon) != 2:
+        raise DataContractError(
+            f"{names[0]}: keys 'object' {np.shape(recon)} and 'coverage' {np.shape(coverage)}: "
+            "expected two 2-D arrays of one shape"
+        )
+    xy = np.asarray(origin, np.float64).reshape(-1)
+    if xy.size != 2 or not np.isfinite(xy).all():
+        raise DataContractError(f"{names[0]}: key 'origin': expected finite (x0, y0), got {xy}")
+    x0, y0 = float(xy[0]), float(xy[1])
     ix, iy = int(round(x0)), int(round(y0))
     if abs(ix - x0) > 1e-6 or abs(iy - y0) > 1e-6:
         logger.warning(
@@ -44,13 +60,19 @@ def embed_in_truth_frame(
     ty0, ty1 = max(iy, 0), min(iy + rh, h)
     tx0, tx1 = max(ix, 0), min(ix + rw, w)
     if ty1 <= ty0 or tx1 <= tx0:
-        raise ValueError(
-            f"the reconstruction (origin ({x0:g}, {y0:g}), shape {recon.shape}) does "
-            f"not overlap the ground-truth object (shape {truth_shape})"
+        raise DataContractError(
+            f"{names[0]}: the reconstruction (origin ({x0:g}, {y0:g}), shape {recon.shape}) "
+            f"does not overlap the ground-truth object of {names[1]} (shape {truth_shape})"
         )
     out[ty0:ty1, tx0:tx1] = recon[ty0 - iy : ty1 - iy, tx0 - ix : tx1 - ix]
     cov[ty0:ty1, tx0:tx1] = coverage[ty0 - iy : ty1 - iy, tx0 - ix : tx1 - ix]
-    return out, cov > 0
+    covered = cov > 0
+    if not covered.any():
+        raise DataContractError(
+            f"{names[0]}: key 'coverage': no reconstructed pixel lies on the ground-truth "
+            f"object of {names[1]} (shape {truth_shape}); nothing to score"
+        )
+    return out, covered
 
 
 @dataclass
@@ -90,20 +112,32 @@ def compare_to_truth(
     register: bool = False,
     remove_plane: bool = False,
     margin: int = 0,
+    names: tuple[str, str] = ("the reconstruction", "the ground truth"),
 ) -> Comparison:
     """Score ``recon`` against ``truth`` on the covered region (optionally eroded by ``margin``
-    pixels, to leave out the poorly constrained rim)."""
+    pixels >= 0, to leave out the poorly constrained rim; when fewer than 64 pixels would remain
+    the margin is not applied and a warning is logged). ``names`` (recon, truth) label errors."""
     from ptycho_core.metrics import evaluate
 
+    if isinstance(margin, bool) or int(margin) != margin or margin < 0:
+        raise ValueError(f"margin = {margin!r} is invalid; allowed: an integer >= 0 (pixels)")
     truth = np.asarray(truth)
     full, covered = embed_in_truth_frame(
-        np.asarray(recon), np.asarray(coverage), origin, truth.shape
+        np.asarray(recon), np.asarray(coverage), origin, truth.shape, names
     )
     if margin > 0:
         from scipy.ndimage import binary_erosion
 
-        eroded = binary_erosion(covered, iterations=margin)
-        covered = eroded if eroded.sum() >= 64 else covered
+        eroded = binary_erosion(covered, iterations=int(margin))
+        if eroded.sum() >= 64:
+            covered = eroded
+        else:
+            logger.warning(
+                "a margin of %d px leaves %d of %d covered pixels; scoring without the margin",
+                margin,
+                int(eroded.sum()),
+                int(covered.sum()),
+            )
     rows = np.flatnonzero(covered.any(axis=1))
     cols = np.flatnonzero(covered.any(axis=0))
     sl = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))

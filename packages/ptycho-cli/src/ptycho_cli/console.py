@@ -2,7 +2,13 @@
 
 Stage lines ("training …") and progress go to stderr and are silenced by ``--quiet``; results
 (metrics, where the files are) go to stdout and are always shown. Warnings and errors use the
-``ptycho: warning:`` / ``ptycho: error:`` prefixes of argparse.
+``ptycho: warning:`` / ``ptycho: error:`` prefixes of argparse; an error is one line of at most
+:data:`MAX_ERROR_CHARS` characters (``--debug`` shows the whole message in the traceback).
+
+Progress (``specs/cli.md``): on a terminal (stdout and stderr both TTYs) the framework draws its
+live bar (Lightning's progress bar, Keras ``verbose=1``); otherwise (a log file, CI, a pipe) the
+bar is off and the ``ptycho.progress`` log records of the core — one line per epoch, one per
+10 % of an inference — are printed instead. ``--quiet`` shows neither.
 """
 
 from __future__ import annotations
@@ -11,9 +17,41 @@ import logging
 import sys
 from typing import TextIO
 
-__all__ = ["Console", "configure_logging", "tame_framework_logging"]
+__all__ = [
+    "Console",
+    "configure_logging",
+    "tame_framework_logging",
+    "live_progress",
+    "MAX_ERROR_CHARS",
+]
 
 PROG = "ptycho"
+#: The longest error line printed; longer messages are cut (the traceback of --debug has all).
+MAX_ERROR_CHARS = 400
+#: The core's progress logger (``ptycho_core.training.PROGRESS_LOGGER``).
+PROGRESS_LOGGER = "ptycho.progress"
+
+
+def _isatty(stream: TextIO | None) -> bool:
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False
+
+
+def live_progress(quiet: bool = False) -> bool:
+    """Whether a live progress bar suits the output: not ``quiet`` and both stdout (where
+    Lightning's bar and Keras' ``verbose=1`` write) and stderr are terminals."""
+    return not quiet and _isatty(sys.stdout) and _isatty(sys.stderr)
+
+
+def shorten(message: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``message`` on one line, cut to ``limit`` characters (with a pointer to --debug)."""
+    text = " ".join(message.split())
+    if len(text) <= limit:
+        return text
+    tail = " … (shortened; --debug shows all)"
+    return text[: limit - len(tail)].rstrip() + tail
 
 
 class Console:
@@ -39,7 +77,8 @@ class Console:
         print(f"{PROG}: warning: {message}", file=self.err, flush=True)
 
     def error(self, message: str) -> None:
-        print(f"{PROG}: error: {message}", file=self.err, flush=True)
+        """One line ``ptycho: error: <message>``, at most :data:`MAX_ERROR_CHARS` long."""
+        print(f"{PROG}: error: {shorten(message)}", file=self.err, flush=True)
 
 
 class _Formatter(logging.Formatter):
@@ -50,9 +89,16 @@ class _Formatter(logging.Formatter):
         return f"{PROG}: {text}"
 
 
-def configure_logging(verbose: int = 0, debug: bool = False, quiet: bool = False) -> None:
+def configure_logging(
+    verbose: int = 0, debug: bool = False, quiet: bool = False, progress: bool | None = None
+) -> None:
     """Route library logs to stderr: WARNING by default, INFO with -v, DEBUG with --debug,
-    ERROR with --quiet."""
+    ERROR with --quiet.
+
+    ``progress``: print the core's per-epoch / per-10 % progress lines (logger
+    ``ptycho.progress``); default: when no live bar is drawn (:func:`live_progress` false) and
+    not ``quiet``. Inference progress lines are shown on a terminal too (no framework draws a
+    bar for inference)."""
     if debug:
         level = logging.DEBUG
     elif quiet:
@@ -73,7 +119,37 @@ def configure_logging(verbose: int = 0, debug: bool = False, quiet: bool = False
     root.setLevel(level)
     for noisy in ("matplotlib", "PIL", "h5py", "absl"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    _configure_progress(quiet, progress)
     tame_framework_logging(level)
+
+
+class _ProgressFilter(logging.Filter):
+    """Epoch lines only when no live bar is drawn; inference lines always."""
+
+    def __init__(self, epochs: bool) -> None:
+        super().__init__()
+        self.epochs = epochs
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.epochs or getattr(record, "progress", "") != "epoch"
+
+
+def _configure_progress(quiet: bool, progress: bool | None) -> None:
+    lg = logging.getLogger(PROGRESS_LOGGER)
+    for handler in list(lg.handlers):
+        if getattr(handler, "_ptycho_cli", False):
+            lg.removeHandler(handler)
+    lg.propagate = False  # never twice (the root handler shows INFO with -v)
+    if quiet:
+        lg.setLevel(logging.WARNING)
+        return
+    epochs = (not live_progress(quiet)) if progress is None else bool(progress)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._ptycho_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(_Formatter("%(message)s"))
+    handler.addFilter(_ProgressFilter(epochs))
+    lg.addHandler(handler)
+    lg.setLevel(logging.INFO)
 
 
 _FRAMEWORK_LOGGERS = (

@@ -24,18 +24,26 @@ can serve both).
   bundle's; asking for another one is caught by :func:`ptycho_cli.dispatch.reconstruct`.
 - Unknown keys → ``ValueError`` listing the valid keys; missing files → ``FileNotFoundError``.
 - Each applied value is logged at INFO with its source (defaults at DEBUG).
+- Before any data is read, ``output_dir`` must be usable
+  (:func:`ptycho_cli.outputs.check_output_dir`: not a file, writable); inference also checks the
+  bundle's manifest (``model_config``, ``intensity_scale``) and where the scan's positions fall
+  (:func:`check_scan_geometry`), so these errors come before any framework is imported.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ptycho_cli.outputs import check_output_dir
 from ptycho_core.backends import default_backend
 from ptycho_core.bundle import BUNDLE_NAME, bundle_file, read_manifest
 from ptycho_core.config import (
@@ -45,7 +53,9 @@ from ptycho_core.config import (
     TrainingConfig,
     load_config_file,
 )
+from ptycho_core.errors import ConfigError, DataContractError
 from ptycho_core.io import ScanData, check_enough_patterns, load_npz
+from ptycho_core.stitching import default_stitch_crop
 
 __all__ = [
     "TrainingPayload",
@@ -54,6 +64,8 @@ __all__ = [
     "create_inference_payload",
     "resolve_bundle_path",
     "valid_keys",
+    "check_scan_geometry",
+    "MAX_CANVAS_PIXELS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +89,9 @@ _TRAIN_KEYS = tuple(k for k in TrainingConfig.field_names() if k != "model")
 _INFER_KEYS = tuple(k for k in InferenceConfig.field_names() if k != "model")
 #: Keys of removed config fields, still accepted (and dropped) from old config files.
 _REMOVED_KEYS = tuple(TrainingConfig._removed)
+#: The largest stitching canvas (pixels) a scan without ``objectGuess`` may ask for: 2**28 px
+#: (16384², ~6 GiB of accumulators). Larger means positions in the wrong unit (``specs/cli.md``).
+MAX_CANVAS_PIXELS = 2**28
 
 
 @dataclass(frozen=True)
@@ -106,7 +121,10 @@ class TrainingPayload:
 
 @dataclass(frozen=True)
 class InferencePayload:
-    """Everything a reconstruction needs: configs, the bundle's manifest and the loaded scan."""
+    """Everything a reconstruction needs: configs, the bundle's manifest and the loaded scan.
+
+    ``adapt_epochs`` > 0: adapt a copy of the model to the scan first (``specs/training.md``
+    "Adaptation"); ``save_adapted``: the folder that keeps the adapted model, or None."""
 
     config: InferenceConfig
     execution: PyTorchExecutionConfig
@@ -115,6 +133,11 @@ class InferencePayload:
     bundle_path: Path = Path(BUNDLE_NAME)
     data: ScanData | None = field(default=None, repr=False)
     config_file: Path | None = None
+    adapt_epochs: int = 0
+    save_adapted: Path | None = None
+    #: One-line messages about the scan for the user (positions outside the object,
+    #: :func:`check_scan_geometry`); the CLI prints them.
+    warnings: tuple[str, ...] = ()
 
     @property
     def model(self) -> ModelConfig:
@@ -334,6 +357,7 @@ def create_training_payload(
     :class:`~ptycho_core.errors.DataContractError`).
     """
     space = _Space("training")
+    check_output_dir(output_dir)
     train_path = _require_file(train_data_file, "training data file")
     test_path = None if test_data_file is None else _require_file(test_data_file, "test data file")
     layers, cfg_path = _layers(space, overrides, execution_config, config_file)
@@ -371,6 +395,56 @@ def create_training_payload(
     )
 
 
+def check_scan_geometry(scan: ScanData, crop: int, where: object) -> list[str]:
+    """Where the scan's patches land on the stitching canvas (``specs/cli.md``).
+
+    With ``objectGuess`` ``(H, W)`` the canvas is the object frame: a position whose central
+    ``crop``×``crop`` square misses ``[0, W) × [0, H)`` contributes nothing. None on it →
+    :class:`~ptycho_core.errors.DataContractError` (nothing would be reconstructed); some off
+    it → the returned warning. Without ``objectGuess`` the canvas is the positions' bounding box
+    plus ``crop``; more than :data:`MAX_CANVAS_PIXELS` → ``DataContractError`` (positions in
+    the wrong unit). ``where`` names the scan file in messages.
+    """
+    pos = scan.positions
+    x, y = pos[:, 0], pos[:, 1]
+    span = f"x in [{x.min():.6g}, {x.max():.6g}], y in [{y.min():.6g}, {y.max():.6g}]"
+    if scan.object is not None:
+        h, w = (int(v) for v in scan.object.shape[-2:])
+        lo_x, lo_y = np.floor(x - crop / 2), np.floor(y - crop / 2)
+        on = (lo_x + crop >= 0) & (lo_x <= w - 1) & (lo_y + crop >= 0) & (lo_y <= h - 1)
+        off = int((~on).sum())
+        if off == len(pos):
+            raise DataContractError(
+                f"{where}: keys 'xcoords'/'ycoords': none of the {len(pos)} positions lies on the "
+                f"{w}×{h} object of key 'objectGuess' ({span} object pixels); nothing would be "
+                "reconstructed"
+            )
+        if off:
+            return [
+                f"{where}: {off} of {len(pos)} positions lie outside the {w}×{h} object "
+                f"('objectGuess'); their patterns are not reconstructed"
+            ]
+        return []
+    width = math.floor(x.max() - x.min()) + crop + 1
+    height = math.floor(y.max() - y.min()) + crop + 1
+    if width * height > MAX_CANVAS_PIXELS:
+        raise DataContractError(
+            f"{where}: keys 'xcoords'/'ycoords': the positions span {span} object pixels, a "
+            f"{width}×{height} canvas (more than {MAX_CANVAS_PIXELS} pixels); are they in "
+            "object pixels?"
+        )
+    return []
+
+
+def _check_bundle_manifest(manifest: dict[str, Any], bundle_path: Path) -> None:
+    """The manifest's ``model_config``, ``training_config`` and ``intensity_scale`` as
+    :func:`ptycho_core.engine.load_bundle` checks them — here, before a framework is imported."""
+    from ptycho_core.engine import bundle_configs, bundle_intensity_scale
+
+    bundle_configs(manifest, bundle_path)
+    bundle_intensity_scale(manifest, bundle_path)
+
+
 def _bundle_layer(manifest: dict[str, Any], space: _Space) -> tuple[dict[str, Any], dict[str, Any]]:
     """(model fields, inference fields) the bundle contributes."""
     model = dict(manifest.get("model_config") or {})
@@ -382,6 +456,26 @@ def _bundle_layer(manifest: dict[str, Any], space: _Space) -> tuple[dict[str, An
     return model, own
 
 
+def _check_adaptation(
+    adapt_epochs: Any, save_adapted: str | Path | None, manifest: dict[str, Any], bundle: Path
+) -> Path | None:
+    """The ``save_adapted`` folder (or None) after checking the adaptation request."""
+    if isinstance(adapt_epochs, bool) or not isinstance(adapt_epochs, int) or adapt_epochs < 0:
+        raise ConfigError(f"adapt_epochs = {adapt_epochs!r} is invalid; allowed: an integer >= 0")
+    if save_adapted is not None and adapt_epochs == 0:
+        raise ConfigError(
+            f"save_adapted = {str(save_adapted)!r} is invalid without adaptation; allowed: "
+            "adapt_epochs >= 1 (--adapt-epochs K)"
+        )
+    model_type = (manifest.get("model_config") or {}).get("model_type", "pinn")
+    if adapt_epochs and model_type != "pinn":
+        raise ConfigError(
+            f"{bundle}: manifest key 'model_config': model_type = {model_type!r} cannot be "
+            "adapted; allowed: 'pinn' (adaptation fits the physics loss)"
+        )
+    return None if save_adapted is None else Path(save_adapted)
+
+
 def create_inference_payload(
     model_path: str | Path,
     test_data_file: str | Path,
@@ -390,18 +484,26 @@ def create_inference_payload(
     config_file: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     execution_config: PyTorchExecutionConfig | Mapping[str, Any] | None = None,
+    adapt_epochs: int = 0,
+    save_adapted: str | Path | None = None,
 ) -> InferencePayload:
     """Build an :class:`InferencePayload` from a bundle (file, or folder holding ``wts.h5.zip``).
 
     The manifest is read with :func:`ptycho_core.bundle.read_manifest` (no framework). Raises
     ``FileNotFoundError``, :class:`~ptycho_core.errors.BundleError` for a damaged bundle and
     ``ValueError`` for unknown keys or values that conflict with the bundle or the data.
+    ``adapt_epochs``/``save_adapted``: see :class:`InferencePayload`; a negative count,
+    ``save_adapted`` without adaptation, or adapting a supervised model is a
+    :class:`~ptycho_core.errors.ConfigError` (checked here, before any framework is imported).
     """
     space = _Space("inference")
+    check_output_dir(output_dir)
     bundle_path = resolve_bundle_path(model_path)
     data_path = _require_file(test_data_file, "data file")
     layers, cfg_path = _layers(space, overrides, execution_config, config_file)
     manifest = read_manifest(bundle_path)
+    _check_bundle_manifest(manifest, bundle_path)
+    adapted_dir = _check_adaptation(adapt_epochs, save_adapted, manifest, bundle_path)
     bundle_model, bundle_own = _bundle_layer(manifest, space)
     source = f"{BUNDLE} {bundle_path}"
 
@@ -415,7 +517,7 @@ def create_inference_payload(
             )
         resolver.set(key, value, source)
 
-    data = load_npz(data_path)
+    data = load_npz(data_path, skip=("Y",))  # inference never uses Y (specs/data-contracts.md)
     n_bundle = bundle_model.get("N")
     if n_bundle is not None and n_bundle != data.N:
         raise ValueError(
@@ -430,6 +532,8 @@ def create_inference_payload(
         resolver.provenance[f"inference.{key}"] = ARGUMENT
     config, execution, provenance = _finish(InferenceConfig, resolver, paths)
     check_enough_patterns(data, config.model.C, f"gridsize {config.model.gridsize}")
+    crop = config.stitch_crop or default_stitch_crop(config.model.N)
+    notes = check_scan_geometry(data, int(crop), data_path)
     return InferencePayload(
         config=config,
         execution=execution,
@@ -438,4 +542,7 @@ def create_inference_payload(
         bundle_path=bundle_path,
         data=data,
         config_file=cfg_path,
+        adapt_epochs=int(adapt_epochs),
+        save_adapted=adapted_dir,
+        warnings=tuple(notes),
     )

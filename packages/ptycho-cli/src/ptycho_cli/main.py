@@ -1,7 +1,8 @@
 """The ``ptycho`` command (``specs/cli.md``, ``specs/cli.md``).
 
 Exit codes: 0 success; 1 failure, reported as one line ``ptycho: error: <file>: <problem>`` (the
-traceback only with ``--debug``); 2 usage errors (argparse); 130 interrupted (Ctrl-C).
+traceback only with ``--debug``); 2 usage errors (argparse); 130 interrupted by SIGINT (Ctrl-C),
+143 by SIGTERM, reported as ``ptycho: error: interrupted (SIGINT)`` (:mod:`ptycho_cli.interrupts`).
 
 Importing this module (and ``ptycho --help``) imports no deep-learning framework: the commands
 import their heavy dependencies inside ``run``.
@@ -15,12 +16,14 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from ptycho_cli import interrupts
 from ptycho_cli.__about__ import __version__
 from ptycho_cli.console import Console, configure_logging
 
 __all__ = ["main", "build_parser", "format_error"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_TERMINATED = 143
 
 _DESCRIPTION = """\
 Physics-informed neural-network reconstruction for ptychography.
@@ -111,18 +114,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Framework housekeeping warnings (deprecations, data-loader hints) are noise for a
         # beamline user; -v or --debug shows them.
         warnings.filterwarnings("ignore", module=r"(tensorflow|keras|lightning|torch|absl)")
-    try:
-        return int(args.run(args, console) or 0)
-    except KeyboardInterrupt:
-        console.error("interrupted")
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # e.g. `ptycho inspect x | head`
-        return EXIT_OK
-    except Exception as exc:  # every failure becomes one line (traceback: --debug)
+    with interrupts.handle_signals():
+        try:
+            return int(args.run(args, console) or 0)
+        except BaseException as exc:  # every outcome but success becomes one line
+            return _failure(exc, args, console)
+
+
+def _failure(exc: BaseException, args: argparse.Namespace, console: Console) -> int:
+    """The exit code for ``exc`` after printing its one line. A signal received during the
+    command wins over whatever exception it turned into on the way out (Lightning, for one,
+    turns KeyboardInterrupt into ``sys.exit(1)``)."""
+    signum = interrupts.received()
+    if signum is None and isinstance(exc, KeyboardInterrupt):
+        signum = getattr(exc, "signum", None) or int(interrupts.HANDLED[0])
+    if signum is not None:
         if args.debug:
-            traceback.print_exc()
-        console.error(format_error(exc))
-        return EXIT_FAILURE
+            traceback.print_exception(exc)
+        console.error(interrupts.message(signum))
+        return interrupts.exit_code(signum)
+    if isinstance(exc, BrokenPipeError):  # e.g. `ptycho inspect x | head`
+        return EXIT_OK
+    if not isinstance(exc, Exception):  # SystemExit, GeneratorExit: not ours to report
+        raise exc
+    if args.debug:
+        traceback.print_exc()
+    console.error(format_error(exc))
+    return EXIT_FAILURE
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m ptycho_cli.main`

@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import zipfile
@@ -260,6 +261,26 @@ def _check_manifest(manifest: Any, where: object) -> dict[str, Any]:
         for v in listed.values()
     ):
         raise BundleError(f"{where}: manifest 'files' must map names to {{size, sha256}}")
+    s = manifest.get("intensity_scale")
+    if not (isinstance(s, int | float) and not isinstance(s, bool) and math.isfinite(s) and s > 0):
+        raise BundleError(
+            f"{where}: manifest key 'intensity_scale': expected a finite number > 0, got {s!r}"
+        )
+    for key, allowed in (
+        ("model_config", (dict, type(None))),
+        ("training_config", (dict, type(None))),
+        ("normalization", (dict,)),
+    ):
+        if key in manifest and not isinstance(manifest[key], allowed):
+            raise BundleError(
+                f"{where}: manifest key {key!r}: expected a JSON object, got "
+                f"{type(manifest[key]).__name__}"
+            )
+    names = manifest.get("model_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise BundleError(
+            f"{where}: manifest key 'model_names': expected a list of strings, got {names!r}"[:300]
+        )
     return manifest
 
 
@@ -295,7 +316,7 @@ def _read_manifest(zf: zipfile.ZipFile, where: object) -> dict[str, Any]:
         raise BundleError(f"{where}: manifest.json is {info.file_size} bytes; refusing")
     try:
         manifest = json.loads(zf.read(info).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError included
         raise BundleError(f"{where}: manifest.json is not valid JSON ({exc})") from exc
     return _check_manifest(manifest, where)
 
@@ -394,8 +415,16 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def load_npy_bytes(data: bytes, name: str = "array") -> np.ndarray:
-    """Decode ``.npy`` bytes with ``allow_pickle=False``; damage → :class:`BundleError`."""
+    """Decode ``.npy`` bytes with ``allow_pickle=False`` into a non-empty, finite numeric array;
+    damage, another dtype, an empty array or NaN/inf → :class:`BundleError` naming ``name``."""
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        array = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:  # the .npy parser raises several types on damage
         raise BundleError(f"{name}: not a valid (non-pickled) .npy array ({exc})") from exc
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biufc":
+        raise BundleError(f"{name}: expected a numeric .npy array, got {type(array).__name__}")
+    if array.size == 0:
+        raise BundleError(f"{name}: expected a non-empty array, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise BundleError(f"{name}: expected finite values, got NaN or infinity")
+    return array

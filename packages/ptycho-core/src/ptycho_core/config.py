@@ -36,6 +36,7 @@ from ptycho_core.errors import ConfigError
 __all__ = [
     "BACKEND_NAMES",
     "SUPPORTED_N",
+    "MERGE_WEIGHTS",
     "ModelConfig",
     "TrainingConfig",
     "InferenceConfig",
@@ -54,6 +55,8 @@ logger = logging.getLogger(__name__)
 SUPPORTED_N: tuple[int, ...] = (32, 64, 128, 256)
 MODEL_TYPES = ("pinn", "supervised")
 AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
+#: ``ModelConfig.merge_weights``: the ``object_big`` merge weight (``specs/model.md``).
+MERGE_WEIGHTS = ("probe", "centre")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 SCHEDULERS = ("plateau", "none", "cosine", "step")
 LOGGER_BACKENDS = ("csv", "tensorboard", "mlflow", "none")
@@ -235,7 +238,9 @@ class _ConfigBase:
 class ModelConfig(_ConfigBase):
     """Architecture and physics options (``specs/model.md``, ADR-002).
 
-    ``N`` in pixels, ``C = gridsize²``.
+    ``N`` in pixels, ``C = gridsize²``. ``merge_weights``: the per-pixel weight of the
+    ``object_big`` merge, ``'probe'`` (the illumination intensity normalised to peak 1) or
+    ``'centre'`` (the centre ``N/2`` square; what bundles without the key were trained with).
     """
 
     N: int = 64
@@ -249,6 +254,7 @@ class ModelConfig(_ConfigBase):
     pad_object: bool = True
     probe_scale: float = 4.0
     gaussian_smoothing_sigma: float = 0.0
+    merge_weights: str = "probe"
 
     def __post_init__(self) -> None:
         c = _Checker(self)
@@ -262,6 +268,7 @@ class ModelConfig(_ConfigBase):
         c.boolean("object_big", "probe_big", "probe_mask", "pad_object")
         c.real("probe_scale", 0.0, strict=True)
         c.real("gaussian_smoothing_sigma", 0.0, strict=False)
+        c.choice("merge_weights", MERGE_WEIGHTS)
 
     @property
     def C(self) -> int:

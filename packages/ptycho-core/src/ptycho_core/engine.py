@@ -9,6 +9,10 @@ the history, the bundle, the timings, the optional reconstruction of test data, 
     hooks = MyHooks()
     result = engine.train(hooks, training_config, execution)       # TrainResult
     recon = engine.reconstruct(hooks, inference_config, execution)  # Reconstruction
+    adapted = engine.adapt(hooks, bundle, scan, epochs=5)            # AdaptResult
+
+:func:`adapt` fine-tunes a copy of a trained model on a new scan with the physics loss (the fit
+starts from ``FitRequest.initial_weights``); ``reconstruct(..., adapt_epochs=K)`` does it first.
 
 Bundles: :func:`save_bundle` writes ``manifest.json``, ``probe.npy`` and the backend's weight
 entry (``hooks.weights_entry``); :func:`load_bundle` validates the manifest's configs and
@@ -18,10 +22,14 @@ and loads the weights.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import logging
 import math
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,7 +45,7 @@ from ptycho_core.config import (
 )
 from ptycho_core.errors import BundleError, ConfigError
 from ptycho_core.grouping import GroupedData
-from ptycho_core.io import ScanData
+from ptycho_core.io import ScanData, load_npz
 from ptycho_core.training import HistoryRecorder, LossSpec
 from ptycho_core.workflow import (
     PreparedTraining,
@@ -48,20 +56,27 @@ from ptycho_core.workflow import (
 )
 
 __all__ = [
+    "ADAPT_LEARNING_RATE",
+    "AdaptResult",
     "HISTORY_NAME",
     "MODEL_NAMES",
     "BackendHooks",
     "WeightHooks",
     "FitOutcome",
+    "build_initial_model",
     "FitRequest",
     "LoadedBundle",
     "TrainResult",
+    "adapt",
+    "adaptation_config",
     "bundle_configs",
     "bundle_intensity_scale",
     "load_bundle",
     "reconstruct",
     "save_bundle",
+    "state_mismatch",
     "train",
+    "weights_mismatch_error",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,7 +95,7 @@ class FitRequest:
     """What a backend's :meth:`BackendHooks.fit` gets: the prepared data, the loss, a history
     recorder to call once per epoch (it writes ``<output_dir>/history.csv``; on non-zero DDP
     ranks the backend sets ``history.write = False``), where to put checkpoints, and a
-    checkpoint to resume."""
+    checkpoint to resume, or ``initial_weights`` to start from."""
 
     config: TrainingConfig
     execution: ExecutionConfig
@@ -89,6 +104,9 @@ class FitRequest:
     history: HistoryRecorder
     output_dir: Path
     resume_from: Path | None = None
+    #: Weight bytes (``weights_to_bytes``) to load right after the model is built: the fit then
+    #: continues from them (adaptation, ``specs/training.md``); None trains from scratch.
+    initial_weights: bytes | None = None
 
 
 @dataclass(eq=False)
@@ -200,8 +218,62 @@ class LoadedBundle:
 
 
 # ----------------------------------------------------------------------------- bundles
+def state_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any]) -> str:
+    """How the arrays ``found`` differ from the model's ``expected`` (name → anything with a
+    ``shape``; names and shapes compared), or "" when they fit: counts plus the first example of
+    each kind. For :meth:`WeightHooks.weights_from_bytes` messages."""
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    shapes = [
+        k for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(
+            f"{len(shapes)} tensor(s) of another shape, e.g. {k}: {list(found[k].shape)} in the "
+            f"weights, {list(expected[k].shape)} in the model"
+        )
+    if missing:
+        parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
+    if extra:
+        parts.append(f"{len(extra)} unexpected, e.g. {extra[0]}")
+    return "; ".join(parts)
+
+
+def weights_mismatch_error(where: object, reason: str | BaseException) -> BundleError:
+    """The :class:`BundleError` for weights that do not fit the model built from the manifest,
+    naming ``where``. ``reason``: a :func:`state_mismatch` text (as is), or the framework's
+    exception, put on one line and cut at 160 characters (Keras and torch list every layer)."""
+    detail = " ".join(str(reason).split())
+    if isinstance(reason, BaseException) and len(detail) > 160:
+        detail = detail[:160] + " …"
+    return BundleError(
+        f"{where}: weights do not match the architecture of the manifest's model_config ({detail})"
+    )
+
+
 def _json_history(history: dict[str, list[float]]) -> dict[str, list[float | None]]:
     return {k: [v if math.isfinite(v) else None for v in vals] for k, vals in history.items()}
+
+
+def _manifest(
+    hooks: WeightHooks,
+    model: Any,
+    training_config: TrainingConfig,
+    normalization: dict[str, Any],
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The manifest :func:`save_bundle` writes for ``model`` (its current intensity scale)."""
+    return core_bundle.make_manifest(
+        hooks.name,
+        training_config.model,
+        training_config,
+        float(hooks.model_intensity_scale(model)),
+        dict(normalization),
+        list(MODEL_NAMES),
+        extra=extra,
+    )
 
 
 def save_bundle(
@@ -218,16 +290,7 @@ def save_bundle(
     The manifest's ``intensity_scale`` and ``probe.npy`` are the model's *current* values (the
     trained ones when trainable); the weights come from ``hooks.weights_to_bytes``.
     """
-    s = float(hooks.model_intensity_scale(model))
-    manifest = core_bundle.make_manifest(
-        hooks.name,
-        training_config.model,
-        training_config,
-        s,
-        dict(normalization),
-        list(MODEL_NAMES),
-        extra=extra,
-    )
+    manifest = _manifest(hooks, model, training_config, normalization, extra)
     probe = np.asarray(hooks.model_probe(model), np.complex64)
     files = {
         core_bundle.PROBE_NAME: core_bundle.npy_bytes(probe),
@@ -244,12 +307,17 @@ def bundle_configs(
 ) -> tuple[ModelConfig, TrainingConfig | None]:
     """The model config (key ``model_config``, required) and training config (key
     ``training_config``, optional) of a manifest; anything unusable is a :class:`BundleError`
-    naming ``where`` and the key."""
+    naming ``where`` and the key.
+
+    Legacy rule (``specs/model.md``): a model config without ``merge_weights`` was trained with
+    the centre-square merge, so it reads as ``merge_weights='centre'`` (in the training
+    config's nested ``model`` too) and the bundle reconstructs exactly as before."""
     mc = manifest.get("model_config")
     if not isinstance(mc, dict):
         raise BundleError(
             f"{where}: manifest key 'model_config': expected a JSON object, got {type(mc).__name__}"
         )
+    mc = _legacy_merge_weights(mc)
     try:
         model = ModelConfig.from_dict(mc)
     except (ConfigError, TypeError, ValueError) as exc:
@@ -262,11 +330,25 @@ def bundle_configs(
             f"{where}: manifest key 'training_config': expected a JSON object or null, got "
             f"{type(tc).__name__}"
         )
+    if isinstance(tc.get("model"), dict):
+        tc = dict(tc, model=_legacy_merge_weights(tc["model"]))
     try:
         training = TrainingConfig.from_dict(tc)
     except (ConfigError, TypeError, ValueError) as exc:
         raise BundleError(f"{where}: manifest key 'training_config': {exc}") from exc
     return model, training
+
+
+#: The ``object_big`` merge weight of bundles written before ``ModelConfig.merge_weights``.
+LEGACY_MERGE_WEIGHTS = "centre"
+
+
+def _legacy_merge_weights(model_config: dict[str, Any]) -> dict[str, Any]:
+    """``model_config`` with ``merge_weights`` set to :data:`LEGACY_MERGE_WEIGHTS` where the key
+    is missing (a copy; the manifest is not modified)."""
+    if "merge_weights" in model_config:
+        return model_config
+    return dict(model_config, merge_weights=LEGACY_MERGE_WEIGHTS)
 
 
 def bundle_intensity_scale(manifest: dict[str, Any], where: object) -> float:
@@ -319,6 +401,20 @@ def load_bundle(hooks: WeightHooks, path: str | Path) -> LoadedBundle:
 
 
 # ----------------------------------------------------------------------------- skeleton
+def build_initial_model(hooks: WeightHooks, request: FitRequest) -> Any:
+    """``hooks.build_model`` for ``request``: the config's architecture and trainability, the
+    prepared (normalised) probe and intensity scale ``s``. A backend's :meth:`BackendHooks.fit`
+    calls it right after seeding."""
+    config, prepared = request.config, request.prepared
+    return hooks.build_model(
+        config.model,
+        probe=prepared.probe,
+        intensity_scale=prepared.intensity_scale,
+        probe_trainable=config.probe_trainable,
+        intensity_scale_trainable=config.intensity_scale_trainable,
+    )
+
+
 def train(
     hooks: BackendHooks,
     config: TrainingConfig,
@@ -341,7 +437,7 @@ def train(
     loss = LossSpec.from_training_config(config)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    recorder = HistoryRecorder(out / HISTORY_NAME)
+    recorder = HistoryRecorder(out / HISTORY_NAME, total_epochs=config.nepochs)
     request = FitRequest(
         config=config,
         execution=execution,
@@ -404,13 +500,26 @@ def reconstruct(
     *,
     data: ScanData | None = None,
     bundle: LoadedBundle | None = None,
+    adapt_epochs: int = 0,
+    save_adapted: str | Path | None = None,
 ) -> Reconstruction:
     """Reconstruct a scan with a trained bundle (``config.model_path``: archive or folder).
 
     Groups every position, predicts in chunks of ``execution.inference_batch_size`` and
     stitches each chunk as it arrives (bounded memory). N and gridsize come from the bundle.
+
+    ``adapt_epochs`` > 0 first fine-tunes a copy of the model on this scan (:func:`adapt`; the
+    bundle is not modified) and reconstructs with the adapted copy; ``save_adapted`` (a folder,
+    only with ``adapt_epochs`` > 0) keeps it as ``wts.h5.zip`` + ``history.csv``. Timings then
+    include ``adapt_s``. ``adapt_epochs = 0`` is exactly the plain reconstruction.
     """
     execution = execution or ExecutionConfig()
+    epochs = _check_epochs(adapt_epochs, "adapt_epochs", minimum=0)
+    if save_adapted is not None and epochs == 0:
+        raise ConfigError(
+            f"save_adapted = {str(save_adapted)!r} is invalid with adapt_epochs = 0; allowed: "
+            "None, or adapt_epochs >= 1 (there is no adapted model to save)"
+        )
     t0 = time.perf_counter()
     if bundle is None:
         if config.model_path is None:
@@ -420,9 +529,229 @@ def reconstruct(
             )
         bundle = load_bundle(hooks, config.model_path)
     load_s = time.perf_counter() - t0
+    adapt_s = None
+    if epochs:
+        if data is None:
+            if config.test_data_file is None:
+                raise ConfigError(
+                    "InferenceConfig.test_data_file = None is invalid; allowed: a path to an NPZ "
+                    "scan when no data are passed in"
+                )
+            data = load_npz(config.test_data_file)
+        adapted = adapt(
+            hooks, bundle, data, epochs=epochs, execution=execution, output_dir=save_adapted
+        )
+        bundle, adapt_s = adapted.bundle, adapted.timings["adapt_s"]
     prepared = prepare_inference(config, bundle.manifest, data)
     predict = hooks.make_predict(bundle.model, execution)
     result = run_inference(prepared, predict, execution.inference_batch_size, hooks.name)
     result.timings["load_bundle_s"] = load_s
+    if adapt_s is not None:
+        result.timings["adapt_s"] = adapt_s
     result.timings["total_s"] = time.perf_counter() - t0
     return result
+
+
+# ----------------------------------------------------------------------------- adaptation
+#: Default learning rate of :func:`adapt` (measured, ``specs/training.md`` "Adaptation").
+ADAPT_LEARNING_RATE = 3e-4
+
+
+@dataclass(eq=False)
+class AdaptResult:
+    """The outcome of :func:`adapt`.
+
+    ``bundle``: the adapted model as a :class:`LoadedBundle` — pass it to :func:`reconstruct`
+    as ``bundle=`` (its ``path`` is the saved ``wts.h5.zip``, or None when not saved).
+    ``history``: per-epoch losses on the scan, columns as in ``history.csv``. ``adapted_from``:
+    the provenance also written to the manifest (``bundle``, ``sha256`` of the source archive,
+    ``scan`` file name, ``epochs``, ``learning_rate``). ``timings``: ``prepare_s``, ``fit_s``,
+    ``adapt_s`` (seconds).
+    """
+
+    bundle: LoadedBundle
+    history: dict[str, list[float]]
+    adapted_from: dict[str, Any]
+    timings: dict[str, float]
+
+    @property
+    def bundle_path(self) -> Path | None:
+        return self.bundle.path
+
+
+def _check_epochs(value: Any, name: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ConfigError(f"{name} = {value!r} is invalid; allowed: an integer >= {minimum}")
+    return int(value)
+
+
+def _file_sha256(path: Path | None) -> str | None:
+    if path is None or not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def adaptation_config(
+    bundle: LoadedBundle, *, epochs: int, output_dir: str | Path, backend: str
+) -> TrainingConfig:
+    """The training config of an adaptation run (``specs/training.md`` "Adaptation").
+
+    The bundle's training config (defaults when it has none) with its model config and:
+    ``nepochs = epochs``; every position of the new scan (``n_groups``, ``n_subsample`` None),
+    no validation split; ``nphotons = (s·N/2)²`` so that ``s`` is the bundle's intensity scale
+    (the one :func:`reconstruct` scales the input by); ``intensity_scale_trainable = False``
+    (``s`` stays that scale); ``realspace_weight = 0`` (no ground truth: the physics loss only).
+    """
+    mc = bundle.model_config
+    where = bundle.path or "<in-memory bundle>"
+    if mc.model_type != "pinn":
+        raise ConfigError(
+            f"{where}: manifest key 'model_config': model_type = {mc.model_type!r} cannot be "
+            "adapted; allowed: 'pinn' (adaptation fits the physics loss, which a supervised "
+            "model does not have)"
+        )
+    base = bundle.training_config or TrainingConfig(model=mc, backend=backend)
+    if base.nll_weight <= 0 and base.mae_weight <= 0:
+        raise ConfigError(
+            f"{where}: manifest key 'training_config': nll_weight = mae_weight = 0 leaves no "
+            "physics loss to adapt with; allowed: nll_weight > 0 or mae_weight > 0"
+        )
+    s = float(bundle.intensity_scale)
+    return dataclasses.replace(
+        base,
+        model=mc,
+        train_data_file=None,
+        test_data_file=None,
+        nepochs=int(epochs),
+        nphotons=(s * mc.N / 2) ** 2,
+        n_groups=None,
+        n_subsample=None,
+        subsample_seed=None,
+        realspace_weight=0.0,
+        intensity_scale_trainable=False,
+        validation_fraction=0.0,
+        output_dir=Path(output_dir),
+        backend=backend,
+    )
+
+
+def adapt(
+    hooks: BackendHooks,
+    bundle: LoadedBundle | str | Path,
+    scan: ScanData | str | Path,
+    *,
+    epochs: int,
+    execution: ExecutionConfig | None = None,
+    output_dir: str | Path | None = None,
+    learning_rate: float | None = None,
+) -> AdaptResult:
+    """Fine-tune a copy of a trained model on a scan's own diffraction (``specs/training.md``
+    "Adaptation"): the physics loss, no ground truth. The bundle on disk is not touched.
+
+    ``bundle``: a :class:`LoadedBundle` (its model is not modified: the fit builds a fresh model
+    and loads its weights through ``FitRequest.initial_weights``) or a bundle path. ``scan``:
+    the scan to adapt to (a :class:`ScanData` or an NPZ path). The input is ``s·α·X`` with the
+    bundle's ``s`` and the scan's own ``α`` — exactly what :func:`reconstruct` feeds the adapted
+    model; the probe is the model's. ``execution``: as for training, with checkpoints and the
+    framework logger off, and ``learning_rate`` (default :data:`ADAPT_LEARNING_RATE`).
+    ``output_dir``: where to save the adapted model (``wts.h5.zip``, loadable by
+    :func:`load_bundle`, manifest key ``adapted_from``) and ``history.csv``; None keeps it in
+    memory only.
+    """
+    t0 = time.perf_counter()
+    epochs = _check_epochs(epochs, "epochs", minimum=1)
+    lb = bundle if isinstance(bundle, LoadedBundle) else load_bundle(hooks, bundle)
+    data = scan if isinstance(scan, ScanData) else load_npz(scan)
+    lr = ADAPT_LEARNING_RATE if learning_rate is None else float(learning_rate)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"learning_rate = {learning_rate!r} is invalid; allowed: a number > 0")
+    execution = dataclasses.replace(
+        execution or ExecutionConfig(),
+        learning_rate=lr,
+        enable_checkpointing=False,
+        logger_backend="none",
+    )
+    with contextlib.ExitStack() as stack:
+        if output_dir is None:
+            out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ptycho_adapt_")))
+        else:
+            out = Path(output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+        config = adaptation_config(lb, epochs=epochs, output_dir=out, backend=hooks.name)
+        prepared = _prepared_for_bundle(prepare_training(config, data), hooks, lb)
+        recorder = HistoryRecorder(out / HISTORY_NAME, total_epochs=config.nepochs)
+        request = FitRequest(
+            config=config,
+            execution=execution,
+            prepared=prepared,
+            loss=LossSpec.from_training_config(config),
+            history=recorder,
+            output_dir=out,
+            initial_weights=hooks.weights_to_bytes(lb.model),
+        )
+        logger.info(
+            "adapting %s to %s: %d epochs on %d groups, learning rate %.3g",
+            lb.path or "the model",
+            data.source or "the scan",
+            epochs,
+            len(prepared.train),
+            lr,
+        )
+        outcome = hooks.fit(request)
+        history = outcome.history if outcome.history is not None else recorder.history()
+        adapted_from = {
+            "bundle": str(lb.path) if lb.path is not None else None,
+            "sha256": _file_sha256(lb.path),
+            "scan": Path(data.source).name if data.source else None,
+            "epochs": epochs,
+            "learning_rate": lr,
+        }
+        extra = {
+            "adapted_from": adapted_from,
+            "epochs_trained": len(history.get("train_loss", [])),
+            "history": _json_history(history),
+        }
+        normalization = prepared.normalization()
+        saved = None
+        if output_dir is not None and outcome.is_global_zero:
+            saved = save_bundle(
+                hooks,
+                out / core_bundle.BUNDLE_NAME,
+                outcome.model,
+                config,
+                normalization=normalization,
+                extra=extra,
+            )
+        manifest = _manifest(hooks, outcome.model, config, normalization, extra)
+    adapted = LoadedBundle(
+        outcome.model,
+        manifest,
+        lb.model_config,
+        config,
+        float(hooks.model_intensity_scale(outcome.model)),
+        saved,
+    )
+    timings = dict(prepared.timings, fit_s=outcome.fit_s, adapt_s=time.perf_counter() - t0)
+    return AdaptResult(adapted, history, adapted_from, timings)
+
+
+def _prepared_for_bundle(
+    prepared: PreparedTraining, hooks: WeightHooks, bundle: LoadedBundle
+) -> PreparedTraining:
+    """``prepared`` with the bundle's intensity scale ``s`` (exactly) and the model's probe: the
+    input becomes ``s·α·X`` with the scan's ``α``, as in :func:`reconstruct`."""
+    s = float(bundle.intensity_scale)
+    scale = s * prepared.norm_factor
+    return dataclasses.replace(
+        prepared,
+        train=prepared.train.with_scale(scale),
+        val=prepared.val.with_scale(scale) if prepared.val is not None else None,
+        probe=np.asarray(hooks.model_probe(bundle.model), np.complex64),
+        intensity_scale=s,
+        nphotons=(s * bundle.model_config.N / 2) ** 2,
+        nphotons_source="bundle",
+    )

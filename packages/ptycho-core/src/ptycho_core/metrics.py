@@ -7,6 +7,10 @@ All statistics use the pixels of ``mask`` (default: every pixel).
 
 scikit-image is imported lazily, only by :func:`ssim` and :func:`register_images` (extra
 ``ptycho-core[metrics]``), so importing this module is cheap.
+
+Unusable inputs — images of different shapes, a mask that selects no pixel, no finite pixel to
+score — raise :class:`~ptycho_core.errors.DataContractError` (a ``ValueError``), never an
+``IndexError`` from an empty selection.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import math
 from typing import Any
 
 import numpy as np
+
+from ptycho_core.errors import DataContractError
 
 __all__ = [
     "scale_amplitude",
@@ -38,9 +44,9 @@ def _mask(shape: tuple[int, ...], mask: np.ndarray | None) -> np.ndarray:
         return np.ones(shape, dtype=bool)
     m = np.asarray(mask, dtype=bool)
     if m.shape != shape:
-        raise ValueError(f"mask shape {m.shape} differs from image shape {shape}")
+        raise DataContractError(f"mask shape {m.shape} differs from image shape {shape}")
     if not m.any():
-        raise ValueError("mask selects no pixels")
+        raise DataContractError("mask selects no pixels (e.g. a coverage that is zero everywhere)")
     return m
 
 
@@ -101,7 +107,9 @@ def _as_pair(image: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(image, dtype=np.float64)
     b = np.asarray(truth, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"expected two 2-D images of one shape, got {a.shape} and {b.shape}")
+        raise DataContractError(
+            f"expected two 2-D images of one shape, got {a.shape} and {b.shape}"
+        )
     return a, b
 
 
@@ -129,7 +137,9 @@ def ssim(
     m = _mask(a.shape, mask)
     win = min(7, min(a.shape) - (1 - min(a.shape) % 2))
     if win < 3:
-        raise ValueError(f"images of shape {a.shape} are too small for SSIM")
+        raise DataContractError(
+            f"images of shape {a.shape} are too small for SSIM (at least 3×3 pixels needed)"
+        )
     dr = _range(b, m) if data_range is None else float(data_range)
     _, smap = structural_similarity(b, a, data_range=dr, win_size=win, full=True)
     return float(np.mean(smap[m]))
@@ -186,7 +196,9 @@ def frc(image: np.ndarray, truth: np.ndarray, apodize: bool = True) -> dict[str,
     a = np.asarray(image)
     b = np.asarray(truth)
     if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"expected two 2-D images of one shape, got {a.shape} and {b.shape}")
+        raise DataContractError(
+            f"expected two 2-D images of one shape, got {a.shape} and {b.shape}"
+        )
     h, w = a.shape
     if apodize:
         win = np.outer(np.hanning(h), np.hanning(w))
@@ -231,7 +243,9 @@ def register_images(
     img = np.asarray(image)
     ref = np.asarray(truth)
     if img.shape != ref.shape or img.ndim != 2:
-        raise ValueError(f"expected two 2-D images of one shape, got {img.shape} and {ref.shape}")
+        raise DataContractError(
+            f"expected two 2-D images of one shape, got {img.shape} and {ref.shape}"
+        )
     # Mean removed and Hann-windowed for the estimate only: the image edges and the DC term
     # otherwise dominate the cross-correlation of non-periodic objects.
     win = np.outer(np.hanning(img.shape[0]), np.hanning(img.shape[1]))
@@ -273,11 +287,16 @@ def evaluate(
     """
     r = np.asarray(recon)
     t = np.asarray(truth)
-    if r.shape != t.shape or r.ndim != 2:
-        raise ValueError(f"recon and truth must be 2-D of one shape, got {r.shape} and {t.shape}")
+    if r.shape != t.shape or r.ndim != 2 or r.size == 0:
+        raise DataContractError(
+            f"recon and truth must be non-empty 2-D arrays of one shape, got {r.shape} "
+            f"and {t.shape}"
+        )
     m = _mask(t.shape, mask) & np.isfinite(r) & np.isfinite(t)
     if not m.any():
-        raise ValueError("no finite pixels to evaluate in the mask")
+        raise DataContractError(
+            "no pixel to evaluate: the mask selects only NaN or infinite recon/truth values"
+        )
     r = np.where(m, r, 0)
     shift_xy = None
     if register:

@@ -14,7 +14,8 @@ Frames and units
 * Phases are radians in ``(−π, π]``, the range of :func:`numpy.angle` (the one wrap convention
   of the project; :func:`ptycho_core.metrics.wrap_phase` maps into it).
 * :func:`object_big_merge` is the oracle of the backends' ``object_big`` merge
-  (``specs/model.md``); its arrays use the torch layout ``(B, C, N, N)``.
+  (``specs/model.md``); its arrays use the torch layout ``(B, C, N, N)``. :func:`merge_weight`
+  is its default per-pixel weight, the illumination intensity normalised to peak 1.
 
 Bilinear sampling of a whole patch at a point ``p`` splits ``p`` into an integer part
 ``k = floor(p)`` and a fraction ``f = p - k`` that is the same for every pixel of the patch, so
@@ -48,6 +49,7 @@ __all__ = [
     "estimate_nphotons",
     "intensity_scale",
     "merge_canvas_size",
+    "merge_weight",
     "object_big_merge",
 ]
 
@@ -414,9 +416,22 @@ def poisson_sample(intensity: np.ndarray, rng: np.random.Generator) -> np.ndarra
 # ----------------------------------------------------------------------------- scales
 def estimate_nphotons(diffraction: np.ndarray) -> float:
     """Mean photon count per pattern, ``mean_m sum_hw X_m²``, for photon-unit amplitudes
-    (M, N, N)."""
-    d = np.asarray(diffraction, dtype=np.float64)
-    return float(np.mean(np.sum(d * d, axis=(-2, -1))))
+    (M, N, N) (or one (N, N) pattern), any real dtype.
+
+    Accumulates in float64 a chunk of patterns at a time, so the transient memory is a few MiB
+    whatever M (never a float64 copy of the stack); the per-pattern sums, and so the result,
+    are those of the whole-stack formula.
+    """
+    d = np.asarray(diffraction)
+    if d.ndim < 2:
+        raise ValueError(f"diffraction must be (M, N, N) or (N, N), got shape {d.shape}")
+    stack = d.reshape(-1, *d.shape[-2:])
+    step = max(1, _CHUNK_ELEMS // max(1, stack.shape[1] * stack.shape[2]))
+    energies = np.empty(stack.shape[0], dtype=np.float64)
+    for i in range(0, stack.shape[0], step):
+        chunk = stack[i : i + step].astype(np.float64)
+        energies[i : i + step] = np.sum(chunk * chunk, axis=(-2, -1))
+    return float(np.mean(energies))
 
 
 def diffraction_norm_factor(diffraction: np.ndarray) -> float:
@@ -452,21 +467,44 @@ def merge_canvas_size(n: int, offsets: np.ndarray) -> int:
     return side + side % 2
 
 
-def object_big_merge(patches: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def merge_weight(
+    probe: np.ndarray, gaussian_smoothing_sigma: float = 0.0, probe_mask: bool = False
+) -> np.ndarray:
+    """The ``object_big`` merge weight of ``merge_weights='probe'`` (``specs/model.md``).
+
+    ``w = |I(P)|² / max |I(P)|²``: the intensity of the illumination the forward model applies
+    (:func:`illuminate`, so smoothing and ``probe_mask`` count), normalised to peak 1. A pixel
+    is weighted by how strongly the measured pattern constrains it. ``probe``: (N, N) complex
+    (any scale; the normalisation removes it). Returns (N, N) float64 in ``[0, 1]``.
+    """
+    p = illuminate(probe, gaussian_smoothing_sigma, probe_mask)
+    w = np.abs(p.astype(np.complex128)) ** 2
+    peak = float(w.max())
+    if not np.isfinite(peak) or peak <= 0:
+        raise ValueError("probe has no finite, non-zero intensity; cannot weight the merge by it")
+    return w / peak
+
+
+def object_big_merge(
+    patches: np.ndarray, offsets: np.ndarray, weight: np.ndarray | None = None
+) -> np.ndarray:
     """Oracle of the backends' ``object_big`` merge and re-extraction (``specs/model.md``).
 
-    Per sample ``b`` (samples never mix): each channel's patch times the centre mask
-    (:func:`center_mask`) is zero-padded to the canvas of :func:`merge_canvas_size` (patch
-    centre ``n/2`` at canvas index ``side/2``) and translated by ``+offset_c`` with
-    :func:`translate` (bilinear, content moves by ``+(dx, dy)``); the padded masks are
-    translated the same way. With ``S = Σ_c translated patch·mask`` and ``W = Σ_c translated
-    mask``, ``merged = S / max(W, 1e-3)`` where ``W > 0`` and 0 elsewhere. Channel ``c`` is
+    Per sample ``b`` (samples never mix): each channel's patch times the weight map ``w``
+    (``None``: the centre mask :func:`center_mask`, the legacy ``merge_weights='centre'``) is
+    zero-padded to the canvas of :func:`merge_canvas_size` (patch centre ``n/2`` at canvas
+    index ``side/2``) and translated by ``+offset_c`` with :func:`translate` (bilinear, content
+    moves by ``+(dx, dy)``); the padded weights are translated the same way. With
+    ``S = Σ_c translated patch·w`` and ``W = Σ_c translated w``,
+    ``merged = S / max(W, 1e-3)`` where ``W > 0`` and 0 elsewhere. Channel ``c`` is
     re-extracted by translating ``merged`` by ``−offset_c`` and cropping the central ``n×n``.
 
     Parameters
     ----------
     patches : (B, C, N, N) complex (or real) object patches, torch layout; ``N`` even
     offsets : (B, C, 2) float, ``(dx, dy)`` pixels of each channel from its group centre
+    weight : (N, N) real ``>= 0`` (or any shape broadcasting to ``(B, C, N, N)``), e.g.
+        :func:`merge_weight` of the probe; ``None`` for the centre mask
 
     Returns
     -------
@@ -482,11 +520,30 @@ def object_big_merge(patches: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     off = np.asarray(offsets, dtype=np.float64)
     if off.shape != (b, c, 2):
         raise ValueError(f"offsets must have shape {(b, c, 2)} (dx, dy), got {off.shape}")
-    mask = center_mask(n)
+    w = center_mask(n) if weight is None else _check_weight(weight, x.shape)
     side = merge_canvas_size(n, off)
     p = (side - n) // 2
-    canvas = np.pad(x * mask, ((0, 0), (0, 0), (p, p), (p, p)))
+    pads = [(0, 0)] * (w.ndim - 2) + [(p, p), (p, p)]
+    canvas = np.pad(x * w, ((0, 0), (0, 0), (p, p), (p, p)))
     num = translate(canvas, off).sum(axis=1)  # (B, side, side)
-    den = translate(np.pad(mask, p), off).sum(axis=1)  # mask broadcast over (B, C)
+    den = translate(np.pad(w, pads), off).sum(axis=1)  # w broadcast over (B, C)
     merged = np.where(den > 0, num / np.maximum(den, 1e-3), 0)
     return translate(merged[:, None], -off)[..., p : p + n, p : p + n]
+
+
+def _check_weight(weight: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The merge weight as float64, checked: real, finite, ``>= 0``, ``(..., N, N)``
+    broadcasting to the patches' ``shape``."""
+    w = np.asarray(weight)
+    if w.dtype.kind not in "biuf":
+        raise ValueError(f"weight must be a real array, got dtype {w.dtype}")
+    w = w.astype(np.float64)
+    if w.ndim < 2 or w.shape[-2:] != shape[-2:]:
+        raise ValueError(f"weight must have shape (..., {shape[-2]}, {shape[-1]}), got {w.shape}")
+    try:
+        np.broadcast_shapes(w.shape, shape)
+    except ValueError as exc:
+        raise ValueError(f"weight shape {w.shape} does not broadcast to {shape}") from exc
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError("weight must be finite and >= 0")
+    return w

@@ -26,6 +26,8 @@ gridsize 2 trains and reconstructs.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import numbers
 from pathlib import Path
@@ -35,15 +37,17 @@ import numpy as np
 import pytest
 
 from ptycho_core import bundle as _bundle
+from ptycho_core import engine as _engine
 from ptycho_core.backends import BACKEND_NAMES, load_backend
 from ptycho_core.config import ExecutionConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_core.engine import HISTORY_NAME, TrainResult
 from ptycho_core.errors import BundleBackendMismatchError
 from ptycho_core.io import ScanData
 from ptycho_core.simulation import simulate_scan
-from ptycho_core.workflow import Reconstruction
+from ptycho_core.training import LossSpec
+from ptycho_core.workflow import Reconstruction, prepare_inference
 
-__all__ = ["BackendConformance"]
+__all__ = ["AdaptationConformance", "BackendConformance"]
 
 #: Phase bounds of a float32 phase map: ``(−π, π]`` with π rounded to float32.
 _PI32 = float(np.float32(np.pi))
@@ -226,3 +230,173 @@ class BackendConformance:
         assert all(math.isfinite(v) for v in trained_g2.history["train_loss"])
         res = self._reconstruct(backend, scan, trained_g2.bundle_path, tmp_path, gridsize=2)
         self._check_result(res, scan)
+
+
+class AdaptationConformance:
+    """Adaptation on a new scan (``specs/training.md`` "Adaptation"), written once and run by
+    each backend in its own test folder::
+
+        class TestTorchAdaptation(AdaptationConformance):
+            backend_name = "pytorch"
+            def hooks(self): return HOOKS
+            def physics_loss(self, model, grouped, spec): ...  # the backend's own loss
+
+    A tiny model (N = 32, 64 positions, ``n_filters_scale = 1``, 1 epoch) is trained on one
+    simulated scan and adapted for 2 epochs to another (other seed: other object and positions).
+    Checks: the bundle file's bytes and the source model are unchanged; the adapted model
+    predicts differently; the backend's physics loss on the new scan falls; the saved adapted
+    bundle loads, records ``adapted_from`` and reconstructs exactly as the in-memory one;
+    ``adapt_epochs = 0`` is exactly the plain reconstruction, ``adapt_epochs = 1`` is not.
+    """
+
+    backend_name: ClassVar[str] = ""
+    N: ClassVar[int] = 32
+    n_positions: ClassVar[int] = 64
+    nphotons: ClassVar[float] = 1e6
+    adapt_epochs: ClassVar[int] = 2
+
+    def hooks(self) -> Any:
+        """The backend's :class:`ptycho_core._engine.BackendHooks`."""
+        raise NotImplementedError
+
+    def physics_loss(self, model: Any, grouped: Any, spec: Any) -> float:
+        """The backend's training loss (:class:`ptycho_core.training.LossSpec` ``spec``) of
+        ``model`` on all groups of ``grouped`` (a :class:`~ptycho_core.grouping.GroupedData`
+        whose ``diffraction`` is the model input ``s·α·X``), in inference mode."""
+        raise NotImplementedError
+
+    def execution_config(self) -> ExecutionConfig:
+        return ExecutionConfig(
+            accelerator="cpu",
+            devices=1,
+            enable_progress_bar=False,
+            deterministic=True,
+            inference_batch_size=32,
+            logger_backend="none",
+            enable_checkpointing=False,
+        )
+
+    # ------------------------------------------------------------------ fixtures
+    @pytest.fixture(scope="class")
+    @classmethod
+    def setup(cls, tmp_path_factory) -> dict[str, Any]:
+        self = cls()
+        hooks = self.hooks()
+        root = tmp_path_factory.mktemp(f"adapt_{cls.backend_name}")
+        old, new = (
+            simulate_scan(N=cls.N, n_positions=cls.n_positions, nphotons=cls.nphotons, seed=s)
+            for s in (11, 12)
+        )
+        new = dataclasses.replace(new, source=str(root / "new_scan.npz"))
+        model = ModelConfig(N=cls.N, n_filters_scale=1)
+        cfg = TrainingConfig(
+            model=model,
+            nepochs=1,
+            batch_size=8,
+            output_dir=root / "train",
+            backend=cls.backend_name,
+            seed=3,
+        )
+        trained = _engine.train(hooks, cfg, self.execution_config(), train_data=old)
+        path = Path(trained.bundle_path)
+        sha0 = _sha(path)
+        source = _engine.load_bundle(hooks, path)
+        weights0 = hooks.weights_to_bytes(source.model)
+        inf = InferenceConfig(model=model, model_path=path, backend=cls.backend_name)
+        grouped = prepare_inference(inf, source.manifest, new).grouped
+        spec = LossSpec.from_training_config(cfg)
+        loss0 = self.physics_loss(source.model, grouped, spec)
+        adapted = _engine.adapt(
+            hooks,
+            source,
+            new,
+            epochs=cls.adapt_epochs,
+            execution=self.execution_config(),
+            output_dir=root / "adapted",
+        )
+        return {
+            "hooks": hooks,
+            "new": new,
+            "path": path,
+            "sha0": sha0,
+            "sha1": _sha(path),
+            "source": source,
+            "weights0": weights0,
+            "inference": inf,
+            "grouped": grouped,
+            "spec": spec,
+            "loss0": loss0,
+            "adapted": adapted,
+            "root": root,
+        }
+
+    def _predict(self, hooks: Any, model: Any, grouped: Any) -> np.ndarray:
+        return np.asarray(hooks.make_predict(model, self.execution_config())(grouped))
+
+    # ------------------------------------------------------------------ checks
+    def test_bundle_and_source_model_are_unchanged(self, setup):
+        assert setup["sha1"] == setup["sha0"], "adapting modified the bundle file"
+        hooks = setup["hooks"]
+        assert hooks.weights_to_bytes(setup["source"].model) == setup["weights0"]
+
+    def test_adapted_model_differs(self, setup):
+        hooks, grouped = setup["hooks"], setup["grouped"]
+        before = self._predict(hooks, setup["source"].model, grouped)
+        after = self._predict(hooks, setup["adapted"].bundle.model, grouped)
+        assert np.all(np.isfinite(after))
+        assert float(np.max(np.abs(after - before))) > 1e-4, "adaptation left the model as is"
+
+    def test_physics_loss_on_the_scan_falls(self, setup):
+        after = self.physics_loss(setup["adapted"].bundle.model, setup["grouped"], setup["spec"])
+        assert math.isfinite(after) and after < setup["loss0"], (setup["loss0"], after)
+
+    def test_result_history_and_intensity_scale(self, setup):
+        res = setup["adapted"]
+        hist = res.history
+        assert len(hist["train_loss"]) == self.adapt_epochs
+        assert all(math.isnan(v) for v in hist["val_loss"])  # no validation split
+        lr = res.adapted_from["learning_rate"]
+        assert math.isclose(hist["lr"][0], lr, rel_tol=1e-6)  # float32 in TensorFlow
+        s = setup["source"].intensity_scale
+        assert math.isclose(res.bundle.intensity_scale, s, rel_tol=1e-6)
+        assert res.timings["adapt_s"] >= res.timings["fit_s"] > 0
+
+    def test_saved_adapted_bundle_loads(self, setup):
+        hooks, res = setup["hooks"], setup["adapted"]
+        folder = setup["root"] / "adapted"
+        assert res.bundle_path == folder / _bundle.BUNDLE_NAME
+        with open(folder / HISTORY_NAME, encoding="utf-8") as fh:
+            assert len(fh.read().splitlines()) == 1 + self.adapt_epochs
+        loaded = _engine.load_bundle(hooks, folder)
+        meta = loaded.manifest["adapted_from"]
+        assert meta["sha256"] == setup["sha0"] == _sha(setup["path"])
+        assert meta["scan"] == "new_scan.npz" and meta["epochs"] == self.adapt_epochs
+        assert loaded.training_config is not None
+        assert loaded.training_config.nepochs == self.adapt_epochs
+        assert math.isclose(loaded.intensity_scale, setup["source"].intensity_scale, rel_tol=1e-6)
+        inf = setup["inference"]
+        a = _engine.reconstruct(
+            hooks, inf, self.execution_config(), data=setup["new"], bundle=res.bundle
+        )
+        b = load_backend(self.backend_name).reconstruct(
+            InferenceConfig(model=inf.model, model_path=folder, backend=self.backend_name),
+            self.execution_config(),
+            data=setup["new"],
+        )
+        np.testing.assert_allclose(a.object, b.object, rtol=1e-5, atol=1e-6)
+
+    def test_reconstruct_api(self, setup, tmp_path):
+        backend = load_backend(self.backend_name)
+        inf, new, ex = setup["inference"], setup["new"], self.execution_config()
+        plain = backend.reconstruct(inf, ex, data=new)
+        zero = backend.reconstruct(inf, ex, data=new, adapt_epochs=0)
+        np.testing.assert_array_equal(zero.object, plain.object)
+        one = backend.reconstruct(inf, ex, data=new, adapt_epochs=1, save_adapted=tmp_path / "kept")
+        assert one.timings["adapt_s"] > 0 and "adapt_s" not in plain.timings
+        assert float(np.max(np.abs(one.object - plain.object))) > 1e-4
+        assert (tmp_path / "kept" / _bundle.BUNDLE_NAME).is_file()
+        assert _sha(setup["path"]) == setup["sha0"]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

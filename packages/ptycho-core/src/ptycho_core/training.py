@@ -8,13 +8,17 @@ Lightning scheduler and callbacks, Keras callbacks) but never restates a constan
 * :func:`scheduled_lr` — the ``cosine`` and ``step`` schedules as pure functions of the epoch;
 * :func:`monitored_metric` — ``val_*`` monitors fall back to ``train_*`` without validation data;
 * :class:`HistoryRecorder` — one row per epoch, ``history.csv`` rewritten atomically each epoch,
-  a state that a resumed run continues from;
+  a state that a resumed run continues from, and one INFO progress line per epoch on the
+  ``ptycho.progress`` logger (:data:`~ptycho_core.workflow.PROGRESS_LOGGER`; the CLI shows it
+  when no live progress bar is drawn, ``specs/cli.md``);
 * :class:`LossSpec` — the loss weights, its component names and whether it needs ground truth.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +26,7 @@ from typing import Any
 
 from ptycho_core.config import SCHEDULERS
 from ptycho_core.errors import DataContractError
-from ptycho_core.workflow import write_history_csv
+from ptycho_core.workflow import PROGRESS_LOGGER, write_history_csv
 
 __all__ = [
     "HISTORY_COLUMNS",
@@ -32,6 +36,7 @@ __all__ = [
     "STEP_GAMMA",
     "HistoryRecorder",
     "LossSpec",
+    "PROGRESS_LOGGER",
     "min_lr",
     "monitored_metric",
     "scheduled_lr",
@@ -45,6 +50,7 @@ PLATEAU_PATIENCE = 2
 MIN_LR = 1e-4
 #: ``step`` schedule: multiply by this every ``max(1, nepochs // 3)`` epochs.
 STEP_GAMMA = 0.5
+_progress = logging.getLogger(PROGRESS_LOGGER)
 #: The leading columns of every history (components follow in sorted order).
 HISTORY_COLUMNS: tuple[str, ...] = ("epoch", "train_loss", "val_loss", "lr")
 
@@ -103,10 +109,19 @@ class HistoryRecorder:
     ranks) keeps the rows in memory only.
     """
 
-    def __init__(self, path: str | Path | None = None, *, write: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        write: bool = True,
+        total_epochs: int | None = None,
+    ) -> None:
         self.path = Path(path) if path is not None else None
         self.write = bool(write)
         self.rows: list[dict[str, float]] = []
+        #: Shown in the progress line (``epoch 3/20``) when known.
+        self.total_epochs = total_epochs
+        self._t_last = time.perf_counter()
 
     def record(
         self,
@@ -131,7 +146,27 @@ class HistoryRecorder:
         self.rows.append(row)
         if self.path is not None and self.write:
             write_history_csv(self.path, self.history())
+        if self.write:  # one line per epoch, from one process only (DDP: rank 0)
+            self._log_progress(epoch, row)
         return row
+
+    def _log_progress(self, epoch: int, row: Mapping[str, float]) -> None:
+        now = time.perf_counter()
+        seconds, self._t_last = now - self._t_last, now
+        total = f"/{self.total_epochs}" if self.total_epochs else ""
+        values = "  ".join(
+            f"{key} {row[key]:.4g}"
+            for key in ("train_loss", "val_loss", "lr")
+            if math.isfinite(row[key])
+        )
+        _progress.info(
+            "epoch %d%s  %s  (%.1f s)",
+            epoch + 1,
+            total,
+            values,
+            seconds,
+            extra={"progress": "epoch"},
+        )
 
     def history(self) -> dict[str, list[float]]:
         """Dict of lists: ``epoch``, ``train_loss``, ``val_loss``, ``lr``, then the components in

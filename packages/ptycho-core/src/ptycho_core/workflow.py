@@ -17,6 +17,7 @@ the fixed seed :data:`INFERENCE_SEED`, so reconstructing twice gives identical r
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import math
@@ -37,6 +38,7 @@ from ptycho_core.stitching import Stitcher, StitchResult, default_stitch_crop
 
 __all__ = [
     "INFERENCE_SEED",
+    "PROGRESS_LOGGER",
     "Reconstruction",
     "PreparedInference",
     "PreparedTraining",
@@ -44,16 +46,28 @@ __all__ = [
     "make_result",
     "prepare_inference",
     "prepare_training",
+    "read_history_csv",
     "run_inference",
     "write_history_csv",
 ]
 
 logger = logging.getLogger(__name__)
+#: Progress records (one per training epoch, one per 10 % of an inference) go to this logger at
+#: INFO with ``extra={"progress": "epoch" | "inference"}``; the CLI decides whether to show them
+#: (``specs/cli.md``).
+PROGRESS_LOGGER = "ptycho.progress"
+_progress = logging.getLogger(PROGRESS_LOGGER)
 
 INFERENCE_SEED = 0
 
 
-def _load(data: ScanData | None, path: Path | None, field_name: str, owner: str) -> ScanData:
+def _load(
+    data: ScanData | None,
+    path: Path | None,
+    field_name: str,
+    owner: str,
+    skip: tuple[str, ...] = (),
+) -> ScanData:
     if data is not None:
         return data
     if path is None:
@@ -61,7 +75,17 @@ def _load(data: ScanData | None, path: Path | None, field_name: str, owner: str)
             f"{owner}.{field_name} = None is invalid; allowed: a path to an NPZ "
             "scan when no data are passed in"
         )
-    return load_npz(path)
+    return load_npz(path, skip=skip)
+
+
+def _without_y(scan: ScanData) -> ScanData:
+    """``scan`` without its ground-truth patches ``Y`` (a shallow copy; nothing re-validated):
+    inference never uses them, and ``Y`` is twice the size of the diffraction stack."""
+    if scan.Y is None:
+        return scan
+    light = copy.copy(scan)
+    light.Y = None
+    return light
 
 
 def _check_n(scan: ScanData, model: ModelConfig, owner: str) -> None:
@@ -256,7 +280,8 @@ def prepare_inference(
         raise ConfigError(
             f"bundle manifest lacks a usable model_config/intensity_scale: {exc}"
         ) from exc
-    scan = _load(data, config.test_data_file, "test_data_file", owner)
+    # Y is neither read nor held: memory stays that of the diffraction stack (issue D17).
+    scan = _without_y(_load(data, config.test_data_file, "test_data_file", owner, ("Y",)))
     _check_n(scan, model, owner)
     alpha = float(physics.diffraction_norm_factor(scan.diffraction))
     if config.neighbor_count < model.C - 1:
@@ -337,11 +362,23 @@ def run_inference(
     t0 = time.perf_counter()
     stitcher = prepared.make_stitcher()
     t_pred = 0.0
+    total, done, decile = len(prepared.grouped), 0, 0
     for batch in iter_batches(prepared.grouped, batch_size):
         t1 = time.perf_counter()
         patches = predict(batch)
         t_pred += time.perf_counter() - t1
         stitcher.add(*_stitch_inputs(patches, batch))
+        done += len(batch)
+        if done < total and done * 10 // total > decile:  # one line per 10 %, not the last
+            decile = done * 10 // total
+            _progress.info(
+                "reconstructed %d%% (%d of %d groups, %.1f s)",
+                100 * done // total,
+                done,
+                total,
+                time.perf_counter() - t0,
+                extra={"progress": "inference"},
+            )
     stitched = stitcher.result()
     timings = dict(prepared.timings, predict_s=t_pred, inference_s=time.perf_counter() - t0)
     return make_result(
@@ -438,3 +475,32 @@ def write_history_csv(path: str | Path, history: Mapping[str, list[float]]) -> P
         for e in range(n):
             w.writerow([epoch(e), *(cell(history[k], e) for k in names)])
     return p
+
+
+def read_history_csv(path: str | Path) -> dict[str, list[float]]:
+    """Read a loss history written by :func:`write_history_csv` (the inverse): column name →
+    per-epoch float values, ``epoch`` included; empty cells are NaN.
+
+    A file without an ``epoch`` column, or a cell that is neither empty nor a number, is a
+    :class:`DataContractError` naming the file, the line and the column.
+    """
+    p = Path(path)
+    with open(p, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        names = list(reader.fieldnames or [])
+        if "epoch" not in names:
+            raise DataContractError(
+                f"{p}: expected a CSV header with an 'epoch' column, got {names}"
+            )
+        history: dict[str, list[float]] = {k: [] for k in names}
+        for line, row in enumerate(reader, start=2):
+            for k in names:
+                cell = row[k]
+                try:
+                    history[k].append(math.nan if cell in ("", None) else float(cell))
+                except ValueError:
+                    raise DataContractError(
+                        f"{p}: line {line}, column {k!r}: expected a number or an empty cell, "
+                        f"got {cell!r}"
+                    ) from None
+    return history

@@ -6,17 +6,18 @@ weights file) and back, strictly, its probe and its intensity scale. No pickles.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import warnings
-from pathlib import Path
+from functools import partial
 from typing import Any
 
+import h5py
 import keras
 import numpy as np
 
 from ptycho_core import engine
-from ptycho_core.config import TrainingConfig
 from ptycho_core.errors import BundleError
 from ptycho_tf.model import PtychoModels, build_models
 
@@ -42,13 +43,11 @@ def keras_weights_bytes(model: keras.Model) -> bytes:
             return fh.read()
 
 
-def _count_arrays(path: str) -> int:
-    import h5py
-
-    with h5py.File(path, "r") as fh:
-        names: list[str] = []
-        fh.visit(names.append)
-        return sum(isinstance(fh[name], h5py.Dataset) for name in names)
+def _h5_arrays(fh: Any) -> dict[str, Any]:
+    """Every dataset of an open HDF5 file, by path (``.shape`` is what is compared)."""
+    names: list[str] = []
+    fh.visit(names.append)
+    return {n: fh[n] for n in names if isinstance(fh[n], h5py.Dataset)}
 
 
 class TFBundleHooks:
@@ -68,31 +67,29 @@ class TFBundleHooks:
 
     def weights_from_bytes(self, model: PtychoModels, data: bytes, where: str) -> None:
         """Load ``.weights.h5`` bytes into ``model.autoencoder``, strictly: the file must hold
-        exactly one array per model weight, with matching shapes; Keras' "skipping" warnings
-        (which would leave freshly initialised layers) are errors. Any mismatch is a
-        :class:`BundleError` naming ``where``."""
-        n_model = len(model.autoencoder.weights)
+        the arrays (HDF5 paths and shapes) the model's own weights file holds
+        (:func:`ptycho_core.engine.state_mismatch`); Keras' "skipping" warnings (which would
+        leave freshly initialised layers) are errors. Any mismatch is a :class:`BundleError`
+        naming ``where``."""
+        # Keras stores arrays by layer path: compare with the file this model itself writes
+        expected = io.BytesIO(keras_weights_bytes(model.autoencoder))
+        try:
+            with h5py.File(io.BytesIO(data), "r") as got, h5py.File(expected, "r") as want:
+                mismatch = engine.state_mismatch(_h5_arrays(want), _h5_arrays(got))
+        except OSError as exc:
+            raise BundleError(f"{where}: not a readable HDF5 file ({exc})") from exc
+        if mismatch:
+            raise engine.weights_mismatch_error(where, mismatch)
         with tempfile.TemporaryDirectory(prefix="ptycho_tf_") as tmp:
             path = os.path.join(tmp, WEIGHTS_ENTRY)
             with open(path, "wb") as fh:
                 fh.write(data)
             try:
-                n_file = _count_arrays(path)
-            except OSError as exc:
-                raise BundleError(f"{where}: not a readable HDF5 file ({exc})") from exc
-            if n_file != n_model:
-                raise BundleError(
-                    f"{where}: holds {n_file} arrays but the architecture in the manifest has "
-                    f"{n_model} weights"
-                )
-            try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("error")
                     model.autoencoder.load_weights(path)
             except (ValueError, KeyError, OSError, UserWarning) as exc:
-                raise BundleError(
-                    f"{where}: weights do not match the architecture in the manifest ({exc})"
-                ) from exc
+                raise engine.weights_mismatch_error(where, exc) from exc
 
     def model_probe(self, model: PtychoModels) -> np.ndarray:
         """The current probe ``(N, N)`` complex64; ones for a supervised model (no forward
@@ -106,21 +103,9 @@ class TFBundleHooks:
         return model.intensity_scale
 
 
-def save_bundle(
-    path: str | Path,
-    models: PtychoModels,
-    training_config: TrainingConfig,
-    *,
-    normalization: dict[str, Any],
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """:func:`ptycho_core.engine.save_bundle` for TensorFlow models."""
-    return engine.save_bundle(
-        TFBundleHooks(), path, models, training_config, normalization=normalization, extra=extra
-    )
-
-
-def load_bundle(path: str | Path) -> engine.LoadedBundle:
-    """:func:`ptycho_core.engine.load_bundle` for TensorFlow bundles (``.model``: the rebuilt
-    :class:`~ptycho_tf.model.PtychoModels`)."""
-    return engine.load_bundle(TFBundleHooks(), path)
+#: ``save_bundle(path, models, training_config, *, normalization, extra=None) -> Path``:
+#: :func:`ptycho_core.engine.save_bundle` for a :class:`~ptycho_tf.model.PtychoModels`.
+save_bundle = partial(engine.save_bundle, TFBundleHooks())
+#: ``load_bundle(path) -> LoadedBundle``: :func:`ptycho_core.engine.load_bundle` for TensorFlow
+#: bundles (``.model``: the rebuilt :class:`~ptycho_tf.model.PtychoModels`).
+load_bundle = partial(engine.load_bundle, TFBundleHooks())

@@ -108,14 +108,37 @@ class ComplexFromPolar(keras.layers.Layer):
 class ObjectMerge(keras.layers.Layer):
     """``object_big`` per-sample merge and re-extraction (:func:`physics.object_big_merge_cl`).
 
-    Inputs: patches ``(B, N, N, C)`` complex64, offsets ``(B, C, 2)`` float32 pixels.
+    Inputs: patches ``(B, N, N, C)`` complex64, offsets ``(B, C, 2)`` float32 pixels, and for
+    ``weights='probe'`` the weight map ``(N, N)`` float32 (:meth:`ForwardModel.call` with
+    ``merge_weight=True``). ``weights``: ``'probe'`` (the given map), ``'centre'`` (the centre
+    ``N/2`` square) or ``'uniform'`` (every pixel 1: a supervised model, which has no
+    illumination, with ``merge_weights='probe'``); ``specs/model.md``.
     """
 
-    def call(self, patches, offsets):
-        return physics.object_big_merge_cl(patches, offsets)
+    WEIGHTS = ("probe", "centre", "uniform")
 
-    def compute_output_spec(self, patches, offsets):
+    def __init__(self, weights: str = "centre", **kwargs):
+        super().__init__(**kwargs)
+        if weights not in self.WEIGHTS:
+            raise ValueError(f"weights={weights!r} is not one of {self.WEIGHTS}")
+        self.weights_mode = weights
+
+    def call(self, patches, offsets, weight=None):
+        if self.weights_mode == "probe":
+            if weight is None:
+                raise ValueError("ObjectMerge(weights='probe') needs the (N, N) weight map")
+            w = weight
+        elif self.weights_mode == "uniform":
+            w = tf.ones(patches.shape[1:3], tf.float32)
+        else:
+            w = None
+        return physics.object_big_merge_cl(patches, offsets, w)
+
+    def compute_output_spec(self, patches, offsets, weight=None):
         return keras.KerasTensor(patches.shape, dtype="complex64")
+
+    def get_config(self):
+        return {**super().get_config(), "weights": self.weights_mode}
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
@@ -139,6 +162,11 @@ class ForwardModel(keras.layers.Layer):
     Weights ``probe_real``, ``probe_imag`` ``(N, N)`` float32 (the normalised probe ``P̃``;
     trainable only when ``probe_trainable``). Input ``(B, N, N, C)`` complex64; output
     ``(B, N, N, C)`` float32, normalised units (multiply by ``s`` for photon amplitude).
+
+    Called with ``merge_weight=True`` it returns instead the ``object_big`` merge weight of
+    ``merge_weights='probe'`` (``specs/model.md``): :func:`physics.merge_weight` of the current
+    probe, ``(N, N)`` float32, with its gradient stopped (the probe is learned through the
+    forward model only). The input then only places the call in the functional graph.
     """
 
     def __init__(
@@ -184,12 +212,17 @@ class ForwardModel(keras.layers.Layer):
             tf.convert_to_tensor(self.probe_real), tf.convert_to_tensor(self.probe_imag)
         )
 
-    def call(self, obj):
+    def call(self, obj, merge_weight: bool = False):
+        if merge_weight:
+            probe = tf.stop_gradient(self.probe())
+            return physics.merge_weight(probe, self.gaussian_smoothing_sigma, self.probe_mask)
         return physics.forward_model_cl(
             obj, self.probe(), self.gaussian_smoothing_sigma, self.probe_mask
         )
 
-    def compute_output_spec(self, obj):
+    def compute_output_spec(self, obj, merge_weight: bool = False):
+        if merge_weight:
+            return keras.KerasTensor((self.N, self.N), dtype="float32")
         return keras.KerasTensor(obj.shape, dtype="float32")
 
     def get_config(self):

@@ -113,6 +113,18 @@ def _decoder(branch: str, z, mc, convs: dict[str, keras.layers.Conv2D]):
     return out
 
 
+def _merge(obj, offsets, mc: Any, forward: ForwardModel | None):
+    """The ``object_big`` merge with the weights of ``mc.merge_weights`` (``specs/model.md``):
+    the forward layer's probe intensity for a ``pinn`` model, every pixel 1 for a supervised
+    one (no illumination), or the centre square for ``'centre'``."""
+    if mc.merge_weights == "centre":
+        return ObjectMerge("centre", name="object_merge")(obj, offsets)
+    if forward is None:
+        return ObjectMerge("uniform", name="object_merge")(obj, offsets)
+    weight = forward(obj, merge_weight=True)
+    return ObjectMerge("probe", name="object_merge")(obj, offsets, weight)
+
+
 def build_models(
     model_config: Any,
     *,
@@ -142,21 +154,23 @@ def build_models(
     amp = _decoder("amp", h, mc, convs)
     phase = _decoder("phase", h, mc, convs)
     obj = ComplexFromPolar(name="object_patch")(amp, phase)
-    if c > 1:
-        if mc.object_big:
-            obj = ObjectMerge(name="object_merge")(obj, off_in)
-        else:
-            obj = ChannelTranslate(name="channel_translate")(obj, off_in)
 
     forward = None
     if mc.model_type == "pinn":
+        if probe is None:
+            raise ValueError("a 'pinn' model needs the normalised probe (N, N) complex")
         forward = ForwardModel(
             n, mc.gaussian_smoothing_sigma, mc.probe_mask, probe_trainable, name="forward_model"
         )
-        pred_amp = scale(forward(obj))
-        if probe is None:
-            raise ValueError("a 'pinn' model needs the normalised probe (N, N) complex")
         forward.set_probe(probe)
+    if c > 1:
+        if mc.object_big:
+            obj = _merge(obj, off_in, mc, forward)
+        else:
+            obj = ChannelTranslate(name="channel_translate")(obj, off_in)
+
+    if forward is not None:
+        pred_amp = scale(forward(obj))
     else:
         pred_amp = Modulus(name="modulus")(obj)
     pred_int = Square(name="intensity")(pred_amp)

@@ -38,6 +38,7 @@ __all__ = [
     "forward_model_cl",
     "poisson_nll",
     "merge_canvas_size",
+    "merge_weight",
     "object_big_merge",
     "object_big_merge_cl",
     "translate_channels_cl",
@@ -285,15 +286,32 @@ def merge_canvas_size(n: int, offsets: tf.Tensor) -> tf.Tensor:
     return side + side % 2
 
 
-def object_big_merge(patches: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
+def merge_weight(
+    probe: tf.Tensor, gaussian_smoothing_sigma: float = 0.0, probe_mask: bool = False
+) -> tf.Tensor:
+    """Merge weight of ``merge_weights='probe'``: ``|I(P)|² / max|I(P)|²`` (``specs/model.md``).
+
+    probe: ``(N, N)`` complex (any scale); ``I`` is :func:`illuminate` (the forward model's
+    illumination). Returns ``(N, N)`` real (the probe's real dtype), peak 1, as
+    :func:`ptycho_core.physics.merge_weight`. Differentiable; the model stops its gradient.
+    """
+    p = illuminate(tf.convert_to_tensor(probe), gaussian_smoothing_sigma, probe_mask)
+    w = tf.square(tf.abs(p))
+    return tf.math.divide_no_nan(w, tf.reduce_max(w))  # a zero probe gives zero weights
+
+
+def object_big_merge(patches: tf.Tensor, offsets: tf.Tensor, weight=None) -> tf.Tensor:
     """Per-sample overlap merge and re-extraction (``specs/model.md`` ``object_big``, ADR-002).
 
     patches: ``(B, C, N, N)`` complex object patches (the generic layout; ``N`` even);
-    offsets: ``(B, C, 2)`` ``(dx, dy)`` pixels of each channel from its group centre. Sample
-    ``b``'s channels are placed on sample ``b``'s own canvas (no clipping), averaged with the
-    centre ``N/2`` square masks as weights (the same mask in numerator and denominator), and
-    each channel is re-extracted at its offset. Returns ``(B, C, N, N)``, dtype of
-    ``patches``. Tested against the NumPy oracle :func:`ptycho_core.physics.object_big_merge`.
+    offsets: ``(B, C, 2)`` ``(dx, dy)`` pixels of each channel from its group centre; weight:
+    ``(N, N)`` real ``>= 0`` (or broadcasting to ``(B, C, N, N)``), e.g. :func:`merge_weight` of
+    the probe, ``None`` for the centre ``N/2`` square mask (legacy ``merge_weights='centre'``).
+    Sample ``b``'s channels are placed on sample ``b``'s own canvas (no clipping), averaged with
+    the weight map translated like its patch as weights (the same weights in numerator and
+    denominator, denominator floored at 1e-3), and each channel is re-extracted at its offset.
+    Returns ``(B, C, N, N)``, dtype of ``patches``. Tested against the NumPy oracle
+    :func:`ptycho_core.physics.object_big_merge`.
     """
     x = tf.convert_to_tensor(patches)
     n = int(x.shape[-1])
@@ -301,16 +319,16 @@ def object_big_merge(patches: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
         raise ValueError(f"patch size N must be even, got {n}")
     rdt = _real_dtype(x)
     offsets = tf.cast(offsets, rdt)
-    mask = center_mask(n, dtype=rdt)
+    w = center_mask(n, dtype=rdt) if weight is None else tf.cast(weight, rdt)
     side = merge_canvas_size(n, offsets)
     p = (side - n) // 2
-    pads = [[0, 0], [0, 0], [p, p], [p, p]]
-    pad_patch = tf.pad(x * tf.cast(mask, x.dtype), pads)
-    pad_mask = tf.pad(mask, [[p, p], [p, p]])
+    pads = [[0, 0]] * (w.shape.rank - 2) + [[p, p], [p, p]]
+    pad_patch = tf.pad(x * tf.cast(w, x.dtype), [[0, 0], [0, 0], [p, p], [p, p]])
+    pad_w = tf.pad(w, pads)
     ty = shift_matrix(side, offsets[..., 1])  # (B, C, side, side)
     tx = shift_matrix(side, offsets[..., 0])
     num = tf.reduce_sum(_apply_separable(pad_patch, ty, tx), axis=1)  # (B, side, side)
-    den = tf.reduce_sum(_apply_separable(pad_mask, ty, tx), axis=1)
+    den = tf.reduce_sum(_apply_separable(pad_w, ty, tx), axis=1)
     safe = tf.cast(tf.maximum(den, 1e-3), x.dtype)
     merged = tf.where(den > 0, num / safe, tf.zeros_like(num))
     start = tf.cast(p, rdt)
@@ -319,10 +337,11 @@ def object_big_merge(patches: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
     return _apply_separable(merged[:, None], ey, ex)  # (B, C, n, n)
 
 
-def object_big_merge_cl(patches: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
+def object_big_merge_cl(patches: tf.Tensor, offsets: tf.Tensor, weight=None) -> tf.Tensor:
     """:func:`object_big_merge` in TF layout: patches ``(B, N, N, C)`` complex64, offsets
-    ``(B, C, 2)`` pixels → ``(B, N, N, C)`` complex64."""
-    out = object_big_merge(tf.transpose(patches, (0, 3, 1, 2)), offsets)
+    ``(B, C, 2)`` pixels, weight ``(N, N)`` real or ``None`` (centre mask) →
+    ``(B, N, N, C)`` complex64."""
+    out = object_big_merge(tf.transpose(patches, (0, 3, 1, 2)), offsets, weight)
     return tf.transpose(out, (0, 2, 3, 1))
 
 

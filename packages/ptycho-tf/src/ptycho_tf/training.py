@@ -17,6 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ptycho_core import checkpoint
+from ptycho_core.checkpoint import STATE_NAME, TrainingSnapshot
 from ptycho_core.engine import FitRequest
 from ptycho_core.io import atomic_write
 from ptycho_core.training import (
@@ -28,14 +30,17 @@ from ptycho_core.training import (
     monitored_metric,
     scheduled_lr,
 )
-from ptycho_tf.bundle import keras_weights_bytes
+from ptycho_tf.bundle import NAME, keras_weights_bytes
 from ptycho_tf.losses import loss_terms
 
 __all__ = [
     "PtychoTrainer",
     "HistoryCallback",
     "AtomicBestWeights",
+    "TrainingState",
     "make_dataset",
+    "restore_training_state",
+    "steps_per_epoch",
     "build_callbacks",
     "resolve_strategy",
     "select_devices",
@@ -74,24 +79,51 @@ class PtychoTrainer(keras.Model):
 
 
 def make_dataset(
-    grouped: Any, batch_size: int, *, shuffle: bool, seed: int, with_ground_truth: bool
+    grouped: Any,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    with_ground_truth: bool,
+    epochs: tuple[int, int] = (0, 1),
 ) -> tf.data.Dataset:
     """``tf.data`` pipeline over a :class:`ptycho_core.grouping.GroupedData` (already scaled to
-    ``s·α·X``): elements ``{"x", "offsets"}`` (+ ``Y`` channels-last) batched by ``batch_size``;
-    shuffled each epoch with the op seed ``seed`` when ``shuffle``."""
-    inputs = {
-        "x": grouped.channels_last().astype(np.float32),
-        "offsets": np.asarray(grouped.offsets, np.float32),
+    ``s·α·X``): elements ``{"x", "offsets"}`` (+ ``Y`` channels-last) batched by ``batch_size``.
+
+    With ``shuffle``: one pass over the data for each epoch ``e`` in ``range(*epochs)``, in the
+    order of a stateless shuffle keyed by ``(seed, e)``, batches never crossing an epoch
+    (:func:`steps_per_epoch` batches per epoch; give Keras ``steps_per_epoch``). Epoch ``e``'s
+    order depends on nothing else, so a resumed run (``epochs[0] > 0``) sees the batches of the
+    uninterrupted one (``specs/tf-backend.md``). Without ``shuffle``: one pass in order."""
+    n = len(grouped)
+    first, stop = (int(epochs[0]), int(epochs[1])) if shuffle else (0, 1)
+    x = {
+        "x": tf.constant(grouped.channels_last().astype(np.float32)),
+        "offsets": tf.constant(np.asarray(grouped.offsets, np.float32)),
     }
-    if with_ground_truth:  # core's LossSpec.check_ground_truth ran before
-        ds = tf.data.Dataset.from_tensor_slices(
-            (inputs, grouped.channels_last("Y").astype(np.complex64))
-        )
-    else:
-        ds = tf.data.Dataset.from_tensor_slices(inputs)
-    if shuffle:
-        ds = ds.shuffle(len(grouped), seed=int(seed), reshuffle_each_iteration=True)
-    return ds.batch(int(batch_size)).prefetch(2)
+    # core's LossSpec.check_ground_truth ran before any ground truth is asked for
+    y = tf.constant(grouped.channels_last("Y").astype(np.complex64)) if with_ground_truth else None
+
+    def epoch_order(epoch: tf.Tensor) -> tf.data.Dataset:
+        order = tf.range(n, dtype=tf.int64)
+        if shuffle:
+            key = tf.stack([tf.constant(int(seed), tf.int64), epoch])
+            order = tf.random.experimental.stateless_shuffle(order, seed=key)
+        return tf.data.Dataset.from_tensor_slices(order).batch(int(batch_size))
+
+    def gather(idx: tf.Tensor) -> Any:
+        inputs = {k: tf.gather(t, idx) for k, t in x.items()}
+        return (inputs, tf.gather(y, idx)) if y is not None else inputs
+
+    ds = tf.data.Dataset.range(first, max(first, stop)).flat_map(epoch_order)
+    batches = max(0, stop - first) * math.ceil(n / int(batch_size))  # Keras wants it known
+    ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    return ds.map(gather).prefetch(2)
+
+
+def steps_per_epoch(n_groups: int, batch_size: int) -> int:
+    """Batches in one pass over ``n_groups`` groups (the last one may be short)."""
+    return max(1, math.ceil(int(n_groups) / int(batch_size)))
 
 
 class HistoryCallback(keras.callbacks.Callback):
@@ -105,7 +137,7 @@ class HistoryCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = dict(logs or {})
-        row = self.recorder.record(
+        self.recorder.record(  # it logs the epoch's progress line
             epoch,
             train_loss=logs.pop("loss", math.nan),
             val_loss=logs.pop("val_loss", math.nan),
@@ -116,7 +148,6 @@ class HistoryCallback(keras.callbacks.Callback):
                 if k != "learning_rate"
             },
         )
-        log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.6g}" for k, v in row.items()))
 
 
 class AtomicBestWeights(keras.callbacks.Callback):
@@ -146,6 +177,88 @@ class AtomicBestWeights(keras.callbacks.Callback):
             self._save("best.weights.h5")
 
 
+#: Callback attributes that carry over epochs (Keras resets them in ``on_train_begin``).
+_CALLBACK_FIELDS: dict[type, tuple[str, ...]] = {
+    keras.callbacks.ReduceLROnPlateau: ("wait", "cooldown_counter", "best"),
+    keras.callbacks.EarlyStopping: ("wait", "stopped_epoch", "best", "best_epoch"),
+    AtomicBestWeights: ("best",),
+}
+
+
+def restore_training_state(
+    snapshot: TrainingSnapshot,
+    autoencoder: keras.Model,
+    trainer: keras.Model,
+    strategy: tf.distribute.Strategy,
+) -> None:
+    """Put ``snapshot``'s weights into ``autoencoder`` and its optimizer variables into
+    ``trainer.optimizer`` (built here, in ``strategy``); shapes must match exactly
+    (:func:`~ptycho_core.checkpoint.checked_arrays`)."""
+    with strategy.scope():
+        if not trainer.optimizer.built:
+            trainer.optimizer.build(trainer.trainable_variables)
+    pairs = {"weights": autoencoder.weights, "optimizer": trainer.optimizer.variables}
+    arrays = {
+        what: checkpoint.checked_arrays(snapshot, what, [(v.path, v.shape) for v in variables])
+        for what, variables in pairs.items()
+    }
+    for what, variables in pairs.items():
+        for var, arr in zip(variables, arrays[what], strict=True):
+            var.assign(arr)
+
+
+class TrainingState(keras.callbacks.Callback):
+    """``enable_checkpointing``: after every epoch, write everything a resumed run needs to
+    ``<folder>/last.state.npz`` (:func:`ptycho_core.checkpoint.write_training_state`) — the
+    autoencoder's weights, the optimizer variables, the epoch, the history rows and the
+    callbacks' carried-over state (:data:`_CALLBACK_FIELDS`). Place it last so it sees the
+    epoch's learning-rate change and early-stopping decision. ``folder = None`` writes nothing
+    (checkpointing off; the callback only restores a resumed run's state).
+
+    ``resume``: a snapshot whose callback state is put back in ``on_train_begin`` (Keras' own
+    callbacks reset theirs there; this one runs after them)."""
+
+    def __init__(
+        self,
+        autoencoder: keras.Model,
+        folder: Path | None,
+        recorder: HistoryRecorder,
+        callbacks: list[keras.callbacks.Callback],
+        nepochs: int,
+        resume: TrainingSnapshot | None = None,
+    ) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.folder = Path(folder) if folder is not None else None
+        self.recorder, self.nepochs, self.resume = recorder, int(nepochs), resume
+        self.callbacks = [cb for cb in callbacks if type(cb) in _CALLBACK_FIELDS]
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.resume is None:
+            return
+        for cb in self.callbacks:
+            for name, value in self.resume.callbacks.get(type(cb).__name__, {}).items():
+                setattr(cb, name, value)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.folder is None:
+            return
+        snapshot = TrainingSnapshot(
+            backend=NAME,
+            epoch=epoch,
+            nepochs=self.nepochs,
+            stopped=bool(getattr(self.model, "stop_training", False)),
+            history=self.recorder.state_dict(),
+            callbacks={
+                type(cb).__name__: {f: getattr(cb, f) for f in _CALLBACK_FIELDS[type(cb)]}
+                for cb in self.callbacks
+            },
+            weights=[keras.ops.convert_to_numpy(w) for w in self.autoencoder.weights],
+            optimizer=[keras.ops.convert_to_numpy(v) for v in self.model.optimizer.variables],
+        )
+        checkpoint.write_training_state(self.folder / STATE_NAME, snapshot)
+
+
 def _keras_monitor(metric: str, has_validation: bool) -> str:
     """Core's :func:`~ptycho_core.training.monitored_metric` as a Keras log name: ``train_loss``
     → ``loss``, ``train_<c>`` → ``<c>``, ``val_*`` unchanged."""
@@ -154,13 +267,19 @@ def _keras_monitor(metric: str, has_validation: bool) -> str:
 
 
 def build_callbacks(
-    request: FitRequest, autoencoder: keras.Model, *, has_validation: bool
+    request: FitRequest,
+    autoencoder: keras.Model,
+    *,
+    has_validation: bool,
+    resume: TrainingSnapshot | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The callbacks for ``request.execution``: :class:`HistoryCallback` (into
     ``request.history``) first, then core's learning-rate policy (``plateau``:
     ``ReduceLROnPlateau``; ``cosine``/``step``: :func:`~ptycho_core.training.scheduled_lr` per
     epoch; ``none``), EarlyStopping (``early_stop_patience``) and, with ``enable_checkpointing``,
-    :class:`AtomicBestWeights` under ``<request.output_dir>/checkpoints``. Monitors follow
+    :class:`AtomicBestWeights` and, last, :class:`TrainingState` under
+    ``<request.output_dir>/checkpoints`` (also without checkpointing when ``resume``, the
+    snapshot whose callback state it puts back, is given). Monitors follow
     :func:`_keras_monitor` (training metrics without validation data)."""
     execution, nepochs = request.execution, request.config.nepochs
     cbs: list[keras.callbacks.Callback] = [HistoryCallback(request.history)]
@@ -177,10 +296,12 @@ def build_callbacks(
         )
     patience = int(execution.early_stop_patience)
     cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=patience))
-    if execution.enable_checkpointing:
+    folder = Path(request.output_dir) / "checkpoints" if execution.enable_checkpointing else None
+    if folder is not None:
         metric = _keras_monitor(execution.checkpoint_monitor_metric, has_validation)
-        folder = Path(request.output_dir) / "checkpoints"
         cbs.append(AtomicBestWeights(autoencoder, folder, metric, execution.checkpoint_mode))
+    if folder is not None or resume is not None:
+        cbs.append(TrainingState(autoencoder, folder, request.history, cbs, nepochs, resume))
     return cbs
 
 

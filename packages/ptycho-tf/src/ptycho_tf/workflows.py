@@ -11,37 +11,33 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from functools import partial
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from ptycho_core import engine
-from ptycho_core.config import (
-    ExecutionConfig,
-    InferenceConfig,
-    TrainingConfig,
-    ignored_execution_fields,
-)
-from ptycho_core.engine import FitOutcome, FitRequest, LoadedBundle, TrainResult
-from ptycho_core.errors import ConfigError
+from ptycho_core import checkpoint, engine
+from ptycho_core.config import ExecutionConfig, ignored_execution_fields
+from ptycho_core.engine import FitOutcome, FitRequest
 from ptycho_core.grouping import GroupedData
-from ptycho_core.io import ScanData
-from ptycho_core.workflow import Reconstruction
 from ptycho_tf import HONOURED_EXECUTION_FIELDS, HONOURED_VALUES
 from ptycho_tf.bundle import NAME, TFBundleHooks
-from ptycho_tf.model import PtychoModels, build_models
+from ptycho_tf.model import PtychoModels
 from ptycho_tf.training import (
     PtychoTrainer,
     build_callbacks,
     make_dataset,
     resolve_strategy,
+    restore_training_state,
     select_devices,
+    steps_per_epoch,
 )
 
 __all__ = [
     "HONOURED_EXECUTION_FIELDS",
     "HONOURED_VALUES",
+    "HOOKS",
     "NAME",
     "TFHooks",
     "build_training_run",
@@ -75,17 +71,10 @@ def build_training_run(
     in ``strategy``. Clearing the Keras session and seeding right before the layers are created
     gives one seed identical initial weights, and repeated runs in one process accumulate no
     Keras state."""
-    config, prepared = request.config, request.prepared
     keras.backend.clear_session()  # drop Keras' global name/graph state of earlier builds
-    keras.utils.set_random_seed(int(config.seed))
+    keras.utils.set_random_seed(int(request.config.seed))
     with strategy.scope():
-        models = build_models(
-            config.model,
-            probe=prepared.probe,
-            intensity_scale=prepared.intensity_scale,
-            probe_trainable=config.probe_trainable,
-            intensity_scale_trainable=config.intensity_scale_trainable,
-        )
+        models = engine.build_initial_model(HOOKS, request)
         trainer = PtychoTrainer(models.autoencoder, request.loss)
         optimizer = keras.optimizers.Adam(float(request.execution.learning_rate))
         trainer.compile(optimizer=optimizer, jit_compile=False)  # data-dependent canvas size
@@ -98,14 +87,14 @@ class TFHooks(TFBundleHooks):
     def fit(self, request: FitRequest) -> FitOutcome:
         """Seed, build and compile in the device strategy, then Keras ``fit`` with the
         callbacks of :func:`~ptycho_tf.training.build_callbacks` (history into
-        ``request.history``). TensorFlow has no resumable checkpoints: ``resume_from`` is a
-        :class:`ConfigError`."""
+        ``request.history``). ``request.resume_from``: a training state
+        (``checkpoints/last.state.npz``) to continue from — weights, optimizer, epoch, history
+        and callback state are restored and the epoch-keyed shuffle replays the remaining
+        epochs (``specs/tf-backend.md``)."""
         config, execution, prepared = request.config, request.execution, request.prepared
+        snapshot = None
         if request.resume_from is not None:
-            raise ConfigError(
-                f"resume_from={str(request.resume_from)!r} is invalid for the TensorFlow "
-                "backend; allowed: None (it cannot resume a run)"
-            )
+            snapshot = checkpoint.read_training_state(request.resume_from, NAME)
         ignored = ignored_execution_fields(
             execution, HONOURED_EXECUTION_FIELDS, honoured_values=HONOURED_VALUES
         )
@@ -113,26 +102,37 @@ class TFHooks(TFBundleHooks):
             log.info("TensorFlow backend ignores these execution settings: %s", ignored)
         strategy = resolve_strategy(execution)
         gt = request.loss.needs_ground_truth
-
-        def dataset(grouped: GroupedData, shuffle: bool) -> tf.data.Dataset:
-            return make_dataset(
-                grouped, config.batch_size, shuffle=shuffle, seed=config.seed, with_ground_truth=gt
-            )
+        dataset = partial(
+            make_dataset, batch_size=config.batch_size, seed=config.seed, with_ground_truth=gt
+        )
+        nepochs = int(config.nepochs)
 
         with _op_determinism(bool(execution.deterministic)):
             models, trainer = build_training_run(request, strategy)
-            has_val = prepared.val is not None
-            val_ds = dataset(prepared.val, False) if prepared.val is not None else None
-            callbacks = build_callbacks(request, models.autoencoder, has_validation=has_val)
-            t0 = time.perf_counter()
-            trainer.fit(
-                dataset(prepared.train, True),
-                validation_data=val_ds,
-                epochs=int(config.nepochs),
-                callbacks=callbacks,
-                shuffle=False,  # the dataset shuffles (seeded)
-                verbose=1 if execution.enable_progress_bar else 0,
+            if request.initial_weights is not None:  # adaptation: continue from these weights
+                self.weights_from_bytes(models, request.initial_weights, "initial_weights")
+            first = 0 if snapshot is None else snapshot.first_epoch(nepochs)
+            if snapshot is not None:
+                restore_training_state(snapshot, models.autoencoder, trainer, strategy)
+                request.history.load_state_dict(snapshot.history)
+                log.info("resuming from %s after epoch %d", snapshot.path, snapshot.epoch)
+            val_ds = dataset(prepared.val, shuffle=False) if prepared.val is not None else None
+            callbacks = build_callbacks(
+                request, models.autoencoder, has_validation=val_ds is not None, resume=snapshot
             )
+            t0 = time.perf_counter()
+            if first < nepochs:
+                train_ds = dataset(prepared.train, shuffle=True, epochs=(first, nepochs))
+                trainer.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    epochs=nepochs,
+                    initial_epoch=first,
+                    steps_per_epoch=steps_per_epoch(len(prepared.train), config.batch_size),
+                    callbacks=callbacks,
+                    shuffle=False,  # the dataset shuffles (epoch-keyed, seeded)
+                    verbose=1 if execution.enable_progress_bar else 0,
+                )
             fit_s = time.perf_counter() - t0
         return FitOutcome(models, fit_s, notes={"ignored_execution": ignored})
 
@@ -165,26 +165,12 @@ class TFHooks(TFBundleHooks):
         return predict
 
 
-def train(
-    config: TrainingConfig,
-    execution: ExecutionConfig | None = None,
-    *,
-    train_data: ScanData | None = None,
-    test_data: ScanData | None = None,
-) -> TrainResult:
-    """:func:`ptycho_core.engine.train` with :class:`TFHooks`: writes
-    ``<output_dir>/wts.h5.zip`` and ``history.csv``; ``extra["ignored_execution"]`` lists the
-    settings not honoured."""
-    return engine.train(TFHooks(), config, execution, train_data=train_data, test_data=test_data)
-
-
-def reconstruct(
-    config: InferenceConfig,
-    execution: ExecutionConfig | None = None,
-    *,
-    data: ScanData | None = None,
-    bundle: LoadedBundle | None = None,
-) -> Reconstruction:
-    """:func:`ptycho_core.engine.reconstruct` with :class:`TFHooks` (``backend ==
-    "tensorflow"``; N and gridsize come from the bundle)."""
-    return engine.reconstruct(TFHooks(), config, execution, data=data, bundle=bundle)
+HOOKS = TFHooks()
+#: ``train(config, execution=None, *, train_data=None, test_data=None)``:
+#: :func:`ptycho_core.engine.train` with :data:`HOOKS`; writes ``<output_dir>/wts.h5.zip`` and
+#: ``history.csv``; ``extra["ignored_execution"]`` lists the settings not honoured.
+train = partial(engine.train, HOOKS)
+#: ``reconstruct(config, execution=None, *, data=None, bundle=None, ...)``:
+#: :func:`ptycho_core.engine.reconstruct` with :data:`HOOKS` (``backend == "tensorflow"``; N and
+#: gridsize come from the bundle).
+reconstruct = partial(engine.reconstruct, HOOKS)

@@ -29,7 +29,7 @@ from ptycho_core.architecture import (
     encoder_levels,
     scalar_weights,
 )
-from ptycho_core.config import SUPPORTED_N
+from ptycho_core.config import MERGE_WEIGHTS, SUPPORTED_N
 from ptycho_torch import physics
 
 __all__ = ["SUPPORTED_N", "ModelOutput", "PtychoModel", "build_model"]
@@ -71,7 +71,7 @@ class PtychoModel(nn.Module):
     Parameters
     ----------
     N, gridsize, n_filters_scale, model_type, amp_activation, object_big, probe_big, pad_object,
-    probe_mask, gaussian_smoothing_sigma:
+    probe_mask, gaussian_smoothing_sigma, merge_weights:
         As :class:`ptycho_core.config.ModelConfig`.
     probe:
         ``(N, N)`` complex, the *normalised* probe ``P̃`` (``specs/physics.md``).
@@ -97,6 +97,7 @@ class PtychoModel(nn.Module):
         pad_object: bool = True,
         probe_mask: bool = False,
         gaussian_smoothing_sigma: float = 0.0,
+        merge_weights: str = "probe",
         probe: np.ndarray | torch.Tensor | None = None,
         intensity_scale: float = 1.0,
         probe_trainable: bool = False,
@@ -110,6 +111,9 @@ class PtychoModel(nn.Module):
             raise ValueError(f"model_type={model_type!r} is not one of ('pinn', 'supervised')")
         if not intensity_scale > 0:
             raise ValueError(f"intensity_scale={intensity_scale!r} must be > 0")
+        if merge_weights not in MERGE_WEIGHTS:
+            raise ValueError(f"merge_weights={merge_weights!r} is not one of {MERGE_WEIGHTS}")
+        self.merge_weights = merge_weights
         self.N, self.gridsize, self.C = int(N), int(gridsize), int(gridsize) ** 2
         self.model_type, self.amp_activation = model_type, amp_activation
         self.object_big, self.probe_big, self.pad_object = (
@@ -177,6 +181,22 @@ class PtychoModel(nn.Module):
         """The normalised probe ``(N, N)`` complex64."""
         return torch.complex(self.probe_real, self.probe_imag)
 
+    def merge_weight(self) -> torch.Tensor:
+        """The ``object_big`` merge weight ``(N, N)`` float32 (``specs/model.md``).
+
+        ``'centre'``: the centre ``N/2`` square. ``'probe'``: the intensity of the current
+        illumination normalised to peak 1, from the *detached* probe (the probe is learned
+        through the forward model only); a supervised model has no illumination and weights
+        every pixel 1.
+        """
+        if self.merge_weights == "centre":
+            return self._center
+        if self.model_type == "supervised":
+            return torch.ones_like(self._center)
+        return physics.merge_weight(
+            self.probe.detach(), self.gaussian_smoothing_sigma, self.probe_mask
+        )
+
     def _conv_relu(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.get_submodule(name)(x))
 
@@ -223,8 +243,9 @@ class PtychoModel(nn.Module):
         ``(B, C, N, N)``.
 
         offsets: ``(B, C, 2)`` ``(dx, dy)`` pixels of each channel from the group centre (needed
-        when ``C > 1``). With ``object_big`` the ``C`` predicted patches are merged per sample and
-        re-extracted; without it the single predicted patch is translated to each channel.
+        when ``C > 1``). With ``object_big`` the ``C`` predicted patches are merged per sample
+        (weights :meth:`merge_weight`) and re-extracted; without it the single predicted patch
+        is translated to each channel.
         """
         if (
             x_scaled.ndim != 4
@@ -244,7 +265,7 @@ class PtychoModel(nn.Module):
             raise ValueError("offsets (B, C, 2) are required when gridsize > 1")
         offsets = offsets.to(device=obj.device, dtype=amp.dtype)
         if self.object_big:
-            return physics.object_big_merge(obj, offsets)
+            return physics.object_big_merge(obj, offsets, self.merge_weight())
         return physics.translate(obj.expand(-1, self.C, -1, -1), -offsets)
 
     def forward(self, x_scaled: torch.Tensor, offsets: torch.Tensor | None = None) -> ModelOutput:
@@ -289,6 +310,7 @@ def build_model(
         pad_object=mc.pad_object,
         probe_mask=mc.probe_mask,
         gaussian_smoothing_sigma=mc.gaussian_smoothing_sigma,
+        merge_weights=mc.merge_weights,
         probe=probe,
         intensity_scale=intensity_scale,
         probe_trainable=probe_trainable,

@@ -32,6 +32,7 @@ __all__ = [
     "forward_model",
     "poisson_nll",
     "merge_canvas_size",
+    "merge_weight",
     "object_big_merge",
 ]
 
@@ -253,38 +254,59 @@ def merge_canvas_size(n: int, offsets: torch.Tensor) -> int:
     return side + (side % 2)
 
 
-def object_big_merge(patches: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def merge_weight(
+    probe: torch.Tensor, gaussian_smoothing_sigma: float = 0.0, probe_mask: bool = False
+) -> torch.Tensor:
+    """Merge weight of ``merge_weights='probe'``: ``|I(P)|² / max|I(P)|²`` (``specs/model.md``).
+
+    probe: ``(N, N)`` complex (any scale). ``I`` is :func:`illuminate` (the forward model's
+    illumination). Returns ``(N, N)`` real (the probe's real dtype), peak 1, as
+    :func:`ptycho_core.physics.merge_weight`. Differentiable; the model detaches the probe first.
+    """
+    w = illuminate(probe, gaussian_smoothing_sigma, probe_mask).abs() ** 2
+    return w / torch.clamp(w.max(), min=torch.finfo(w.dtype).tiny)
+
+
+def object_big_merge(
+    patches: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-sample overlap merge and re-extraction (``specs/model.md`` ``object_big``, ADR-002).
 
     patches: ``(B, C, N, N)`` complex object patches, ``N`` even; offsets: ``(B, C, 2)``
-    ``(dx, dy)`` pixels relative to the group centre. Each sample's channels are placed on that
-    sample's own canvas (side from :func:`merge_canvas_size`; no clipping), averaged with the
-    centre ``N/2`` square masks as weights (numerator and denominator use the same mask), and
-    re-extracted at their offsets. Returns ``(B, C, N, N)`` complex. Tested against the NumPy
-    oracle :func:`ptycho_core.physics.object_big_merge`.
+    ``(dx, dy)`` pixels relative to the group centre; weight: ``(N, N)`` real ``>= 0`` (or
+    broadcasting to ``(B, C, N, N)``), e.g. :func:`merge_weight` of the probe, ``None`` for the
+    centre ``N/2`` square mask (legacy ``merge_weights='centre'``). Each sample's channels are
+    placed on that sample's own canvas (side from :func:`merge_canvas_size`; no clipping),
+    averaged with the weight map translated like its patch as weights (numerator and
+    denominator use the same weights, denominator floored at 1e-3), and re-extracted at their
+    offsets. Returns ``(B, C, N, N)`` complex. Tested against the NumPy oracle
+    :func:`ptycho_core.physics.object_big_merge`.
     """
     b, c, n, _ = patches.shape
     if n % 2:
         raise ValueError(f"patch size N must be even, got {n}")
     real_dt = patches.real.dtype
     offsets = offsets.to(device=patches.device, dtype=real_dt)
-    mask = center_mask(n, dtype=real_dt, device=patches.device)
+    if weight is None:
+        w = center_mask(n, dtype=real_dt, device=patches.device)
+    else:
+        w = weight.to(device=patches.device, dtype=real_dt)
     if not bool(torch.any(offsets != 0)):
-        # All offsets zero: the translations are identities and the merge is the plain average
-        # over channels (exactly what the general path computes, without the canvas).
-        wsum = mask * c
-        merged = (patches * mask).sum(dim=1, keepdim=True) / torch.clamp(wsum, min=1e-3)
+        # All offsets zero: the translations are identities and the merge is the weighted
+        # average over channels (exactly what the general path computes, without the canvas).
+        wsum = torch.broadcast_to(w, (b, c, n, n)).sum(dim=1, keepdim=True)
+        merged = (patches * w).sum(dim=1, keepdim=True) / torch.clamp(wsum, min=1e-3)
         merged = torch.where(wsum > 0, merged, torch.zeros_like(merged))
         return merged.expand(b, c, n, n)
     side = merge_canvas_size(n, offsets)
     p = (side - n) // 2
     # Canvas coordinates: the patch centre (n/2) sits at side/2; pads are symmetric.
-    pad_patch = F.pad(patches * mask, (p, p, p, p))
-    pad_mask = F.pad(mask, (p, p, p, p))
+    pad_patch = F.pad(patches * w, (p, p, p, p))
+    pad_w = F.pad(w, (p, p, p, p))
     ty = shift_matrix(side, offsets[..., 1])  # (B, C, side, side)
     tx = shift_matrix(side, offsets[..., 0])
     num = _apply_separable(pad_patch, ty, tx).sum(dim=1)  # (B, side, side)
-    den = (ty @ pad_mask @ tx.transpose(-1, -2)).sum(dim=1)
+    den = (ty @ pad_w @ tx.transpose(-1, -2)).sum(dim=1)
     merged = num / torch.clamp(den, min=1e-3)
     merged = torch.where(den > 0, merged, torch.zeros_like(merged))
     # Re-extract channel c: translate by -offset_c and crop the central n×n. Only the cropped

@@ -11,18 +11,19 @@ without running a fit.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 from collections.abc import Sequence
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 
+from ptycho_core.config import ExecutionConfig
 from ptycho_core.training import (
     PLATEAU_FACTOR,
     PLATEAU_PATIENCE,
@@ -49,40 +50,32 @@ class PtychoLightningModule(pl.LightningModule):
     """Runs the model and the loss on batches, logs ``train_*``/``val_*`` metrics, builds Adam
     and the learning-rate schedule. Holds no physics of its own.
 
-    ``scheduler``: ``plateau`` → ``ReduceLROnPlateau`` on ``monitor`` with the core constants;
-    ``cosine`` / ``step`` → ``LambdaLR`` following :func:`ptycho_core.training.scheduled_lr`
-    epoch by epoch; ``none`` → a constant rate.
+    The rate starts at ``execution.learning_rate``; ``execution.scheduler``: ``plateau`` →
+    ``ReduceLROnPlateau`` on ``monitor`` with the core constants; ``cosine`` / ``step`` →
+    ``LambdaLR`` following :func:`ptycho_core.training.scheduled_lr` over ``max_epochs``, epoch
+    by epoch; ``none`` → a constant rate.
     """
 
     def __init__(
         self,
         model: PtychoModel,
         loss: PtychoLoss,
+        execution: ExecutionConfig,
         *,
-        learning_rate: float = 1e-3,
-        scheduler: str = "plateau",
-        max_epochs: int = 50,
+        max_epochs: int,
         monitor: str = "val_loss",
     ) -> None:
         super().__init__()
-        self.model, self.loss_fn = model, loss
-        self.learning_rate, self.scheduler_name = float(learning_rate), scheduler
+        self.model, self.loss_fn, self.execution = model, loss, execution
         self.max_epochs, self.monitor = int(max_epochs), monitor
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         out = self.model(batch["x"], batch["offsets"])
         terms = self.loss_fn(out, batch["x"], batch.get("Y"))
-        bs = batch["x"].shape[0]
-        for name, value in terms.items():
-            self.log(
-                f"{stage}_{name}",
-                value.detach(),
-                on_step=False,
-                on_epoch=True,
-                batch_size=bs,
-                sync_dist=True,
-                prog_bar=name == "loss",
-            )
+        kw: dict[str, Any] = dict(on_step=False, on_epoch=True, sync_dist=True)
+        kw["batch_size"] = batch["x"].shape[0]
+        self.log(f"{stage}_loss", terms["loss"].detach(), prog_bar=True, **kw)
+        self.log_dict({f"{stage}_{k}": v.detach() for k, v in terms.items() if k != "loss"}, **kw)
         return terms["loss"]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -93,41 +86,31 @@ class PtychoLightningModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        lr0, name, nepochs = self.learning_rate, self.scheduler_name, self.max_epochs
+        lr0, name = float(self.execution.learning_rate), self.execution.scheduler
         opt = torch.optim.Adam(params, lr=lr0)
         if name == "none":
             return opt
-        if name == "plateau":
+        if name == "plateau":  # Lightning steps it once per epoch on ``monitor`` (strict)
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt,
-                mode="min",
-                factor=PLATEAU_FACTOR,
-                patience=PLATEAU_PATIENCE,
-                min_lr=min_lr(lr0),
+                opt, factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE, min_lr=min_lr(lr0)
             )
-            conf = {
-                "scheduler": sched,
-                "monitor": self.monitor,
-                "interval": "epoch",
-                "strict": True,
-            }
-            return {"optimizer": opt, "lr_scheduler": conf}
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.monitor}}
 
         # A plain function (not a callable object): LambdaLR then stores nothing of it in the
         # checkpoint, which stays loadable with weights_only=True. Unknown names raise here.
         def factor(epoch: int) -> float:
-            return scheduled_lr(name, lr0, epoch, nepochs) / lr0
+            return scheduled_lr(name, lr0, epoch, self.max_epochs) / lr0
 
-        by_epoch = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": by_epoch, "interval": "epoch"}}
+        by_epoch = torch.optim.lr_scheduler.LambdaLR(opt, factor)  # stepped once per epoch
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": by_epoch}}
 
 
 class HistoryCallback(Callback):
     """Feeds a :class:`ptycho_core.training.HistoryRecorder` one row per epoch (``train_loss``,
     ``val_loss``, ``lr`` — the rate used during the epoch — and every other logged
-    ``train_*``/``val_*`` component). Only global
-    rank 0 writes ``history.csv``; the checkpointed state is the recorder's, so a run resumed
-    from a checkpoint continues its history."""
+    ``train_*``/``val_*`` component). Only global rank 0 writes ``history.csv``; the
+    checkpointed state is the recorder's, so a run resumed from a checkpoint continues its
+    history."""
 
     def __init__(self, recorder: HistoryRecorder) -> None:
         self.recorder, self._lr = recorder, math.nan
@@ -160,32 +143,24 @@ class HistoryCallback(Callback):
         self.recorder.load_state_dict(state_dict)
 
 
-def build_logger(execution: Any, output_dir: str | Path) -> Any:
+def build_logger(execution: ExecutionConfig, output_dir: str | Path) -> Any:
     """The Lightning logger for ``execution.logger_backend``: ``csv`` (default) → CSVLogger under
     ``<output_dir>/logs``; ``tensorboard``/``mlflow`` when installed (else a warning and CSV);
     ``none`` → ``False`` (no logger)."""
     name = execution.logger_backend
     if name == "none":
         return False
-    if name == "tensorboard":
-        if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-            from lightning.pytorch.loggers import TensorBoardLogger
-
-            return TensorBoardLogger(save_dir=str(output_dir), name="logs")
-        log.warning(
-            "logger_backend='tensorboard' selected but tensorboard is not installed; using CSV"
-        )
-    elif name == "mlflow":
-        if importlib.util.find_spec("mlflow"):
-            from lightning.pytorch.loggers import MLFlowLogger
-
-            return MLFlowLogger(experiment_name="ptycho", save_dir=str(Path(output_dir) / "mlruns"))
-        log.warning("logger_backend='mlflow' selected but mlflow is not installed; using CSV")
+    if name == "tensorboard" and (find_spec("tensorboard") or find_spec("tensorboardX")):
+        return TensorBoardLogger(save_dir=str(output_dir), name="logs")
+    if name == "mlflow" and find_spec("mlflow"):
+        return MLFlowLogger(experiment_name="ptycho", save_dir=str(Path(output_dir) / "mlruns"))
+    if name != "csv":
+        log.warning("logger_backend=%r selected but %s is not installed; using CSV", name, name)
     return CSVLogger(save_dir=str(output_dir), name="logs")
 
 
 def build_callbacks(
-    execution: Any,
+    execution: ExecutionConfig,
     output_dir: str | Path,
     *,
     has_validation: bool = True,
@@ -218,7 +193,7 @@ def build_callbacks(
 
 
 def build_trainer(
-    execution: Any,
+    execution: ExecutionConfig,
     *,
     max_epochs: int,
     output_dir: str | Path,
@@ -249,8 +224,6 @@ def build_trainer(
         default_root_dir=str(output_dir),
         num_sanity_val_steps=0,
         log_every_n_steps=1,  # metrics are epoch-level; this only silences Lightning's hint
+        limit_val_batches=None if has_validation else 0,
     )
-    if not has_validation:
-        kwargs["limit_val_batches"] = 0
-    kwargs.update(overrides)
-    return pl.Trainer(**kwargs)
+    return pl.Trainer(**{**kwargs, **overrides})

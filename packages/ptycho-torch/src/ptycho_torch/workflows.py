@@ -12,12 +12,10 @@ its history is read back from the ``history.csv`` rank 0 wrote.
 
 from __future__ import annotations
 
-import csv
 import io
-import math
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -26,11 +24,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from ptycho_core import engine
-from ptycho_core.config import ExecutionConfig, InferenceConfig, TrainingConfig
+from ptycho_core.config import ExecutionConfig
 from ptycho_core.errors import BundleError
-from ptycho_core.io import ScanData
-from ptycho_core.training import HistoryRecorder, LossSpec, monitored_metric
-from ptycho_core.workflow import PreparedTraining, Reconstruction, prepare_training
+from ptycho_core.training import monitored_metric
+from ptycho_core.workflow import read_history_csv
 from ptycho_torch.data import PtychoDataModule, grouped_to_tensors
 from ptycho_torch.losses import PtychoLoss
 from ptycho_torch.model import PtychoModel, build_model
@@ -65,70 +62,40 @@ def inference_device(accelerator: str) -> torch.device:
 
 
 def build_training_run(
-    config: TrainingConfig,
-    execution: ExecutionConfig | None = None,
-    *,
-    train_data: ScanData | None = None,
-    prepared: PreparedTraining | None = None,
-    loss: LossSpec | None = None,
-    history: HistoryRecorder | None = None,
-    callbacks: Sequence[Callback] = (),
-    **trainer_overrides: Any,
-) -> tuple[PreparedTraining, PtychoLightningModule, PtychoDataModule, pl.Trainer]:
-    """Seed, build model, loss, LightningModule, DataModule and Trainer (no fit).
-
-    ``prepared`` (else :func:`ptycho_core.workflow.prepare_training` of ``train_data``),
-    ``loss`` (else the config's :class:`LossSpec`) and ``history`` (else an in-memory recorder)
-    are the engine's pieces; ``callbacks`` are appended to the trainer's. Seeding happens
-    immediately before the model is built, so one seed gives identical initial weights (and, on
-    CPU with ``deterministic``, an identical loss curve).
-    """
-    execution = execution or ExecutionConfig()
-    if prepared is None:
-        prepared = prepare_training(config, train_data)
-    loss = loss if loss is not None else LossSpec.from_training_config(config)
+    request: engine.FitRequest, *, callbacks: Sequence[Callback] = (), **trainer_overrides: Any
+) -> tuple[PtychoLightningModule, PtychoDataModule, pl.Trainer]:
+    """Seed, then build the model (:func:`ptycho_core.engine.build_initial_model`), the
+    LightningModule, DataModule and Trainer for ``request`` (no fit); ``callbacks`` are appended
+    to the trainer's. Seeding immediately before the model is built gives one seed identical
+    initial weights (and, on CPU with ``deterministic``, an identical loss curve)."""
+    config, execution, prepared = request.config, request.execution, request.prepared
     pl.seed_everything(int(config.seed), workers=True, verbose=False)
-    model = build_model(
-        config.model,
-        probe=prepared.probe,
-        intensity_scale=prepared.intensity_scale,
-        probe_trainable=config.probe_trainable,
-        intensity_scale_trainable=config.intensity_scale_trainable,
-    )
-    gt = loss.needs_ground_truth
-    val = prepared.val
+    model = engine.build_initial_model(HOOKS, request)
+    gt, val = request.loss.needs_ground_truth, prepared.val
     dm = PtychoDataModule(
         grouped_to_tensors(prepared.train, with_ground_truth=gt),
-        grouped_to_tensors(val, with_ground_truth=gt) if val is not None else None,
+        None if val is None else grouped_to_tensors(val, with_ground_truth=gt),
         batch_size=config.batch_size,
         execution=execution,
         seed=config.seed,
     )
     module = PtychoLightningModule(
         model,
-        PtychoLoss(loss),
-        learning_rate=execution.learning_rate,
-        scheduler=execution.scheduler,
+        PtychoLoss(request.loss),
+        execution,
         max_epochs=config.nepochs,
         monitor=monitored_metric("val_loss", dm.has_validation),
     )
     trainer = build_trainer(
         execution,
         max_epochs=config.nepochs,
-        output_dir=config.output_dir,
+        output_dir=request.output_dir,
         has_validation=dm.has_validation,
-        history=history,
+        history=request.history,
         callbacks=callbacks,
         **trainer_overrides,
     )
-    return prepared, module, dm, trainer
-
-
-def _history_from_csv(path: Path) -> dict[str, list[float]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    keys = list(rows[0]) if rows else []
-    return {k: [float(r[k]) if r[k] not in ("", None) else math.nan for r in rows] for k in keys}
+    return module, dm, trainer
 
 
 class TorchHooks:
@@ -143,13 +110,10 @@ class TorchHooks:
     def fit(self, request: engine.FitRequest) -> engine.FitOutcome:
         """Lightning fit (resuming from ``request.resume_from``); checkpoints hold tensors and
         primitives only and are read with ``weights_only=True``."""
-        _, module, dm, trainer = build_training_run(
-            request.config,
-            request.execution,
-            prepared=request.prepared,
-            loss=request.loss,
-            history=request.history,
-        )
+        module, dm, trainer = build_training_run(request)
+        if request.initial_weights is not None:  # adaptation: continue from these weights
+            self.weights_from_bytes(module.model, request.initial_weights, "initial_weights")
+            module.model.train()
         t0 = time.perf_counter()
         resume = request.resume_from
         trainer.fit(
@@ -161,7 +125,7 @@ class TorchHooks:
         return engine.FitOutcome(
             model=module.model.cpu(),
             fit_s=fit_s,
-            history=_history_from_csv(csv_path) if spawned else None,
+            history=read_history_csv(csv_path) if spawned else None,
             is_global_zero=bool(trainer.is_global_zero),
             global_rank=int(trainer.global_rank),
         )
@@ -180,17 +144,15 @@ class TorchHooks:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:  # any unpickling refusal or corruption
             raise BundleError(f"{where}: cannot be read as a tensor dict ({exc})") from exc
-        tensors = isinstance(state, dict) and all(
-            isinstance(v, torch.Tensor) for v in state.values()
-        )
-        if not tensors:
+        if not isinstance(state, dict) or not all(map(torch.is_tensor, state.values())):
             raise BundleError(f"{where}: is not a plain dict of tensors")
+        mismatch = engine.state_mismatch(model.state_dict(), state)
+        if mismatch:
+            raise engine.weights_mismatch_error(where, mismatch)
         try:
             model.load_state_dict(state, strict=True)
         except (RuntimeError, TypeError, ValueError) as exc:
-            raise BundleError(
-                f"{where}: weights do not match the architecture in the manifest ({exc})"
-            ) from exc
+            raise engine.weights_mismatch_error(where, exc) from exc
         model.eval()
 
     def model_probe(self, model: PtychoModel) -> np.ndarray:
@@ -215,29 +177,10 @@ class TorchHooks:
 
 
 HOOKS = TorchHooks()
-
-
-def train(
-    config: TrainingConfig,
-    execution: ExecutionConfig | None = None,
-    *,
-    train_data: ScanData | None = None,
-    test_data: ScanData | None = None,
-    ckpt_path: str | Path | None = None,
-) -> engine.TrainResult:
-    """:func:`ptycho_core.engine.train` with :data:`HOOKS`; ``ckpt_path`` resumes from a
-    Lightning checkpoint (e.g. ``<output_dir>/checkpoints/last.ckpt``)."""
-    return engine.train(
-        HOOKS, config, execution, train_data=train_data, test_data=test_data, resume_from=ckpt_path
-    )
-
-
-def reconstruct(
-    config: InferenceConfig,
-    execution: ExecutionConfig | None = None,
-    *,
-    data: ScanData | None = None,
-    bundle: engine.LoadedBundle | None = None,
-) -> Reconstruction:
-    """:func:`ptycho_core.engine.reconstruct` with :data:`HOOKS`."""
-    return engine.reconstruct(HOOKS, config, execution, data=data, bundle=bundle)
+#: ``train(config, execution=None, *, train_data=None, test_data=None, resume_from=None)``:
+#: :func:`ptycho_core.engine.train` with :data:`HOOKS` (``resume_from``: a Lightning checkpoint,
+#: e.g. ``<output_dir>/checkpoints/last.ckpt``).
+train = partial(engine.train, HOOKS)
+#: ``reconstruct(config, execution=None, *, data=None, bundle=None, ...)``:
+#: :func:`ptycho_core.engine.reconstruct` with :data:`HOOKS`.
+reconstruct = partial(engine.reconstruct, HOOKS)

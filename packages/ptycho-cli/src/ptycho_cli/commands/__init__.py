@@ -9,11 +9,12 @@ from ptycho_cli.commands import (
     evaluate,
     infer,
     inspect,
+    refine,
     simulate,
     train,
 )
 
 #: In the order ``ptycho --help`` lists them.
-COMMANDS = (train, infer, simulate, evaluate, demo, inspect, backends, convert)
+COMMANDS = (train, infer, refine, simulate, evaluate, demo, inspect, backends, convert)
 
 __all__ = ["COMMANDS"]

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ptycho_cli.console import Console
+from ptycho_cli.console import Console, live_progress
 from ptycho_cli.execution import (  # positive_* re-exported for the commands
     add_execution_arguments,
     execution_overrides,
@@ -22,12 +22,24 @@ __all__ = [
     "science_overrides",
     "execution_from_args",
     "parse_set",
+    "non_negative_int",
     "positive_int",
     "positive_float",
 ]
 
 #: ``--backend`` choices: the backend table of :mod:`ptycho_core.backends`.
 BACKEND_CHOICES = BACKEND_NAMES
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (e.g. ``evaluate --margin``; a usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
 
 
 def parse_set(text: str) -> tuple[str, Any]:
@@ -147,8 +159,16 @@ def science_overrides(args: argparse.Namespace, console: Console | None = None) 
 
 
 def execution_from_args(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    """The execution fields given on the command line (deprecated flags mapped and warned)."""
-    return execution_overrides(args, warn=console.warn)
+    """The execution fields given on the command line (deprecated flags mapped and warned).
+
+    The CLI decides the progress display (``specs/cli.md``): the framework's live bar
+    (``enable_progress_bar``) only when :func:`~ptycho_cli.console.live_progress` says the output
+    is a terminal; otherwise it is off and the core's one-line-per-epoch progress log is shown.
+    """
+    out = execution_overrides(args, warn=console.warn)
+    if not live_progress(bool(getattr(args, "quiet", False))):
+        out["enable_progress_bar"] = False
+    return out
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, training: bool) -> None:

@@ -6,6 +6,7 @@ The CLI owns ``loss.png`` (``specs/cli.md``): the backend writes the bundle and 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from ptycho_cli import dispatch, figures
 from ptycho_cli.console import Console, tame_framework_logging
 from ptycho_cli.factories import InferencePayload
 from ptycho_cli.outputs import LOSS_PNG, staged, write_reconstruction
+from ptycho_cli.runfolder import retarget
 
 if TYPE_CHECKING:
     from ptycho_core.engine import TrainResult
@@ -46,9 +48,14 @@ def write_reconstruction_outputs(
     *,
     history: Mapping[str, Sequence[float]] | None = None,
     title: str = "",
+    moved: tuple[Path, Path] | None = None,
 ) -> list[Path]:
     """``recon.npz``, ``recon.h5`` and ``recon.png`` of ``result`` (a reconstruction of
-    ``scan``), staged: all or nothing."""
+    ``scan``), staged: all or nothing. ``moved = (work, final)``: ``output_dir`` is a run's work
+    folder that will become ``final`` (``ptycho_cli.runfolder``); the paths the metadata
+    records are written as their final ones."""
+    if moved is not None:
+        result = dataclasses.replace(result, config=retarget(result.config, *moved))
     with staged(output_dir) as tmp:
         names = [
             p.name for p in write_reconstruction(tmp, result, scan, history=history, title=title)
@@ -62,12 +69,13 @@ def reconstruct_and_write(
     *,
     history: Mapping[str, Sequence[float]] | None = None,
     title: str = "",
+    moved: tuple[Path, Path] | None = None,
 ) -> tuple[Reconstruction, list[Path]]:
     if payload.data is None:
         raise ValueError(f"{payload.bundle_path}: no scan was given to reconstruct")
     result = dispatch.reconstruct(payload, on_backend_loaded=framework_hook)
     written = write_reconstruction_outputs(
-        output_dir, result, payload.data, history=history, title=title
+        output_dir, result, payload.data, history=history, title=title, moved=moved
     )
     return result, written
 

@@ -80,29 +80,60 @@ def _npz_to_product(src: Path, dst: Path, pixel_size_m: float | None) -> str:
     return f"{scan.M} positions, probe {scan.N}×{scan.N}, {obj}, pixel {pixel:g} m"
 
 
-def _read_diffraction(path: Path) -> np.ndarray:
+def _read_diffraction(path: Path, intensity: bool = False) -> np.ndarray:
+    """The ``(M, N, N)`` stack of ``path`` (``.npy``, or ``.npz`` key ``diffraction``/``diff3d``)
+    as amplitudes (square roots when ``intensity``). Every problem with the file — not a
+    .npy/.npz, no such key, not a finite non-negative real ``(M, N, N)`` stack — is a
+    :class:`~ptycho_core.errors.DataContractError` naming ``path`` (never the product)."""
+    from ptycho_cli.outputs import describe_non_archive
+    from ptycho_core.errors import DataContractError
+
     if not path.is_file():
         raise FileNotFoundError(f"{path}: diffraction file not found")
+    kind = describe_non_archive(path)
+    if kind is not None and not kind.startswith("a .npy"):
+        raise DataContractError(f"{path}: not a .npy or .npz file ({kind.split(',')[0]})")
+    key = "array"
     try:
         with open(path, "rb") as fh:
             loaded = np.load(fh, allow_pickle=False)
             if isinstance(loaded, np.ndarray):
-                return loaded
-            with loaded:
-                for key in ("diffraction", "diff3d"):
-                    if key in loaded.files:
-                        return loaded[key]
-                raise ValueError(
-                    f"{path}: no 'diffraction' (or 'diff3d') key; keys present: "
-                    f"{sorted(loaded.files)}"
-                )
-    except ValueError:
+                diff = loaded
+            else:
+                with loaded:
+                    found = [k for k in ("diffraction", "diff3d") if k in loaded.files]
+                    if not found:
+                        raise DataContractError(
+                            f"{path}: no 'diffraction' (or 'diff3d') key; keys present: "
+                            f"{sorted(loaded.files)}"
+                        )
+                    key = found[0]
+                    diff = loaded[key]
+    except DataContractError:
         raise
     except Exception as exc:  # numpy reports damage with many types
-        raise ValueError(f"{path}: not a readable .npy/.npz file ({exc})") from exc
+        raise DataContractError(
+            f"{path}: not a readable .npy/.npz file ({type(exc).__name__}: {exc})"
+        ) from exc
+    what = f"{path}: key '{key}'" if key != "array" else f"{path}"
+    if diff.dtype.kind not in "fiu" or diff.ndim != 3 or 0 in diff.shape:
+        raise DataContractError(
+            f"{what}: expected a real (M, N, N) diffraction stack, got {diff.dtype} {diff.shape}"
+        )
+    if diff.shape[1] != diff.shape[2]:
+        raise DataContractError(f"{what}: patterns must be square (N, N), got {diff.shape[1:]}")
+    bad = int((~np.isfinite(diff)).sum())
+    if bad:
+        raise DataContractError(f"{what}: {bad} NaN or infinite value(s)")
+    if (diff < 0).any():
+        kind_of = "intensities" if intensity else "amplitudes"
+        raise DataContractError(f"{what}: negative values (expected {kind_of} >= 0)")
+    diff = diff.astype(np.float32)
+    return np.sqrt(diff) if intensity else diff
 
 
 def _product_to_npz(src: Path, dst: Path, diffraction: Path | None, intensity: bool) -> str:
+    from ptycho_core.errors import DataContractError
     from ptycho_core.io import ScanData, product_positions_px, read_product, save_npz
 
     if diffraction is None:
@@ -111,20 +142,21 @@ def _product_to_npz(src: Path, dst: Path, diffraction: Path | None, intensity: b
             "--diffraction FILE (.npy or .npz)"
         )
     product = read_product(src)
-    diff = np.asarray(_read_diffraction(diffraction))
-    if intensity:
-        if np.any(diff < 0):
-            raise ValueError(f"{diffraction}: negative intensities")
-        diff = np.sqrt(diff)
+    diff = _read_diffraction(diffraction, intensity)
     pos = product_positions_px(product)
-    if diff.ndim != 3 or diff.shape[0] != pos.shape[0]:
-        raise ValueError(
+    if diff.shape[0] != pos.shape[0]:
+        raise DataContractError(
             f"{diffraction}: expected ({pos.shape[0]}, N, N) patterns (one per "
-            f"position of {src.name}), got shape {diff.shape}"
+            f"position of {src}), got shape {diff.shape}"
         )
     probe = np.asarray(product.probe)
     while probe.ndim > 2 and probe.shape[0] == 1:
         probe = probe[0]
+    if probe.ndim == 2 and probe.shape != diff.shape[1:]:
+        raise DataContractError(
+            f"{diffraction}: patterns of {diff.shape[1]}×{diff.shape[2]} do not match the "
+            f"{probe.shape[0]}×{probe.shape[1]} probe of {src} (dataset 'probe')"
+        )
     scan = ScanData(
         diffraction=diff,
         xcoords=pos[:, 0],
@@ -140,9 +172,16 @@ def _product_to_npz(src: Path, dst: Path, diffraction: Path | None, intensity: b
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    from ptycho_cli.outputs import check_output_file
+
     src, dst = Path(args.input), Path(args.output)
     if not src.is_file():
         raise FileNotFoundError(f"{src}: input file not found")
+    direction_ok = (src.suffix == ".npz" and dst.suffix in _H5) or (
+        src.suffix in _H5 and dst.suffix == ".npz"
+    )
+    if direction_ok:
+        check_output_file(dst)  # before reading anything (specs/cli.md)
     if src.suffix == ".npz" and dst.suffix in _H5:
         what = _npz_to_product(src, dst, args.pixel_size_m)
     elif src.suffix in _H5 and dst.suffix == ".npz":

@@ -96,6 +96,12 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="toy size (N=32, 160 positions, 1 epoch): checks the pipeline in seconds",
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a training run in DIR (a previous demo is always replaced; files are "
+        "replaced only when the new demo completes)",
+    )
+    p.add_argument(
         "--backend",
         choices=BACKEND_CHOICES,
         default=None,
@@ -181,6 +187,41 @@ def split_spatially(positions: np.ndarray, N: int) -> tuple[np.ndarray, np.ndarr
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    from ptycho_cli import interrupts
+    from ptycho_cli.outputs import check_output_dir
+    from ptycho_cli.runfolder import DEMO_NAMES, RUN_INFO, RunFolder, read_run_info
+
+    out = check_output_dir(args.output_dir)
+    with RunFolder(out, NAME, DEMO_NAMES) as rf:
+        unfinished = read_run_info(rf.work / RUN_INFO) if rf.has_unfinished() else {}
+        previous_demo = read_run_info(out / RUN_INFO).get("command") == NAME or (
+            (out / DEMO_PNG).exists() and not (out / RUN_INFO).exists()
+        )
+        own = previous_demo and unfinished.get("command", NAME) == NAME
+        rf.check_free(overwrite=bool(args.overwrite or own))
+        work = rf.start()
+        try:
+            rf.write_info({"settings": dataclasses.asdict(_settings(args)), "seed": args.seed})
+            code, lines = _run_demo(args, console, work, out)
+            rf.commit()
+        except BaseException:
+            if rf.committed:  # the signal came during the final renames: the demo is complete
+                interrupts.add_note(f"the demo in {out} had completed")
+                raise
+            rf.abandon(keep_if_resumable=False)
+            if interrupts.received() is not None:
+                interrupts.add_note(f"{out} is unchanged")
+            raise
+    for line in lines:
+        console.result(line)
+    return code
+
+
+def _run_demo(
+    args: argparse.Namespace, console: Console, work: Path, out: Path
+) -> tuple[int, list[str]]:
+    """The demo in the work folder ``work`` of the run folder ``out`` (paths recorded and
+    printed are ``out``'s); returns the exit code and the result lines to print."""
     from ptycho_cli import dispatch, factories, figures
     from ptycho_cli.commands._run import (
         framework_hook,
@@ -189,12 +230,12 @@ def run(args: argparse.Namespace, console: Console) -> int:
     )
     from ptycho_cli.commands.evaluate import metric_lines, score_and_write
     from ptycho_cli.outputs import staged
+    from ptycho_cli.runfolder import retarget_bundle
     from ptycho_core.io import save_npz
     from ptycho_core.simulation import simulate_scan
 
     start = time.perf_counter()
     s = _settings(args)
-    out = Path(args.output_dir)
 
     console.stage(
         f"simulating {s.n_positions} diffraction patterns ({s.N}×{s.N}, "
@@ -217,7 +258,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             f"too few positions for the demo split ({len(train_idx)} train, "
             f"{len(test_idx)} held out); raise --n-positions"
         )
-    with staged(out) as tmp:
+    with staged(work) as tmp:
         save_npz(tmp / "train.npz", scan.subset(train_idx), nphotons=s.nphotons)
         save_npz(tmp / "test.npz", scan.subset(test_idx), nphotons=s.nphotons)
     t_sim = time.perf_counter() - start
@@ -234,8 +275,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         overrides["backend"] = args.backend
     overrides.update(science_overrides(args, console))
     payload = factories.create_training_payload(
-        out / "train.npz",
-        out,
+        work / "train.npz",
+        work,
         config_file=args.config,
         overrides=overrides,
         execution_config=execution_from_args(args, console),
@@ -248,20 +289,25 @@ def run(args: argparse.Namespace, console: Console) -> int:
     trained = dispatch.train(payload, on_backend_loaded=framework_hook)
     t_train = time.perf_counter() - start - t_sim
     history = trained.history
-    written = write_training_outputs(out, trained)
+    retarget_bundle(trained.bundle_path, work, out)
+    written = write_training_outputs(work, trained)
 
     console.stage(f"reconstructing the {len(test_idx)} held-out patterns (right half) …")
     inf = factories.create_inference_payload(
-        trained.bundle_path, out / "test.npz", out, execution_config=payload.execution
+        trained.bundle_path, work / "test.npz", work, execution_config=payload.execution
     )
     rec, files = reconstruct_and_write(
-        inf, out, history=history, title="held-out reconstruction (right half of the scan)"
+        inf,
+        work,
+        history=history,
+        title="held-out reconstruction (right half of the scan)",
+        moved=(work, out),
     )
     written += files
     t_infer = time.perf_counter() - start - t_sim - t_train
 
     metrics, files, cmp = score_and_write(
-        out,
+        work,
         rec.object,
         rec.coverage,
         rec.origin,
@@ -279,7 +325,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         },
     )
     written += files
-    with staged(out) as tmp:
+    with staged(work) as tmp:
         figures.demo_figure(
             tmp / DEMO_PNG,
             cmp.truth,
@@ -294,22 +340,18 @@ def run(args: argparse.Namespace, console: Console) -> int:
             title=f"ptycho demo ({backend}, N={s.N}, {payload.config.nepochs} epochs, "
             f"{len(train_idx)} training patterns): held-out half vs ground truth",
         )
-    written.append(out / DEMO_PNG)
+    written.append(work / DEMO_PNG)
 
     total = time.perf_counter() - start
-    console.result(
+    lines = [
         f"ptycho demo: {backend} backend, trained on {len(train_idx)} patterns, "
-        f"reconstructed {len(test_idx)} held-out patterns"
-    )
-    console.result(
+        f"reconstructed {len(test_idx)} held-out patterns",
         f"time: simulate {t_sim:.1f} s, train {t_train:.1f} s, reconstruct "
-        f"{t_infer:.1f} s, total {total:.1f} s"
-    )
-    console.result("held-out reconstruction vs ground truth:")
-    for line in metric_lines(metrics):
-        console.result(f"  {line}")
-    console.result(f"summary figure: {out / DEMO_PNG}")
-    console.result("all outputs:")
-    for path in written:
-        console.result(f"  {path}")
-    return 0
+        f"{t_infer:.1f} s, total {total:.1f} s",
+        "held-out reconstruction vs ground truth:",
+        *(f"  {line}" for line in metric_lines(metrics)),
+        f"summary figure: {out / DEMO_PNG}",
+        "all outputs:",
+        *(f"  {out / Path(p).relative_to(work)}" for p in written),
+    ]
+    return 0, lines

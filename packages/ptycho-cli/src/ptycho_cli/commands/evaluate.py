@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ptycho_cli.commands._common import non_negative_int
 from ptycho_cli.console import Console
 
 NAME = "evaluate"
@@ -44,7 +45,7 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--margin",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="PX",
         help="leave out PX pixels at the rim of the covered region (default 0)",
@@ -53,19 +54,35 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def load_truth(path: Path) -> np.ndarray:
-    """The ground-truth object ``(H, W)`` complex from a scan .npz or a product .h5."""
+    """The ground-truth object ``(H, W)`` complex from a scan .npz (key ``objectGuess``) or a
+    product .h5 (dataset ``object``, first layer). A missing, empty, non-2-D or entirely
+    non-finite object is a :class:`~ptycho_core.errors.DataContractError` naming file and key."""
+    from ptycho_core.errors import DataContractError
+
     if not path.is_file():
         raise FileNotFoundError(f"{path}: ground-truth file not found")
     if path.suffix in (".h5", ".hdf5"):
         from ptycho_core.io import read_product
 
-        return np.asarray(read_product(path).object[0])
-    from ptycho_core.io import load_npz
+        key = "object"
+        obj = np.asarray(read_product(path).object)
+        obj = obj[0] if obj.ndim == 3 else obj
+    else:
+        from ptycho_core.io import load_npz
 
-    scan = load_npz(path)
-    if scan.object is None:
-        raise ValueError(f"{path}: no ground truth: key 'objectGuess' is missing")
-    return np.asarray(scan.object)
+        key = "objectGuess"
+        scan = load_npz(path)
+        if scan.object is None:
+            raise DataContractError(f"{path}: no ground truth: key 'objectGuess' is missing")
+        obj = np.asarray(scan.object)
+    if obj.ndim != 2 or 0 in obj.shape or obj.dtype.kind not in "fc":
+        raise DataContractError(
+            f"{path}: key '{key}': expected a non-empty (H, W) complex object, got {obj.dtype} "
+            f"{obj.shape}"
+        )
+    if not np.isfinite(obj).any():
+        raise DataContractError(f"{path}: key '{key}': no finite values")
+    return obj
 
 
 def metric_lines(metrics: dict[str, Any]) -> list[str]:
@@ -92,10 +109,11 @@ def score_and_write(
     remove_plane: bool = False,
     margin: int = 0,
     extra: dict[str, Any] | None = None,
+    names: tuple[str, str] = ("the reconstruction", "the ground truth"),
 ) -> tuple[dict[str, Any], list[Path], Any]:
     """Compare the reconstruction ``obj`` ``(H, W)`` complex with ``coverage`` ``(H, W)`` and
     ``origin`` ``(x0, y0)`` object pixels to ``truth``, then write ``metrics.json`` and
-    ``comparison.png`` into ``out_dir`` (staged)."""
+    ``comparison.png`` into ``out_dir`` (staged). ``names`` (recon, truth) label errors."""
     from ptycho_cli import figures
     from ptycho_cli.compare import compare_to_truth
     from ptycho_cli.outputs import COMPARISON_PNG, METRICS_JSON, staged, write_json
@@ -108,6 +126,7 @@ def score_and_write(
         register=register,
         remove_plane=remove_plane,
         margin=margin,
+        names=names,
     )
     record = {
         "metrics": cmp.metrics,
@@ -126,11 +145,11 @@ def score_and_write(
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from ptycho_cli.outputs import read_recon_npz
+    from ptycho_cli.outputs import check_output_dir, read_recon_npz
 
     recon = read_recon_npz(args.recon)
+    out_dir = check_output_dir(args.output_dir or Path(recon["path"]).parent)
     truth = load_truth(args.truth)
-    out_dir = args.output_dir or Path(recon["path"]).parent
     metrics, written, _ = score_and_write(
         out_dir,
         recon["object"],
@@ -141,6 +160,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         remove_plane=args.remove_plane,
         margin=args.margin,
         extra={"recon": str(recon["path"]), "truth": str(args.truth)},
+        names=(str(recon["path"]), str(args.truth)),
     )
     for line in metric_lines(metrics):
         console.result(line)

@@ -7,6 +7,7 @@ never leaves a half-written bundle, NPZ or product file behind (``specs/cli.md``
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -14,6 +15,23 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["atomic_write", "atomic_path"]
+
+
+def _named(exc: OSError, target: Path) -> OSError:
+    """``exc`` re-made to name ``target`` instead of the hidden temporary file (the user never
+    sees the temporary names; ``ptycho: error: <target>: <problem>``)."""
+    if exc.errno == errno.ENOENT and not target.parent.is_dir():
+        strerror = f"folder {target.parent} does not exist"
+    else:
+        strerror = exc.strerror or str(exc)
+    return type(exc)(exc.errno, strerror, str(target))
+
+
+def _mkstemp(target: Path, folder: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    try:
+        return tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    except OSError as exc:
+        raise _named(exc, target) from exc
 
 
 @contextlib.contextmanager
@@ -32,8 +50,9 @@ def atomic_write(
         Passed to :func:`open` (e.g. ``newline``).
 
     On any exception inside the ``with`` block the temporary file is removed, the target is left
-    untouched and the exception propagates. The temporary name starts with ``.<name>.`` and ends
-    with ``.tmp`` so it is easy to recognise.
+    untouched and the exception propagates. An ``OSError`` creating or renaming the temporary
+    file names ``path`` (not the temporary name). The temporary name starts with ``.<name>.``
+    and ends with ``.tmp`` so it is easy to recognise.
     """
     if mode not in ("w", "wb", "wt", "w+b", "wb+", "w+"):
         raise ValueError(f"atomic_write supports write modes only, got mode={mode!r}")
@@ -41,7 +60,7 @@ def atomic_write(
     folder = target.parent if str(target.parent) else Path(".")
     if "b" not in mode:
         open_kwargs.setdefault("encoding", "utf-8")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    fd, tmp_name = _mkstemp(target, folder, f".{target.name}.", ".tmp")
     try:
         with os.fdopen(fd, mode, **open_kwargs) as handle:
             yield handle
@@ -51,7 +70,10 @@ def atomic_write(
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, target)
+        try:
+            os.replace(tmp_name, target)
+        except OSError as exc:  # e.g. the target is a folder
+            raise _named(exc, target) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
@@ -72,7 +94,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     folder = target.parent if str(target.parent) else Path(".")
     if suffix is None:
         suffix = "".join(target.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp.", suffix=suffix, dir=folder)
+    fd, tmp_name = _mkstemp(target, folder, f".{target.name}.tmp.", suffix)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -82,7 +104,10 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise _named(exc, target) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -1,20 +1,27 @@
 """NPZ scan files, the DATA-001 contract (``specs/data-contracts.md``).
 
-``load_npz`` never unpickles: ``np.load(allow_pickle=False)``; an object array in the file is a
-:class:`~ptycho_core.errors.DataContractError`. ``save_npz`` writes atomically.
+``load_npz`` never unpickles and never trusts the archive: :func:`read_npz_arrays` reads each
+``.npy`` header with numpy's header parser (whatever it raises is mapped), refuses object
+(pickled) dtypes, checks the data size against the header before allocating, and caps what a
+file may decompress to (:func:`expansion_limit`). Every failure is a
+:class:`~ptycho_core.errors.DataContractError` naming the file and the key.
+``save_npz`` writes atomically.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import warnings
 import zipfile
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npformat
 
 from ptycho_core.__about__ import __version__
 from ptycho_core._jsonutil import json_default
@@ -22,7 +29,18 @@ from ptycho_core.errors import DataContractError
 from ptycho_core.io._atomic import atomic_write
 from ptycho_core.io.scan import ScanData, check_enough_patterns, contract_error
 
-__all__ = ["load_npz", "save_npz", "METADATA_KEY", "NPZ_KEYS"]
+__all__ = [
+    "load_npz",
+    "save_npz",
+    "read_npz_arrays",
+    "expansion_limit",
+    "describe_file",
+    "METADATA_KEY",
+    "NPZ_KEYS",
+    "OPTIONAL_KEYS",
+    "EXPANSION_FLOOR_BYTES",
+    "EXPANSION_RATIO",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,63 +59,225 @@ NPZ_KEYS = (
     "Y",
     METADATA_KEY,
 )
+#: Keys ``load_npz(skip=...)`` may leave unread (inference does not need ``Y``).
+OPTIONAL_KEYS = (
+    "objectGuess",
+    "xcoords_start",
+    "ycoords_start",
+    "scan_index",
+    "Y",
+    METADATA_KEY,
+)
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Read every member of the NPZ eagerly, mapping low-level failures to DataContractError."""
+#: Decompression guard (``specs/data-contracts.md``): the arrays read from one file may expand
+#: to at most ``max(EXPANSION_FLOOR_BYTES, EXPANSION_RATIO × the file's size on disk)`` bytes.
+#: Uncompressed files always pass (their arrays are no larger than the file); a small deflated
+#: file cannot claim gigabytes of memory.
+EXPANSION_FLOOR_BYTES = 1 << 30
+EXPANSION_RATIO = 64
+#: More entries than this is not a scan (a scan has at most 11 keys).
+MAX_NPZ_ENTRIES = 1024
+_READ_CHUNK = 1 << 20
+_NPY_MAGIC = b"\x93NUMPY"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def expansion_limit(file_size: int, max_expanded_bytes: int | None = None) -> int:
+    """Bytes a reader may decompress from a file of ``file_size`` bytes (the decompression
+    guard); ``max_expanded_bytes`` replaces the rule with an explicit limit."""
+    if max_expanded_bytes is not None:
+        return int(max_expanded_bytes)
+    return max(EXPANSION_FLOOR_BYTES, EXPANSION_RATIO * int(file_size))
+
+
+def describe_file(head: bytes) -> str:
+    """A short description of a file that is not a zip archive, from its first bytes."""
+    if not head:
+        return "an empty file"
+    if head.startswith(_NPY_MAGIC):
+        return (
+            "a single .npy array (numpy.save); a scan is an .npz archive of named arrays "
+            "(numpy.savez(path, diffraction=..., xcoords=..., ycoords=..., probeGuess=...))"
+        )
+    if head.startswith(_HDF5_MAGIC):
+        return (
+            "an HDF5 file (a Ptychodus product becomes a scan with `ptycho convert`, "
+            "given its diffraction data)"
+        )
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "a zip archive (an .npz scan or a model bundle?)"
+    if head.startswith(b"\x1f\x8b"):
+        return "a gzip file"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle (never loaded: unpickling can run code)"
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise DataContractError(
-                    f"{path}: expected an .npz archive (a zip of .npy arrays), "
-                    "got a single .npy array"
+        text: str | None = head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a character cut at the end of ``head`` is still text
+        text = head[: exc.start].decode("utf-8") if exc.start >= len(head) - 3 else None
+    if text is not None and all(c.isprintable() or c in "\t\r\n" for c in text):
+        return "a text file"
+    return f"an unrecognised binary file (first bytes {head[:8]!r})"
+
+
+def read_npz_arrays(
+    path: str | os.PathLike[str],
+    keys: Collection[str] | None = None,
+    *,
+    max_expanded_bytes: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Read named arrays from an ``.npz`` archive safely (never unpickles, never trusts sizes).
+
+    Parameters
+    ----------
+    path:
+        The ``.npz`` file (a zip of ``<key>.npy`` members, as ``numpy.savez`` writes).
+    keys:
+        The keys to read (absent ones are skipped); None reads every member.
+    max_expanded_bytes:
+        Replaces the decompression guard (:func:`expansion_limit`) with an explicit limit on the
+        summed size of the arrays read.
+
+    Returns
+    -------
+    dict
+        key → array, as stored (dtype, shape, byte order).
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError, PermissionError
+        The file cannot be opened.
+    DataContractError
+        Anything else: not a zip archive (the message says what the file is), a damaged archive
+        or ``.npy`` header, an object (pickled) or non-numeric dtype, a member whose data size
+        disagrees with its header, too many entries, or arrays that would expand beyond the
+        decompression guard. The message names the file and, when one is at fault, the key.
+    """
+    wanted = None if keys is None else list(keys)
+
+    def select(present: list[str]) -> list[str]:
+        return present if wanted is None else [k for k in wanted if k in present]
+
+    return _read_npz(Path(path), select, max_expanded_bytes)
+
+
+def _read_npz(
+    p: Path, select: Callable[[list[str]], list[str]], max_expanded_bytes: int | None
+) -> dict[str, np.ndarray]:
+    """Open ``p`` and read the keys ``select(present keys)``; see :func:`read_npz_arrays`."""
+    with open(p, "rb") as fh:
+        head = fh.read(512)
+        fh.seek(0)
+        if not head.startswith(b"PK") and not zipfile.is_zipfile(fh):
+            raise DataContractError(
+                f"{p}: expected an .npz archive (a zip of .npy arrays), got {describe_file(head)}"
+            )
+        limit = expansion_limit(os.fstat(fh.fileno()).st_size, max_expanded_bytes)
+        try:
+            with zipfile.ZipFile(fh) as zf:
+                return _read_members(zf, p, select, limit)
+        except DataContractError:
+            raise
+        except Exception as exc:  # zipfile/zlib report damage with many types
+            raise DataContractError(
+                f"{p}: not a valid .npz archive, damaged or truncated ({type(exc).__name__}: {exc})"
+            ) from exc
+
+
+def _read_members(
+    zf: zipfile.ZipFile, path: Path, select: Callable[[list[str]], list[str]], limit: int
+) -> dict[str, np.ndarray]:
+    infos = zf.infolist()
+    if len(infos) > MAX_NPZ_ENTRIES:
+        raise DataContractError(
+            f"{path}: {len(infos)} archive entries (more than {MAX_NPZ_ENTRIES}); not a scan"
+        )
+    by_key: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        # numpy's naming: member "<key>.npy" holds array <key>
+        key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        if key in by_key:
+            raise DataContractError(f"{path}: key {key!r}: expected one entry, got duplicates")
+        by_key[key] = info
+    wanted = select(list(by_key))
+    total = sum(by_key[k].file_size for k in wanted)
+    if total > limit:
+        big = max(wanted, key=lambda k: by_key[k].file_size)
+        raise contract_error(
+            path,
+            big,
+            f"arrays that decompress to at most {limit} bytes in all (decompression guard: "
+            f"max({EXPANSION_FLOOR_BYTES / 2**30:g} GiB, {EXPANSION_RATIO} × the file size); "
+            "save the scan uncompressed with numpy.savez, or pass max_expanded_bytes to "
+            "load_npz)",
+            f"{total} bytes ({by_key[big].file_size} for {big!r})",
+        )
+    return {k: _read_member(zf, by_key[k], path, k) for k in wanted}
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, key: str) -> np.ndarray:
+    """One ``.npy`` member: header checked against the entry size before any allocation."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise contract_error(
+            path,
+            key,
+            "a stored or deflated entry (as numpy writes)",
+            f"compression method {info.compress_type}",
+        )
+    part = "entry"
+    try:
+        with zf.open(info) as fp:
+            part = ".npy header"
+            version = npformat.read_magic(fp)
+            if version == (1, 0):
+                shape, fortran, dtype = npformat.read_array_header_1_0(fp)
+            elif version == (2, 0):
+                shape, fortran, dtype = npformat.read_array_header_2_0(fp)
+            else:
+                raise contract_error(path, key, ".npy format version 1.0 or 2.0", str(version))
+            if dtype.hasobject:
+                raise contract_error(
+                    path,
+                    key,
+                    "a plain numeric array",
+                    "an object (pickled) array, which is never loaded from data files",
                 )
-            out = {}
-            for key in npz.files:
-                try:
-                    out[key] = npz[key]
-                except ValueError as exc:
-                    if "pickle" in str(exc).lower() or "object" in str(exc).lower():
-                        raise contract_error(
-                            path,
-                            key,
-                            "a plain numeric array",
-                            "an object (pickled) array, which is never loaded from data files",
-                        ) from exc
-                    raise contract_error(path, key, "a readable .npy member", str(exc)) from exc
-            return out
-    except FileNotFoundError:
-        raise
-    except IsADirectoryError:
-        raise
+            if dtype.kind not in "biufcUS" or dtype.fields is not None or dtype.subdtype:
+                raise contract_error(path, key, "a plain numeric array", f"dtype {dtype}")
+            if any(d < 0 for d in shape):
+                raise contract_error(path, key, "non-negative dimensions", f"shape {shape}")
+            count = math.prod(shape)
+            nbytes = count * dtype.itemsize
+            stored = info.file_size - fp.tell()
+            if nbytes != stored:
+                raise contract_error(
+                    path,
+                    key,
+                    f"{nbytes} bytes of data for shape {shape} dtype {dtype}",
+                    f"{stored} bytes (damaged or truncated entry)",
+                )
+            part = "array data"
+            array = np.empty(count, dtype=dtype)
+            if nbytes:
+                raw = array.view(np.uint8)  # filled in chunks: no second copy of the data
+                pos = 0
+                while pos < nbytes:
+                    chunk = fp.read(min(_READ_CHUNK, nbytes - pos))
+                    if not chunk:
+                        raise EOFError(f"entry ends after {pos} of {nbytes} data bytes")
+                    raw[pos : pos + len(chunk)] = np.frombuffer(chunk, np.uint8)
+                    pos += len(chunk)
+            if fp.read(1):  # reaching the end also makes zipfile check the CRC-32
+                raise ValueError("more data than the header declares")
     except DataContractError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
-        raise DataContractError(f"{path}: not a valid .npz archive ({exc})") from exc
-    except (
-        ValueError,
-        OSError,
-        EOFError,
-        KeyError,
-        RuntimeError,
-        TypeError,
-        NotImplementedError,
-        AttributeError,
-        MemoryError,
-        IndexError,
-        OverflowError,
-        UnicodeDecodeError,
-    ) as exc:
-        # np.load raises ValueError for pickled data and unknown magic, zipfile raises
-        # BadZipFile/EOFError/OSError/NotImplementedError on damage, the .npy header parser
-        # raises ValueError/SyntaxError-derived errors. All of them mean: this is not a valid scan.
-        raise DataContractError(
-            f"{path}: not a valid .npz scan file ({type(exc).__name__}: {exc})"
+    except Exception as exc:  # damaged headers raise ValueError, SyntaxError, TokenError, ...
+        raise contract_error(
+            path, key, "a valid .npy array", f"a damaged {part} ({type(exc).__name__}: {exc})"
         ) from exc
-    except SyntaxError as exc:  # a damaged .npy header is parsed with ast.literal_eval
-        raise DataContractError(
-            f"{path}: not a valid .npz scan file (bad .npy header: {exc})"
-        ) from exc
+    if fortran:
+        return array.reshape(shape[::-1]).transpose()
+    return array.reshape(shape)
 
 
 def _metadata(arrays: dict[str, np.ndarray], path: Path) -> dict[str, Any]:
@@ -115,12 +295,26 @@ def _metadata(arrays: dict[str, np.ndarray], path: Path) -> dict[str, Any]:
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as exc:
+        meta = json.loads(text, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
         raise contract_error(path, METADATA_KEY, "a JSON object", f"invalid JSON ({exc})") from exc
     if not isinstance(meta, dict):
         raise contract_error(path, METADATA_KEY, "a JSON object", type(meta).__name__)
+    nphotons = meta.get("nphotons")
+    if nphotons is not None and not (
+        isinstance(nphotons, int | float)
+        and not isinstance(nphotons, bool)
+        and math.isfinite(nphotons)
+        and nphotons > 0
+    ):
+        raise contract_error(
+            path, f"{METADATA_KEY}.nphotons", "null or a finite number > 0", repr(nphotons)
+        )
     return meta
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number")
 
 
 def _maybe_transpose(diff: np.ndarray, m_coords: int | None, path: Path) -> np.ndarray:
@@ -141,7 +335,13 @@ def _maybe_transpose(diff: np.ndarray, m_coords: int | None, path: Path) -> np.n
     return diff
 
 
-def load_npz(path: str | os.PathLike[str], *, min_patterns: int | None = None) -> ScanData:
+def load_npz(
+    path: str | os.PathLike[str],
+    *,
+    min_patterns: int | None = None,
+    skip: Collection[str] = (),
+    max_expanded_bytes: int | None = None,
+) -> ScanData:
     """Read a scan file (DATA-001) into a validated :class:`ScanData`.
 
     Parameters
@@ -150,6 +350,11 @@ def load_npz(path: str | os.PathLike[str], *, min_patterns: int | None = None) -
         The ``.npz`` file.
     min_patterns:
         When given, fewer patterns than this is a :class:`DataContractError` (e.g. ``gridsize**2``).
+    skip:
+        Optional keys (:data:`OPTIONAL_KEYS`) not to read, e.g. ``("Y",)`` for inference, which
+        never uses the ground-truth patches (``(M, N, N)`` complex64, twice the diffraction).
+    max_expanded_bytes:
+        Replaces the decompression guard (:func:`expansion_limit`).
 
     Raises
     ------
@@ -160,9 +365,24 @@ def load_npz(path: str | os.PathLike[str], *, min_patterns: int | None = None) -
         non-zip file and pickled (object) arrays.
     """
     p = Path(path)
+    bad_skip = sorted(set(skip) - set(OPTIONAL_KEYS))
+    if bad_skip:
+        raise ValueError(f"skip: {bad_skip} are not optional keys; allowed: {OPTIONAL_KEYS}")
     if not p.exists():
         raise FileNotFoundError(f"scan file not found: {p}")
-    arrays = _read_arrays(p)
+    in_file: list[str] = []
+
+    def select(present: list[str]) -> list[str]:
+        in_file.extend(sorted(present))
+        unknown = sorted(set(present) - set(NPZ_KEYS))
+        if unknown:
+            logger.debug("%s: ignoring keys not in the contract: %s", p, unknown)
+        keys = [k for k in NPZ_KEYS if k in present and k not in skip]
+        if "diffraction" in keys and "diff3d" in keys:
+            keys.remove("diff3d")  # the legacy key is read only when 'diffraction' is absent
+        return keys
+
+    arrays = _read_npz(p, select, max_expanded_bytes)
     if "diffraction" in arrays:
         diff_key = "diffraction"
     elif "diff3d" in arrays:
@@ -171,17 +391,11 @@ def load_npz(path: str | os.PathLike[str], *, min_patterns: int | None = None) -
     else:
         raise DataContractError(
             f"{p}: missing diffraction data: expected key 'diffraction' (or legacy 'diff3d'); "
-            f"keys present: {sorted(arrays)}"
+            f"keys present: {in_file}"
         )
     missing = [k for k in ("xcoords", "ycoords", "probeGuess") if k not in arrays]
     if missing:
-        raise DataContractError(
-            f"{p}: missing required key(s) {missing}; keys present: {sorted(arrays)}"
-        )
-    unknown = sorted(set(arrays) - set(NPZ_KEYS))
-    if unknown:
-        logger.debug("%s: ignoring keys not in the contract: %s", p, unknown)
-
+        raise DataContractError(f"{p}: missing required key(s) {missing}; keys present: {in_file}")
     diff = arrays[diff_key]
     if np.iscomplexobj(diff):
         raise contract_error(
@@ -250,7 +464,9 @@ def save_npz(
         "xcoords_start": np.asarray(scan.xcoords_start, dtype=np.float64),
         "ycoords_start": np.asarray(scan.ycoords_start, dtype=np.float64),
         "scan_index": np.asarray(scan.scan_index, dtype=np.int64),
-        METADATA_KEY: np.array(json.dumps(meta, sort_keys=True, default=json_default)),
+        METADATA_KEY: np.array(
+            json.dumps(meta, sort_keys=True, allow_nan=False, default=json_default)
+        ),
     }
     if scan.object is not None:
         arrays["objectGuess"] = np.asarray(scan.object, dtype=np.complex64)

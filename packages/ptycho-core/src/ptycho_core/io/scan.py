@@ -53,10 +53,28 @@ def _as_complex(value: Any, key: str, source: object) -> np.ndarray:
     return a.astype(np.complex64, copy=False)
 
 
+#: Elements per chunk of the whole-array checks: their boolean temporaries stay small (4 MiB)
+#: however large the stack (``specs/data-contracts.md``, bounded reader memory).
+_CHECK_ELEMS = 1 << 22
+
+
+def _chunks(a: np.ndarray) -> list[np.ndarray]:
+    """Views of ``a`` along its first axis of about :data:`_CHECK_ELEMS` elements each."""
+    if a.ndim == 0 or a.size <= _CHECK_ELEMS:
+        return [a]
+    step = max(1, _CHECK_ELEMS // max(1, a.size // a.shape[0]))
+    return [a[i : i + step] for i in range(0, a.shape[0], step)]
+
+
 def _check_finite(a: np.ndarray, key: str, source: object) -> None:
-    if not np.all(np.isfinite(a)):
-        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+    bad = sum(int(c.size - np.count_nonzero(np.isfinite(c))) for c in _chunks(a))
+    if bad:
         raise contract_error(source, key, "finite values", f"{bad} NaN or infinite value(s)")
+
+
+def _check_nonempty(a: np.ndarray, key: str, source: object) -> None:
+    if a.size == 0:
+        raise contract_error(source, key, "a non-empty array", f"empty, shape {tuple(a.shape)}")
 
 
 def _coords(value: Any, key: str, m: int, source: object) -> np.ndarray:
@@ -140,12 +158,13 @@ class ScanData:
         if m == 0:
             raise contract_error(src, "diffraction", "at least one pattern", "M = 0")
         _check_finite(d, "diffraction", src)
-        if np.any(d < 0):
+        negative = sum(int(np.count_nonzero(c < 0)) for c in _chunks(d))
+        if negative:
             raise contract_error(
                 src,
                 "diffraction",
                 "non-negative amplitudes (sqrt of intensity)",
-                f"{int(np.count_nonzero(d < 0))} negative value(s), min {float(d.min()):.4g}",
+                f"{negative} negative value(s), min {float(d.min()):.4g}",
             )
         self.diffraction = d.astype(np.float32, copy=False)
         n = h
@@ -178,6 +197,7 @@ class ScanData:
             obj = _as_complex(self.object, "objectGuess", src)
             if obj.ndim != 2:
                 raise contract_error(src, "objectGuess", "a 2-D array (H, W)", f"shape {obj.shape}")
+            _check_nonempty(obj, "objectGuess", src)
             _check_finite(obj, "objectGuess", src)
             self.object = obj
 
@@ -187,7 +207,11 @@ class ScanData:
             si = np.asarray(self.scan_index)
             if si.dtype == object or not (
                 np.issubdtype(si.dtype, np.integer)
-                or (np.issubdtype(si.dtype, np.floating) and np.all(np.mod(si, 1) == 0))
+                or (
+                    np.issubdtype(si.dtype, np.floating)
+                    and np.all(np.isfinite(si))
+                    and np.all(np.mod(si, 1) == 0)
+                )
             ):
                 raise contract_error(src, "scan_index", "integers", _describe(si))
             if si.shape != (m,):
