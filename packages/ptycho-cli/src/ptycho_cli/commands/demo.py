@@ -1,6 +1,6 @@
 """``ptycho demo``: simulate → train → reconstruct held-out data → score, in a few minutes.
 
-Design (``specs/cli.md``): a scan of the built-in procedural object is split *spatially*. The
+Design (``specs/cli.md``): a scan of the built-in realistic scene is split *spatially*. The
 model trains on the left part of the scan area and reconstructs the right half, which it has
 never seen: training positions stop a guard band of N/4 pixels (beyond the probe's support)
 before the midline, so no training pattern illuminates the held-out region. The held-out
@@ -48,7 +48,8 @@ class DemoSettings:
 
 
 #: The full demo: under two minutes on an idle 2-core CPU with the PyTorch backend (measured
-#: 97 s, held-out amplitude SSIM 0.56). N=32 on a 192-px object (dense positions, ~3 px apart)
+#: 97 s, held-out amplitude SSIM 0.56 on the old procedural scene; on the realistic scene the
+#: network does not yet beat a flat object: benchmarks/README.md). N=32 on a 192-px object (dense positions, ~3 px apart)
 #: learns more per CPU-second than N=64; the network is under-trained at a dozen epochs, so
 #: the epoch budget matters more than the pattern size (specs/cli.md).
 FULL = DemoSettings(
@@ -239,7 +240,7 @@ def _run_demo(
 
     console.stage(
         f"simulating {s.n_positions} diffraction patterns ({s.N}×{s.N}, "
-        f"{s.nphotons:g} photons each) from the procedural object …"
+        f"{s.nphotons:g} photons each) of the realistic scene …"
     )
     scan = simulate_scan(
         N=s.N,
