@@ -49,9 +49,10 @@ class DemoSettings:
 
 #: The full demo: under two minutes on an idle 2-core CPU with the PyTorch backend (measured
 #: 97 s, held-out amplitude SSIM 0.56 on the old procedural scene; on the realistic scene the
-#: network does not yet beat a flat object: benchmarks/README.md). N=32 on a 192-px object (dense positions, ~3 px apart)
-#: learns more per CPU-second than N=64; the network is under-trained at a dozen epochs, so
-#: the epoch budget matters more than the pattern size (specs/cli.md).
+#: network does not yet beat a flat object: benchmarks/README.md). N=32 on a 192-px object
+#: (dense positions, ~3 px apart) learns more per CPU-second than N=64; the network is
+#: under-trained at a dozen epochs, so the epoch budget matters more than the pattern size
+#: (specs/cli.md).
 FULL = DemoSettings(
     N=32,
     n_positions=2400,
