@@ -6,11 +6,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ptycho_core import _refine_ops as ops
-from ptycho_core._refine_problem import IterationInfo, Progress, RefineProblem, SolverOutput
+from ptycho_core._refine_problem import (
+    IterationInfo,
+    Progress,
+    RefineProblem,
+    RunLoop,
+    SolverOutput,
+)
 
 logger = logging.getLogger("ptycho_core.refine")
 
@@ -46,7 +53,7 @@ class NumpySolver:
         return run.full_batch(progress) if problem.full_batch else run.mini_batch(progress)
 
 
-class _NumpyRun:
+class _NumpyRun(RunLoop):
     """One run of :class:`NumpySolver`: the state (canvas, probe, positions) and the steps."""
 
     def __init__(self, problem: RefineProblem) -> None:
@@ -136,14 +143,6 @@ class _NumpyRun:
         self.pos -= np.mean(self.pos - self.p.positions, axis=0)
         self.p.clamp_positions(self.pos)
 
-    def _wants(self, iteration: int) -> tuple[bool, bool]:
-        """Whether ``iteration`` (1-based) updates the probe and the positions."""
-        o = self.o
-        return (
-            o.probe == "refine" and iteration >= o.probe_start,
-            o.positions == "refine" and iteration >= o.positions_start,
-        )
-
     def _record(self, value: float, progress: Progress | None) -> None:
         self.misfits.append(float(value))
         self.secs.append(time.perf_counter() - self.t0)
@@ -167,35 +166,8 @@ class _NumpyRun:
         )
 
     # -- full batch: fixed step, monotone -------------------------------------------------
-    def full_batch(self, progress: Progress | None) -> SolverOutput:
-        """Iteration ``k`` steps by ``β`` along the directions computed at the state of
-        iteration ``k−1``; a step that raises the misfit is undone and ``β`` halved."""
-        m, every = self.p.m, np.arange(self.p.m)
-        beta = self.o.step
-        rejected = 0
-        wp, wx = self._wants(1)
-        cur = self._direction(every, 0, probe=wp, positions=wx, keep=False)
-        self._record(cur.misfit / m, progress)
-        for it in range(1, self.o.iterations + 1):
-            saved = (self.canvas, self.probe, self.pos)
-            b = np.float32(beta)
-            self.canvas = self.canvas - b * cur.obj
-            if cur.probe is not None:
-                self.probe = self.probe - b * cur.probe
-            if cur.shifts is not None:
-                self.pos = self.pos + beta * cur.shifts
-                self._remove_drift()
-            wp, wx = self._wants(it + 1)
-            nxt = self._direction(every, 0, probe=wp, positions=wx, keep=False)
-            if nxt.misfit <= cur.misfit * (1 + 1e-7):
-                cur = nxt
-            else:  # the step raised the misfit: undo it, halve the step
-                self.canvas, self.probe, self.pos = saved
-                beta *= 0.5
-                rejected += 1
-                logger.info("refine iteration %d raised the misfit; step now %.3g", it, beta)
-            self._record(cur.misfit / m, progress)
-        return self._output(cur.misfit / m, rejected)
+    def _object_step(self, beta: float) -> Any:
+        return np.float32(beta)
 
     # -- mini-batches: LSQML step lengths -------------------------------------------------
     def mini_batch(self, progress: Progress | None) -> SolverOutput:

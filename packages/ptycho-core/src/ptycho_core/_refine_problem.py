@@ -387,3 +387,75 @@ def prepare_refinement(
         frame_object=o,
         prepare_s=time.perf_counter() - t0,
     )
+
+
+class RunLoop:
+    """The solver-independent part of a refinement run, shared by the NumPy, torch and TF runs.
+
+    A run supplies its state (``canvas``, ``probe``, ``pos``, the problem ``p`` and options
+    ``o``) and ``_direction``, ``_record``, ``_remove_drift``, ``_output`` and
+    :meth:`_object_step` (β in the array type its canvas takes). This class holds the
+    schedule (:meth:`_wants`) and the fixed-step, monotone full-batch loop (:meth:`full_batch`).
+    """
+
+    p: RefineProblem
+    o: RefineOptions
+    canvas: Any
+    probe: Any
+    pos: Any
+
+    def _direction(
+        self, index: np.ndarray, key: int, *, probe: bool, positions: bool, keep: bool
+    ) -> Any:
+        raise NotImplementedError
+
+    def _record(self, value: float, progress: Progress | None) -> None:
+        raise NotImplementedError
+
+    def _remove_drift(self) -> None:
+        raise NotImplementedError
+
+    def _output(self, final: float, rejected: int) -> SolverOutput:
+        raise NotImplementedError
+
+    def _object_step(self, beta: float) -> Any:
+        """β as the scalar the canvas and probe are multiplied by (e.g. float32)."""
+        return beta
+
+    def _wants(self, iteration: int) -> tuple[bool, bool]:
+        """Whether ``iteration`` (1-based) updates the probe and the positions."""
+        o = self.o
+        return (
+            o.probe == "refine" and iteration >= o.probe_start,
+            o.positions == "refine" and iteration >= o.positions_start,
+        )
+
+    def full_batch(self, progress: Progress | None) -> SolverOutput:
+        """Iteration ``k`` steps by ``β`` along the directions computed at the state of
+        iteration ``k−1``; a step that raises the misfit is undone and ``β`` halved."""
+        m, every = self.p.m, np.arange(self.p.m)
+        beta = self.o.step
+        rejected = 0
+        wp, wx = self._wants(1)
+        cur = self._direction(every, 0, probe=wp, positions=wx, keep=False)
+        self._record(cur.misfit / m, progress)
+        for it in range(1, self.o.iterations + 1):
+            saved = (self.canvas, self.probe, self.pos)
+            b = self._object_step(beta)
+            self.canvas = self.canvas - b * cur.obj
+            if cur.probe is not None:
+                self.probe = self.probe - b * cur.probe
+            if cur.shifts is not None:
+                self.pos = self.pos + beta * cur.shifts
+                self._remove_drift()
+            wp, wx = self._wants(it + 1)
+            nxt = self._direction(every, 0, probe=wp, positions=wx, keep=False)
+            if nxt.misfit <= cur.misfit * (1 + 1e-7):
+                cur = nxt
+            else:  # the step raised the misfit: undo it, halve the step
+                self.canvas, self.probe, self.pos = saved
+                beta *= 0.5
+                rejected += 1
+                logger.info("refine iteration %d raised the misfit; step now %.3g", it, beta)
+            self._record(cur.misfit / m, progress)
+        return self._output(cur.misfit / m, rejected)

@@ -27,6 +27,7 @@ from ptycho_core.refine import (
     RefineOptions,
     RefineProblem,
     RefineResult,
+    RunLoop,
     SolverOutput,
 )
 from ptycho_core.refine import refine as core_refine
@@ -181,7 +182,7 @@ class TorchSolver:
         return run.full_batch(progress) if problem.full_batch else run.mini_batch(progress)
 
 
-class _TorchRun:
+class _TorchRun(RunLoop):
     """Mirror of ``ptycho_core._refine_numpy._NumpyRun`` on tensors."""
 
     def __init__(self, problem: RefineProblem, device: torch.device) -> None:
@@ -281,13 +282,6 @@ class _TorchRun:
         self.pos = self.pos - (self.pos - self.pos0).mean(dim=0)
         self._clamp()
 
-    def _wants(self, iteration: int) -> tuple[bool, bool]:
-        o = self.o
-        return (
-            o.probe == "refine" and iteration >= o.probe_start,
-            o.positions == "refine" and iteration >= o.positions_start,
-        )
-
     def _canvas_numpy(self) -> np.ndarray:
         return self.canvas.detach().cpu().numpy().copy()
 
@@ -315,32 +309,8 @@ class _TorchRun:
             device=str(self.dev),
         )
 
-    def full_batch(self, progress: Progress | None) -> SolverOutput:
-        m, every = self.p.m, np.arange(self.p.m)
-        beta = self.o.step
-        rejected = 0
-        wp, wx = self._wants(1)
-        cur = self._direction(every, 0, probe=wp, positions=wx, keep=False)
-        self._record(cur.misfit / m, progress)
-        for it in range(1, self.o.iterations + 1):
-            saved = (self.canvas, self.probe, self.pos)
-            self.canvas = self.canvas - beta * cur.obj
-            if cur.probe is not None:
-                self.probe = self.probe - beta * cur.probe
-            if cur.shifts is not None:
-                self.pos = self.pos + beta * cur.shifts
-                self._remove_drift()
-            wp, wx = self._wants(it + 1)
-            nxt = self._direction(every, 0, probe=wp, positions=wx, keep=False)
-            if nxt.misfit <= cur.misfit * (1 + 1e-7):
-                cur = nxt
-            else:
-                self.canvas, self.probe, self.pos = saved
-                beta *= 0.5
-                rejected += 1
-                logger.info("refine iteration %d raised the misfit; step now %.3g", it, beta)
-            self._record(cur.misfit / m, progress)
-        return self._output(cur.misfit / m, rejected)
+    def _object_step(self, beta: float) -> Any:
+        return beta
 
     def mini_batch(self, progress: Progress | None) -> SolverOutput:
         n, beta = self.n, float(np.float32(self.o.step))
