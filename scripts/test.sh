@@ -4,11 +4,12 @@
 # TensorFlow and torch into one process).
 #
 # Usage: bash scripts/test.sh [--no-setup | --setup-only] [--lane fast|slow|all]
-#                             [--suite core|torch|tf|all]
+#                             [--suite core|torch|tf|ptychodus|all]
 #   --no-setup    use the caller's environment as it is (e.g. `hatch run test`, .ci/run)
 #   --setup-only  create/update the venv ($PTYCHO_TEST_VENV, default .venv) and stop
 #   --lane        fast: -m "not slow"; slow: -m slow; all (default): every test, one pass
-#   --suite       one pytest process only: core (core + cli + tests/), torch, tf; default all
+#   --suite       one pytest process only: core (core + cli + tests/), torch, tf, ptychodus
+#                 (tests/ptychodus: acceptance against the real Ptychodus 1.7.0); default all
 # Exit status: 0 when every suite passed (a suite with no test in the lane counts as passed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ VENV=${PTYCHO_TEST_VENV:-$ROOT/.venv}
 
 usage() {
   echo "usage: bash scripts/test.sh [--no-setup | --setup-only] [--lane fast|slow|all]" \
-    "[--suite core|torch|tf|all]" >&2
+    "[--suite core|torch|tf|ptychodus|all]" >&2
   exit 2
 }
 setup=1 setup_only=0 lane=all suite=all
@@ -41,7 +42,7 @@ case $lane in
   *) echo "unknown lane: $lane" >&2; usage ;;
 esac
 case $suite in
-  core | torch | tf | all) ;;
+  core | torch | tf | ptychodus | all) ;;
   *) echo "unknown suite: $suite" >&2; usage ;;
 esac
 if [[ $setup -eq 0 && $setup_only -eq 1 ]]; then
@@ -59,7 +60,8 @@ if [[ $setup -eq 1 ]]; then
     -e packages/ptycho-core -e packages/ptycho-torch -e packages/ptycho-tf -e packages/ptycho-cli \
     || { echo "test set-up failed"; exit 1; }
   # Ptychodus, headless, only for the conformance test (its full dependency set is a GUI stack).
-  python -m pip install -q --no-deps ptychodus || echo "warning: ptychodus not installed"
+  # The acceptance suite (tests/ptychodus) fails, not skips, without it: the pin is the contract's version.
+  python -m pip install -q --no-deps "ptychodus==1.7.0" || { echo "test set-up failed (ptychodus)"; exit 1; }
   [[ $setup_only -eq 1 ]] && exit 0
 fi
 
@@ -78,7 +80,8 @@ run_suite() {
   fi
 }
 run_suite core "core + cli (no framework in process)" \
-  packages/ptycho-core/tests packages/ptycho-cli/tests tests
+  packages/ptycho-core/tests packages/ptycho-cli/tests tests --ignore=tests/ptychodus
 run_suite torch "pytorch backend" packages/ptycho-torch/tests
 run_suite tf "tensorflow backend" packages/ptycho-tf/tests
+run_suite ptychodus "ptychodus 1.7.0 acceptance" tests/ptychodus
 exit $status
