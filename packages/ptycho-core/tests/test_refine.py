@@ -94,6 +94,48 @@ def test_residual_is_the_misfit_gradient(noise):
         assert (f0 - f1) == pytest.approx(2 * t * np.sum(np.abs(r) ** 2), rel=0.02)
 
 
+def test_step_lengths_are_the_clipped_least_squares_solution():
+    """``(α_O, α_P)`` minimise ``‖χ − α_O u − α_P v‖²`` (a real least-squares problem on the
+    stacked real and imaginary parts, solved by ``lstsq``), clipped to ``[0, 4]``."""
+    rng = np.random.default_rng(2)
+
+    def cplx() -> np.ndarray:
+        return (rng.normal(size=(5, 8, 8)) + 1j * rng.normal(size=(5, 8, 8))).astype(np.complex64)
+
+    def real(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([a.real.ravel(), a.imag.ravel()]).astype(np.float64)
+
+    u, v = cplx(), cplx()
+    for a_true in ((0.7, 1.9), (2.5, 0.3)):
+        chi = a_true[0] * u + a_true[1] * v + 0.05 * cplx()
+        want = np.linalg.lstsq(np.stack([real(u), real(v)], 1), real(chi), rcond=None)[0]
+        assert ops.step_lengths(chi, u, v) == pytest.approx(tuple(want), rel=1e-4)
+        a_obj, a_probe = ops.step_lengths(chi, u, None)
+        assert a_probe == 0.0
+        assert a_obj == pytest.approx(real(u) @ real(chi) / (real(u) @ real(u)), rel=1e-5)
+    assert ops.step_lengths(-u, u, None) == (0.0, 0.0)  # a negative step is clipped to 0
+    assert ops.step_lengths(9 * u, u, None)[0] == 4.0
+
+
+def test_position_steps_solve_the_linearised_problem():
+    """Per pattern, ``(dx, dy)`` minimise ``‖χ + dx·∂ψ/∂x + dy·∂ψ/∂y‖²`` (``lstsq``), capped."""
+    rng = np.random.default_rng(3)
+    shape = (4, 8, 8)
+    gx, gy, noise = (
+        (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+        for _ in range(3)
+    )
+    shift = rng.uniform(-0.4, 0.4, (4, 2))
+    chi = -(shift[:, 0, None, None] * gx + shift[:, 1, None, None] * gy) + 0.01 * noise
+    got = ops.position_steps(chi, gx, gy, cap=0.5)
+    for m in range(4):
+        a = np.stack([np.concatenate([g[m].real.ravel(), g[m].imag.ravel()]) for g in (gx, gy)])
+        b = -np.concatenate([chi[m].real.ravel(), chi[m].imag.ravel()])
+        np.testing.assert_allclose(got[m], np.linalg.lstsq(a.T, b, rcond=None)[0], rtol=1e-4)
+    np.testing.assert_allclose(got, shift, atol=0.02)
+    assert np.all(np.abs(ops.position_steps(chi * 10, gx, gy, cap=0.5)) <= 0.5)
+
+
 # ----------------------------------------------------------------------------- monotone misfit
 @pytest.mark.parametrize("noise", ["gaussian", "poisson"])
 def test_full_batch_misfit_never_increases(noise):

@@ -1,139 +1,38 @@
-"""The torch refinement solver against the NumPy reference (``specs/refinement.md``): same
-kernels, and the same update on the same inputs to float32 tolerance; ``ptycho refine
---backend pytorch``."""
+"""The torch refinement solver against the NumPy reference (``specs/refinement.md``): the
+shared suite :class:`ptycho_core.testing.RefineSolverConformance` (kernels, the same update on
+the same inputs to float32 tolerance, streaming, ``ptycho refine --backend pytorch``), plus the
+same update on a CUDA device when there is one."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 
-from ptycho_core import _refine_ops as ops
-from ptycho_core.refine import NumpySolver, RefineOptions, prepare_refinement
-from ptycho_core.simulation import simulate_scan
-from ptycho_torch import refine as tr
-
-N = 32
+from ptycho_core.refine import NumpySolver
+from ptycho_core.testing import RefineSolverConformance
+from ptycho_torch.refine import TorchOps, TorchSolver
 
 
-@pytest.fixture(scope="module")
-def scan():
-    return simulate_scan(N=N, n_positions=90, nphotons=1e7, seed=4)
+class TestTorchRefine(RefineSolverConformance):
+    backend_name = "pytorch"
 
+    def solver(self, *, resident_bytes: int | None = None) -> TorchSolver:
+        return TorchSolver("cpu", resident_bytes=resident_bytes)
 
-def _start(scan) -> np.ndarray:
-    o = scan.object
-    blurred = ndimage.gaussian_filter(o.real, 2) + 1j * ndimage.gaussian_filter(o.imag, 2)
-    return (1.7 * blurred).astype(np.complex64)
+    def ops(self) -> TorchOps:
+        return TorchOps(torch.device("cpu"))
 
+    def run_cli(self, argv: list[str]) -> int:
+        from ptycho_cli.main import main
 
-def test_kernels_match_numpy():
-    rng = np.random.default_rng(0)
-    canvas = (rng.normal(size=(80, 90)) + 1j * rng.normal(size=(80, 90))).astype(np.complex64)
-    pos = np.stack([rng.uniform(16, 90 - 17.01, 50), rng.uniform(16, 80 - 17.01, 50)], 1)
-    ct, pt = torch.as_tensor(canvas), torch.as_tensor(pos)
-    np.testing.assert_allclose(
-        tr.extract(ct, pt, N).numpy(), ops.extract(canvas, pos, N), atol=1e-5
-    )
-    q = (rng.normal(size=(50, N, N)) + 1j * rng.normal(size=(50, N, N))).astype(np.complex64)
-    acc_np = np.zeros(canvas.shape, np.complex64)
-    ops.scatter(acc_np, q, pos)
-    acc_t = torch.zeros(canvas.shape, dtype=torch.complex64)
-    tr.scatter(acc_t, torch.as_tensor(q), pt)
-    np.testing.assert_allclose(acc_t.numpy(), acc_np, atol=1e-4)
-    amp = np.abs(q).astype(np.float32) * 0.9
-    for noise in ("poisson", "gaussian"):
-        r_np, f_np = ops.residual(q, amp, noise)
-        r_t, f_t = tr.residual(torch.as_tensor(q), torch.as_tensor(amp), noise)
-        np.testing.assert_allclose(r_t.numpy(), r_np, rtol=1e-5, atol=1e-5)
-        assert f_t == pytest.approx(f_np, rel=1e-5)
+        return main(argv)
 
+    def auto_solver_name(self) -> str:
+        return "pytorch" if torch.cuda.is_available() else "numpy"
 
-CASES = {
-    "mini-batch, poisson": dict(),
-    "mini-batch, probe and positions": dict(probe="refine", positions="refine"),
-    "full batch, gaussian, probe and positions": dict(
-        batch_size=1000, noise="gaussian", probe="refine", positions="refine"
-    ),
-}
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_same_update_as_the_numpy_reference(scan, case):
-    """Three iterations from the same problem: misfits to 1e-4, object, probe and positions to
-    float32 tolerance (relative 1e-3 of their largest value; positions 1e-3 px)."""
-    opts = RefineOptions(iterations=3, probe_start=1, positions_start=1, **CASES[case])
-    wrong = scan.positions + np.random.default_rng(1).normal(0, 0.3, scan.positions.shape)
-    problem = prepare_refinement(_start(scan), scan.diffraction, wrong, scan.probe, options=opts)
-    ref = NumpySolver().solve(problem)
-    out = tr.TorchSolver("cpu").solve(problem)
-    np.testing.assert_allclose(out.misfit, ref.misfit, rtol=1e-4)
-    assert out.final_misfit == pytest.approx(ref.final_misfit, rel=1e-4)
-    assert out.rejected_steps == ref.rejected_steps
-    scale = np.abs(ref.canvas).max()
-    np.testing.assert_allclose(out.canvas, ref.canvas, atol=1e-3 * scale)
-    np.testing.assert_allclose(out.probe, ref.probe, atol=1e-3 * np.abs(ref.probe).max())
-    np.testing.assert_allclose(out.positions, ref.positions, atol=1e-3)
-    assert misfit_fell(ref.misfit)
-
-
-def misfit_fell(misfit) -> bool:
-    return misfit[-1] < 0.5 * misfit[0]
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_same_update_on_the_gpu(scan):
-    opts = RefineOptions(iterations=3)
-    problem = prepare_refinement(
-        _start(scan), scan.diffraction, scan.positions, scan.probe, options=opts
-    )
-    ref = NumpySolver().solve(problem)
-    out = tr.TorchSolver("cuda").solve(problem)
-    assert out.device.startswith("cuda")
-    np.testing.assert_allclose(out.misfit, ref.misfit, rtol=1e-4)
-    np.testing.assert_allclose(out.canvas, ref.canvas, atol=1e-3 * np.abs(ref.canvas).max())
-
-
-def test_patterns_streamed_per_chunk_give_the_same_result(scan, monkeypatch):
-    """A scan larger than RESIDENT_BYTES is moved to the device chunk by chunk."""
-    problem = prepare_refinement(
-        _start(scan),
-        scan.diffraction,
-        scan.positions,
-        scan.probe,
-        options=RefineOptions(iterations=2),
-    )
-    resident = tr.TorchSolver("cpu").solve(problem)
-    monkeypatch.setattr(tr, "RESIDENT_BYTES", 0)
-    streamed = tr.TorchSolver("cpu").solve(problem)
-    np.testing.assert_allclose(streamed.misfit, resident.misfit, rtol=1e-6)
-    np.testing.assert_allclose(
-        streamed.canvas, resident.canvas, atol=1e-6 * np.abs(resident.canvas).max()
-    )
-
-
-def test_cli_refine_with_the_pytorch_solver(scan, tmp_path: Path):
-    from ptycho_cli.main import main
-    from ptycho_cli.outputs import read_recon_npz, write_recon_npz
-    from ptycho_core import physics
-    from ptycho_core.io import save_npz
-    from ptycho_core.stitching import stitch
-    from ptycho_core.workflow import make_result
-
-    save_npz(tmp_path / "scan.npz", scan)
-    st = stitch(physics.extract_patches(_start(scan), scan.positions, N), scan.positions, crop=12)
-    rec = make_result(st, positions=scan.positions, backend="pytorch", config={}, timings={})
-    write_recon_npz(tmp_path / "recon.npz", rec)
-    out = tmp_path / "out"
-    argv = ["refine", str(tmp_path / "recon.npz"), str(tmp_path / "scan.npz"), "-o", str(out)]
-    assert main([*argv, "--iterations", "3", "--quiet", "--backend", "pytorch"]) == 0
-    summary = read_recon_npz(out)["_metadata"]["config"]["refinement"]
-    assert summary["solver"] == "pytorch" and summary["final_misfit"] < summary["initial_misfit"]
-    assert (out / "refine.csv").is_file()
-    # auto: a PyTorch reconstruction is refined by torch on a GPU, by NumPy on a CPU
-    assert main([*argv, "--iterations", "1", "--quiet", "-o", str(tmp_path / "auto")]) == 0
-    summary = read_recon_npz(tmp_path / "auto")["_metadata"]["config"]["refinement"]
-    assert summary["solver"] == ("pytorch" if torch.cuda.is_available() else "numpy")
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+    def test_same_update_on_the_gpu(self, scan):
+        problem = self.problem(scan, iterations=3)
+        out = TorchSolver("cuda").solve(problem)
+        assert out.device.startswith("cuda")
+        self.assert_same_as_reference(out, NumpySolver().solve(problem))

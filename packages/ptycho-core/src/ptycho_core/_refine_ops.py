@@ -14,6 +14,9 @@ The propagator is the unitary centred DFT ``F ψ = fftshift(fft2(ψ)) / N`` of t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from scipy import fft as sp_fft
 
@@ -31,7 +34,11 @@ __all__ = [
     "residual",
     "checkerboard",
     "gradients",
+    "re_dot",
+    "re_dot_each",
+    "solve_position_steps",
     "position_steps",
+    "lsq_step_lengths",
     "step_lengths",
 ]
 
@@ -200,45 +207,62 @@ def gradients(canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return gx, gy
 
 
+def re_dot_each(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``Σ Re(conj(a)·b)`` per pattern, ``(B,)`` float64 from ``(B, N, N)``."""
+    return np.asarray(np.sum(a.real * b.real + a.imag * b.imag, axis=(-2, -1), dtype=np.float64))
+
+
+def re_dot(a: np.ndarray, b: np.ndarray) -> float:
+    """``Σ Re(conj(a)·b)`` over every element, accumulated in float64."""
+    return float(np.sum(a.real * b.real + a.imag * b.imag, dtype=np.float64))
+
+
+def solve_position_steps(hxx: Any, hyy: Any, hxy: Any, bx: Any, by: Any) -> tuple[Any, Any]:
+    """The per-pattern 2×2 Gauss–Newton solve of :func:`position_steps`, damped by 1e-6 of the
+    trace: ``H = [[hxx, hxy], [hxy, hyy]]``, ``b = (bx, by)`` (``(B,)`` float64 arrays of any
+    framework with arithmetic operators), returns ``−H⁻¹ b`` as ``(dx, dy)``."""
+    damp = 1e-6 * (hxx + hyy) + 1e-30
+    hxx, hyy = hxx + damp, hyy + damp
+    det = hxx * hyy - hxy * hxy
+    return -(hyy * bx - hxy * by) / det, -(hxx * by - hxy * bx) / det
+
+
 def position_steps(
     chi: np.ndarray, dpsi_x: np.ndarray, dpsi_y: np.ndarray, cap: float
 ) -> np.ndarray:
     """Gauss–Newton position steps ``(B, 2)`` ``(dx, dy)`` pixels: the ``δ`` minimising
     ``‖χ_m + δ_x ∂ψ_m/∂x + δ_y ∂ψ_m/∂y‖²`` per pattern (a 2×2 solve, damped by 1e-6 of its
     trace), each component clipped to ``±cap``. Inputs ``(B, N, N)`` complex."""
-
-    def re_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.asarray(
-            np.sum(a.real * b.real + a.imag * b.imag, axis=(-2, -1), dtype=np.float64)
-        )
-
-    hxx, hyy, hxy = re_dot(dpsi_x, dpsi_x), re_dot(dpsi_y, dpsi_y), re_dot(dpsi_x, dpsi_y)
-    bx, by = re_dot(dpsi_x, chi), re_dot(dpsi_y, chi)
-    damp = 1e-6 * (hxx + hyy) + 1e-30
-    hxx, hyy = hxx + damp, hyy + damp
-    det = hxx * hyy - hxy * hxy
-    dx = -(hyy * bx - hxy * by) / det
-    dy = -(hxx * by - hxy * bx) / det
+    hxx, hyy, hxy = (
+        re_dot_each(dpsi_x, dpsi_x),
+        re_dot_each(dpsi_y, dpsi_y),
+        re_dot_each(dpsi_x, dpsi_y),
+    )
+    dx, dy = solve_position_steps(hxx, hyy, hxy, re_dot_each(dpsi_x, chi), re_dot_each(dpsi_y, chi))
     return np.asarray(np.clip(np.stack([dx, dy], axis=1), -cap, cap))
 
 
-def step_lengths(
-    chi: np.ndarray, u: np.ndarray, v: np.ndarray | None, max_step: float = 4.0
+def lsq_step_lengths(
+    dot: Callable[[Any, Any], float], chi: Any, u: Any, v: Any, max_step: float = 4.0
 ) -> tuple[float, float]:
     """Least-squares step lengths ``(α_O, α_P)`` minimising ``‖χ − α_O u − α_P v‖²`` over the
-    batch (``u = P·E(ΔO)``, ``v = ΔP·O_m``, ``(B, N, N)`` complex; ``v`` None: object only),
-    each clipped to ``[0, max_step]`` (LSQML, ``specs/refinement.md``)."""
-
-    def re_dot(a: np.ndarray, b: np.ndarray) -> float:
-        return float(np.sum(a.real * b.real + a.imag * b.imag, dtype=np.float64))
-
-    uu, uc = re_dot(u, u), re_dot(u, chi)
+    batch (``u = P·E(ΔO)``, ``v = ΔP·O_m``, ``(B, N, N)`` complex arrays of any framework;
+    ``v`` None: object only), each clipped to ``[0, max_step]`` (LSQML,
+    ``specs/refinement.md``). ``dot(a, b)``: ``Σ Re(conj(a)·b)`` as a float."""
+    uu, uc = dot(u, u), dot(u, chi)
     if v is None:
         a_obj = uc / uu if uu > 0 else 0.0
         return float(np.clip(a_obj, 0.0, max_step)), 0.0
-    vv, vc, uv = re_dot(v, v), re_dot(v, chi), re_dot(u, v)
+    vv, vc, uv = dot(v, v), dot(v, chi), dot(u, v)
     damp = 1e-6 * (uu + vv) + 1e-30
     det = (uu + damp) * (vv + damp) - uv * uv
     a_obj = ((vv + damp) * uc - uv * vc) / det
     a_probe = ((uu + damp) * vc - uv * uc) / det
     return float(np.clip(a_obj, 0.0, max_step)), float(np.clip(a_probe, 0.0, max_step))
+
+
+def step_lengths(
+    chi: np.ndarray, u: np.ndarray, v: np.ndarray | None, max_step: float = 4.0
+) -> tuple[float, float]:
+    """:func:`lsq_step_lengths` of NumPy arrays."""
+    return lsq_step_lengths(re_dot, chi, u, v, max_step)

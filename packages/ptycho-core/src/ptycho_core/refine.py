@@ -20,6 +20,10 @@ value. One update (per mini-batch of positions, or per pass for the full batch):
    mini-batch — the least-squares step lengths of the exit-wave change (LSQML), times ``β``.
 
 Memory is bounded by the canvas and one batch (or chunk) of patterns, never by the scan size.
+
+The iterations are written once (:class:`RefineRun`); a solver supplies only a table of
+framework operations (:class:`RefineOps`): :class:`NumpyOps` here, ``ptycho_torch.refine.TorchOps``
+and ``ptycho_tf.refine.TFOps`` in the backends.
 """
 
 from __future__ import annotations
@@ -31,14 +35,14 @@ from typing import Any
 import numpy as np
 
 from ptycho_core import _refine_ops as ops
-from ptycho_core._refine_numpy import CACHE_BYTES, NumpySolver
+from ptycho_core._refine_driver import CACHE_BYTES, RefineOps, RefineRun, position_steps
+from ptycho_core._refine_numpy import NumpyOps, NumpySolver
 from ptycho_core._refine_problem import (
     NOISE_MODELS,
     IterationInfo,
     Progress,
     RefineOptions,
     RefineProblem,
-    RunLoop,
     Solver,
     SolverOutput,
     default_batch_size,
@@ -51,14 +55,17 @@ __all__ = [
     "IterationInfo",
     "Progress",
     "RefineOptions",
+    "RefineOps",
     "RefineProblem",
     "RefineResult",
-    "RunLoop",
+    "RefineRun",
     "SolverOutput",
     "Solver",
+    "NumpyOps",
     "NumpySolver",
     "assemble_result",
     "default_batch_size",
+    "position_steps",
     "prepare_refinement",
     "refine",
 ]

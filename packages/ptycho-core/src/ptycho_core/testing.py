@@ -47,7 +47,7 @@ from ptycho_core.simulation import simulate_scan
 from ptycho_core.training import LossSpec
 from ptycho_core.workflow import Reconstruction, prepare_inference
 
-__all__ = ["AdaptationConformance", "BackendConformance"]
+__all__ = ["AdaptationConformance", "BackendConformance", "RefineSolverConformance"]
 
 #: Phase bounds of a float32 phase map: ``(−π, π]`` with π rounded to float32.
 _PI32 = float(np.float32(np.pi))
@@ -400,3 +400,202 @@ class AdaptationConformance:
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class RefineSolverConformance:
+    """A backend's refinement solver against the NumPy reference (``specs/refinement.md``),
+    written once and run by each backend in its own test folder::
+
+        class TestTorchRefine(RefineSolverConformance):
+            backend_name = "pytorch"
+            def solver(self, *, resident_bytes=None): return TorchSolver("cpu", ...)
+            def ops(self): return TorchOps(torch.device("cpu"))
+            def run_cli(self, argv): return ptycho_cli.main.main(argv)
+
+    On a seeded simulated scan (``N = 32``, 90 positions, 1e7 photons) and a blurred, rescaled
+    start: the op table's kernels equal ``ptycho_core._refine_ops`` (extract, place, propagation,
+    residual, illumination, gradients, probe sums, position steps); three iterations give the
+    reference's misfits to 1e-4 (relative), object and probe to 1e-3 of their largest value and
+    positions to 1e-3 px (mini-batch Poisson; mini-batch with probe and positions; full batch
+    Gaussian with probe and positions); streaming the patterns chunk by chunk changes nothing;
+    ``ptycho refine --backend NAME`` runs the solver, and ``--backend auto`` picks
+    :meth:`auto_solver_name`. The CLI test writes its ``recon.npz`` input from the layout of
+    ``specs/cli.md`` and reads the output's metadata the same way.
+    """
+
+    backend_name: ClassVar[str] = ""
+    N: ClassVar[int] = 32
+    #: The update-comparison cases: :class:`~ptycho_core.refine.RefineOptions` overrides.
+    CASES: ClassVar[dict[str, dict[str, Any]]] = {
+        "mini-batch, poisson": {},
+        "mini-batch, probe and positions": {"probe": "refine", "positions": "refine"},
+        "full batch, gaussian, probe and positions": {
+            "batch_size": 1000,
+            "noise": "gaussian",
+            "probe": "refine",
+            "positions": "refine",
+        },
+    }
+
+    # ------------------------------------------------------------------ hooks
+    def solver(self, *, resident_bytes: int | None = None) -> Any:
+        """The backend's :class:`~ptycho_core.refine.Solver` on the CPU (``resident_bytes``:
+        its limit for keeping the measured patterns on the device; None: its default)."""
+        raise NotImplementedError
+
+    def ops(self) -> Any:
+        """The backend's :class:`~ptycho_core.refine.RefineOps` on the CPU."""
+        raise NotImplementedError
+
+    def run_cli(self, argv: list[str]) -> int:
+        """Run the ``ptycho`` command line (``ptycho_cli.main.main``) with ``argv``."""
+        raise NotImplementedError
+
+    def auto_solver_name(self) -> str:
+        """The solver ``ptycho refine --backend auto`` picks for this backend's reconstruction
+        in this process (a GPU solver only where the backend sees a GPU)."""
+        return "numpy"
+
+    # ------------------------------------------------------------------ fixtures
+    @pytest.fixture(scope="class")
+    @classmethod
+    def scan(cls) -> ScanData:
+        return simulate_scan(N=cls.N, n_positions=90, nphotons=1e7, seed=4)
+
+    @staticmethod
+    def start_object(scan: ScanData) -> np.ndarray:
+        """The blurred (σ = 2 px), rescaled (×1.7) true object: a start the solvers improve."""
+        from scipy import ndimage
+
+        o = np.asarray(scan.object)
+        blurred = ndimage.gaussian_filter(o.real, 2) + 1j * ndimage.gaussian_filter(o.imag, 2)
+        return (1.7 * blurred).astype(np.complex64)
+
+    def problem(self, scan: ScanData, **options: Any) -> Any:
+        from ptycho_core.refine import RefineOptions, prepare_refinement
+
+        wrong = scan.positions + np.random.default_rng(1).normal(0, 0.3, scan.positions.shape)
+        opts = RefineOptions(**options)
+        return prepare_refinement(
+            self.start_object(scan), scan.diffraction, wrong, scan.probe, options=opts
+        )
+
+    # ------------------------------------------------------------------ checks
+    @staticmethod
+    def assert_same_as_reference(out: Any, ref: Any) -> None:
+        """Solver outputs ``out`` and ``ref`` (:class:`~ptycho_core.refine.SolverOutput`) agree
+        to float32 tolerance."""
+        np.testing.assert_allclose(out.misfit, ref.misfit, rtol=1e-4)
+        assert out.final_misfit == pytest.approx(ref.final_misfit, rel=1e-4)
+        assert out.rejected_steps == ref.rejected_steps
+        np.testing.assert_allclose(out.canvas, ref.canvas, atol=1e-3 * np.abs(ref.canvas).max())
+        np.testing.assert_allclose(out.probe, ref.probe, atol=1e-3 * np.abs(ref.probe).max())
+        np.testing.assert_allclose(out.positions, ref.positions, atol=1e-3)
+
+    def test_kernels_match_numpy(self):
+        from ptycho_core import _refine_ops as ref
+        from ptycho_core.refine import position_steps
+
+        ops, n = self.ops(), self.N
+        rng = np.random.default_rng(0)
+
+        def cplx(*shape: int) -> np.ndarray:
+            return (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+
+        canvas = cplx(80, 90)
+        pos = np.stack([rng.uniform(16, 90 - 17.01, 50), rng.uniform(16, 80 - 17.01, 50)], 1)
+        c_d, p_d = ops.asarray(canvas), ops.asarray(pos)
+        got = ops.to_numpy(ops.extract(c_d, p_d, n))
+        np.testing.assert_allclose(got, ref.extract(canvas, pos, n), atol=1e-5)
+        q = cplx(50, n, n)
+        acc = np.zeros(canvas.shape, np.complex64)
+        ref.scatter(acc, q, pos)
+        got = ops.to_numpy(ops.scatter(ops.zeros_like(c_d), ops.asarray(q), p_d))
+        np.testing.assert_allclose(got, acc, atol=1e-4)
+        probe = cplx(n, n)
+        illum = np.zeros(canvas.shape, np.float32)
+        ref.scatter_real(illum, np.broadcast_to(np.abs(probe) ** 2, q.shape), pos)
+        chunks = [ops.asarray(pos[:20]), ops.asarray(pos[20:])]
+        got = ops.to_numpy(ops.illumination(canvas.shape, ops.asarray(probe), chunks))
+        np.testing.assert_allclose(got, illum, rtol=1e-5, atol=1e-4)
+        cb_np, cb_d = ref.checkerboard(n), ops.checkerboard(n)
+        far = ref.propagate(q.copy(), cb_np)
+        got = ops.to_numpy(ops.propagate(ops.asarray(q), cb_d))
+        np.testing.assert_allclose(got, far, atol=1e-4)
+        got = ops.to_numpy(ops.back_propagate(ops.asarray(far), cb_d))
+        np.testing.assert_allclose(got, q, atol=1e-4)
+        amp = np.abs(q).astype(np.float32) * 0.9
+        for noise in ("poisson", "gaussian"):
+            r_np, f_np = ref.residual(q, amp, noise)
+            r_d, f_d = ops.residual(ops.asarray(q), ops.asarray(amp), noise)
+            np.testing.assert_allclose(ops.to_numpy(r_d), r_np, rtol=1e-5, atol=1e-5)
+            assert f_d == pytest.approx(f_np, rel=1e-5)
+        for got_g, want_g in zip(ops.gradients(c_d), ref.gradients(canvas), strict=True):
+            np.testing.assert_allclose(ops.to_numpy(got_g), want_g, atol=1e-6)
+        chi, dx, dy = q, cplx(50, n, n), cplx(50, n, n)
+        g, w = ops.probe_sums(ops.asarray(dx), ops.asarray(chi))
+        np.testing.assert_allclose(ops.to_numpy(g), np.sum(np.conj(dx) * chi, 0), atol=1e-4)
+        np.testing.assert_allclose(ops.to_numpy(w), np.sum(np.abs(dx) ** 2, 0), rtol=1e-5)
+        dev = [ops.asarray(a) for a in (chi, dx, dy)]
+        steps = position_steps(ops, dev[0], dev[1], dev[2], 0.5)
+        want = ref.position_steps(chi, dx, dy, 0.5)
+        np.testing.assert_allclose(ops.to_numpy(steps), want, rtol=1e-6, atol=1e-9)
+        assert ops.re_dot(ops.asarray(dx), ops.asarray(chi)) == pytest.approx(
+            ref.re_dot(dx, chi), rel=1e-6
+        )
+
+    @pytest.mark.parametrize("case", list(CASES))
+    def test_same_update_as_the_numpy_reference(self, scan, case):
+        """Three iterations from the same problem (probe and positions from iteration 1)."""
+        from ptycho_core.refine import NumpySolver
+
+        problem = self.problem(
+            scan, iterations=3, probe_start=1, positions_start=1, **self.CASES[case]
+        )
+        ref = NumpySolver().solve(problem)
+        self.assert_same_as_reference(self.solver().solve(problem), ref)
+        assert ref.misfit[-1] < 0.5 * ref.misfit[0]
+
+    def test_patterns_streamed_per_chunk_give_the_same_result(self, scan):
+        """A scan larger than the solver's resident limit moves to the device chunk by chunk."""
+        problem = self.problem(scan, iterations=2)
+        resident = self.solver().solve(problem)
+        streamed = self.solver(resident_bytes=0).solve(problem)
+        np.testing.assert_allclose(streamed.misfit, resident.misfit, rtol=1e-6)
+        scale = np.abs(resident.canvas).max()
+        np.testing.assert_allclose(streamed.canvas, resident.canvas, atol=1e-6 * scale)
+
+    def test_cli_refine_with_this_solver(self, scan, tmp_path):
+        import json
+
+        from ptycho_core.io import save_npz
+
+        save_npz(tmp_path / "scan.npz", scan)
+        obj = self.start_object(scan)
+        cover = np.zeros(obj.shape, np.float32)
+        cover[8:-8, 8:-8] = 1
+        meta = {"backend": self.backend_name, "config": {}, "timings": {}}
+        np.savez(
+            tmp_path / "recon.npz",
+            object=obj,
+            amplitude=np.abs(obj).astype(np.float32),
+            phase=np.angle(obj).astype(np.float32),
+            coverage=cover,
+            origin=np.zeros(2),
+            positions=scan.positions,
+            _metadata=np.array(json.dumps(meta)),
+        )
+
+        def refinement(out: Path, *args: str) -> dict[str, Any]:
+            argv = ["refine", str(tmp_path / "recon.npz"), str(tmp_path / "scan.npz")]
+            assert self.run_cli([*argv, "-o", str(out), "--quiet", *args]) == 0
+            with np.load(out / "recon.npz", allow_pickle=False) as z:
+                return dict(json.loads(str(z["_metadata"]))["config"]["refinement"])
+
+        out = tmp_path / "out"
+        summary = refinement(out, "--iterations", "3", "--backend", self.backend_name)
+        assert summary["solver"] == self.backend_name
+        assert summary["final_misfit"] < summary["initial_misfit"]
+        assert (out / "refine.csv").is_file()
+        summary = refinement(tmp_path / "auto", "--iterations", "1")
+        assert summary["solver"] == self.auto_solver_name()

@@ -1,37 +1,23 @@
-"""The refinement solver in TensorFlow (``specs/refinement.md``): the update of the NumPy
-reference :class:`ptycho_core.refine.NumpySolver`, step for step, on TF tensors (eager; TF
-places them on a GPU when one is visible). Tested against the reference on the same inputs
-(float32 tolerance); the mirror of ``ptycho_torch.refine``.
+"""The refinement solver in TensorFlow (``specs/refinement.md``): the op table
+(:class:`ptycho_core.refine.RefineOps`) of :class:`TFOps` on eager TF tensors (TF places them on
+a GPU when one is visible). The iterations themselves (:class:`ptycho_core.refine.RefineRun`),
+the set-up and the result are core's, shared with the NumPy reference it is tested against
+(float32 tolerance). TF tensors are immutable: every update returns a new tensor.
 
-Set-up and result come from :mod:`ptycho_core.refine`; only the iterations run here. Use
-``ptycho_core.refine.refine(..., solver=TFSolver())`` or :func:`refine`.
+Use ``ptycho_core.refine.refine(..., solver=TFSolver())`` or :func:`refine`.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from ptycho_core.refine import (
-    CACHE_BYTES,
-    IterationInfo,
-    Progress,
-    RefineOptions,
-    RefineProblem,
-    RefineResult,
-    RunLoop,
-    SolverOutput,
-)
+from ptycho_core.refine import Progress, RefineProblem, RefineResult, RefineRun, SolverOutput
 from ptycho_core.refine import refine as core_refine
 
-__all__ = ["TFSolver", "refine", "RESIDENT_BYTES"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["RESIDENT_BYTES", "TFOps", "TFSolver", "refine"]
 
 #: Measured patterns up to this size are copied to the device once; larger scans per chunk.
 RESIDENT_BYTES = 1 << 30
@@ -44,337 +30,160 @@ def _c(x: tf.Tensor) -> tf.Tensor:
     return tf.complex(x, tf.zeros_like(x))
 
 
-# ----------------------------------------------------------------------------- kernels
-def _split(pos: tf.Tensor, n: int) -> tuple[tf.Tensor, tf.Tensor]:
+def _blocks(pos: tf.Tensor, n: int, width: int) -> tuple[tf.Tensor, tuple[tf.Tensor, ...]]:
+    """Flat canvas indices ``(B, N+1, N+1)`` of the blocks of ``pos`` ``(B, 2)`` ``(x, y)`` and
+    the bilinear weights ``(1−fy, fy, 1−fx, fx)``, complex64 ``(B, 1, 1)``
+    (``ptycho_core._refine_ops.split_positions``)."""
     c = pos - n / 2
     k = tf.floor(c)
-    return tf.cast(k, tf.int64), c - k
-
-
-def _window_index(k: tf.Tensor, n: int, width: int) -> tf.Tensor:
+    f = tf.cast(c - k, tf.float32)
+    fx, fy = _c(f[:, 0])[:, None, None], _c(f[:, 1])[:, None, None]
+    ki = tf.cast(k, tf.int64)
     ar = tf.range(n + 1, dtype=tf.int64)
-    rows = (k[:, 1, None, None] + ar[None, :, None]) * width
-    return rows + (k[:, 0, None, None] + ar[None, None, :])
+    rows = (ki[:, 1, None, None] + ar[None, :, None]) * width
+    return rows + (ki[:, 0, None, None] + ar[None, None, :]), (1 - fy, fy, 1 - fx, fx)
 
 
-def _weights(f: tf.Tensor) -> tuple[tf.Tensor, ...]:
-    fx = _c(tf.cast(f[:, 0], tf.float32))[:, None, None]
-    fy = _c(tf.cast(f[:, 1], tf.float32))[:, None, None]
-    return 1 - fy, fy, 1 - fx, fx
+def _sum64(x: tf.Tensor, axis: Any = None) -> tf.Tensor:
+    return tf.reduce_sum(tf.cast(x, tf.float64), axis=axis)
 
 
-def extract(canvas: tf.Tensor, pos: tf.Tensor, n: int) -> tf.Tensor:
-    """Bilinear ``(B, N, N)`` complex64 patches of a canvas holding every block (the map of
-    :func:`ptycho_core._refine_ops.extract`)."""
-    k, f = _split(pos, n)
-    block = tf.gather(tf.reshape(canvas, [-1]), _window_index(k, n, int(canvas.shape[1])))
-    gy, fy, gx, fx = _weights(f)
-    rows = block[:, :-1, :] * gy + block[:, 1:, :] * fy
-    return rows[:, :, :-1] * gx + rows[:, :, 1:] * fx
+class TFOps:
+    """:class:`ptycho_core.refine.RefineOps` on eager TF tensors (functional updates)."""
 
+    def __init__(self, resident_bytes: int = RESIDENT_BYTES) -> None:
+        self.device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+        self.resident_bytes = resident_bytes
 
-def scatter(acc: tf.Tensor, values: tf.Tensor, pos: tf.Tensor) -> tf.Tensor:
-    """``acc`` plus the adjoint of :func:`extract` of ``values (B, N, N)`` (a new tensor)."""
-    n = int(values.shape[-1])
-    k, f = _split(pos, n)
-    gy, fy, gx, fx = _weights(f)
-    zc = tf.zeros_like(values[:, :, :1])
-    cols = tf.concat([values * gx, zc], axis=2) + tf.concat([zc, values * fx], axis=2)
-    zr = tf.zeros_like(cols[:, :1, :])
-    block = tf.concat([cols * gy, zr], axis=1) + tf.concat([zr, cols * fy], axis=1)
-    idx = tf.reshape(_window_index(k, n, int(acc.shape[1])), [-1, 1])
-    flat = tf.tensor_scatter_nd_add(tf.reshape(acc, [-1]), idx, tf.reshape(block, [-1]))
-    return tf.reshape(flat, acc.shape)
+    # -- data movement --------------------------------------------------------------------
+    def asarray(self, a: np.ndarray) -> tf.Tensor:
+        return tf.constant(a)
 
+    def to_numpy(self, x: tf.Tensor) -> np.ndarray:
+        return np.array(x.numpy())
 
-def _checkerboard(n: int) -> tf.Tensor:
-    i = np.arange(n)
-    cb = np.where((i[:, None] + i[None, :]) % 2, -1.0, 1.0).astype(np.complex64)
-    return tf.constant(cb)
+    def index(self, index: np.ndarray) -> np.ndarray:
+        return index
 
+    def take(self, x: tf.Tensor, index: np.ndarray) -> tf.Tensor:
+        return tf.gather(x, index)
 
-def propagate(psi: tf.Tensor, cb: tf.Tensor) -> tf.Tensor:
-    n = int(psi.shape[-1])
-    return tf.signal.fft2d(psi * cb) / tf.cast(n, _C64)
+    def add_rows(self, x: tf.Tensor, index: np.ndarray, values: tf.Tensor) -> tf.Tensor:
+        return tf.tensor_scatter_nd_add(x, tf.constant(index[:, None]), values)
 
+    def concat(self, parts: list[tf.Tensor]) -> tf.Tensor:
+        return tf.concat(parts, axis=0)
 
-def back_propagate(field: tf.Tensor, cb: tf.Tensor) -> tf.Tensor:
-    n = int(field.shape[-1])
-    return tf.signal.ifft2d(field) * tf.cast(n, _C64) * cb
+    def sync(self) -> None:
+        return None
 
+    # -- kernels --------------------------------------------------------------------------
+    def checkerboard(self, n: int) -> tf.Tensor:
+        i = np.arange(n)
+        return tf.constant(np.where((i[:, None] + i[None, :]) % 2, -1.0, 1.0).astype(np.complex64))
 
-def _sum64(x: tf.Tensor) -> float:
-    return float(tf.reduce_sum(tf.cast(x, tf.float64)))
+    def zeros_like(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.zeros_like(x)
 
+    def extract(self, canvas: tf.Tensor, pos: tf.Tensor, n: int) -> tf.Tensor:
+        idx, (gy, fy, gx, fx) = _blocks(pos, n, int(canvas.shape[1]))
+        block = tf.gather(tf.reshape(canvas, [-1]), idx)
+        rows = block[:, :-1, :] * gy + block[:, 1:, :] * fy
+        return rows[:, :, :-1] * gx + rows[:, :, 1:] * fx
 
-def residual(far: tf.Tensor, amp: tf.Tensor, noise: str) -> tuple[tf.Tensor, float]:
-    """:func:`ptycho_core._refine_ops.residual` in TensorFlow: ``(R, misfit)``."""
-    a2 = tf.math.square(tf.math.real(far)) + tf.math.square(tf.math.imag(far))
-    if noise == "gaussian":
-        a = tf.sqrt(a2)
-        diff = a - amp
-        misfit = _sum64(tf.square(diff))
-        ratio = diff / tf.maximum(a, 1e-12)
-    else:
-        den = amp * amp + _POISSON_EPS
-        diff = a2 - den + _POISSON_EPS
-        d = tf.maximum(diff / den, -1 + 1e-6)
-        misfit = _sum64(den * (d - tf.math.log1p(d)))
-        ratio = diff / (a2 + den)
-    return far * _c(ratio), misfit
+    def scatter(self, acc: tf.Tensor, values: tf.Tensor, pos: tf.Tensor) -> tf.Tensor:
+        idx, (gy, fy, gx, fx) = _blocks(pos, int(values.shape[-1]), int(acc.shape[1]))
+        zc = tf.zeros_like(values[:, :, :1])
+        cols = tf.concat([values * gx, zc], axis=2) + tf.concat([zc, values * fx], axis=2)
+        zr = tf.zeros_like(cols[:, :1, :])
+        block = tf.concat([cols * gy, zr], axis=1) + tf.concat([zr, cols * fy], axis=1)
+        flat = tf.tensor_scatter_nd_add(
+            tf.reshape(acc, [-1]), tf.reshape(idx, [-1, 1]), tf.reshape(block, [-1])
+        )
+        return tf.reshape(flat, acc.shape)
 
+    def illumination(
+        self, shape: tuple[int, int], probe: tf.Tensor, positions: list[tf.Tensor]
+    ) -> tf.Tensor:
+        acc = tf.zeros(shape, _C64)
+        p2 = _c(tf.square(tf.math.real(probe)) + tf.square(tf.math.imag(probe)))
+        for pos in positions:
+            acc = self.scatter(acc, tf.broadcast_to(p2, (len(pos), *p2.shape)), pos)
+        return tf.math.real(acc)
 
-def _re_prod(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    prod = tf.math.real(a) * tf.math.real(b) + tf.math.imag(a) * tf.math.imag(b)
-    return tf.cast(prod, tf.float64)
+    def propagate(self, psi: tf.Tensor, cb: tf.Tensor) -> tf.Tensor:
+        return tf.signal.fft2d(psi * cb) / tf.cast(int(psi.shape[-1]), _C64)
 
+    def back_propagate(self, far: tf.Tensor, cb: tf.Tensor) -> tf.Tensor:
+        return tf.signal.ifft2d(far) * tf.cast(int(far.shape[-1]), _C64) * cb
 
-def position_steps(chi: tf.Tensor, dx: tf.Tensor, dy: tf.Tensor, cap: float) -> tf.Tensor:
-    """:func:`ptycho_core._refine_ops.position_steps` in TensorFlow: ``(B, 2)`` float64."""
+    def residual(self, far: tf.Tensor, amp: tf.Tensor, noise: str) -> tuple[tf.Tensor, float]:
+        a2 = tf.math.square(tf.math.real(far)) + tf.math.square(tf.math.imag(far))
+        if noise == "gaussian":
+            a = tf.sqrt(a2)
+            diff = a - amp
+            misfit = float(_sum64(tf.square(diff)))
+            ratio = diff / tf.maximum(a, 1e-12)
+        else:
+            den = amp * amp + _POISSON_EPS
+            diff = a2 - den + _POISSON_EPS
+            d = tf.maximum(diff / den, -1 + 1e-6)
+            misfit = float(_sum64(den * (d - tf.math.log1p(d))))
+            ratio = diff / (a2 + den)
+        return far * _c(ratio), misfit
 
-    def dot(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-        return tf.reduce_sum(_re_prod(a, b), axis=[1, 2])
+    def gradients(self, canvas: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        zc = tf.zeros_like(canvas[:, :1])
+        gx = tf.concat([zc, (canvas[:, 2:] - canvas[:, :-2]) * 0.5, zc], axis=1)
+        zr = tf.zeros_like(canvas[:1, :])
+        gy = tf.concat([zr, (canvas[2:, :] - canvas[:-2, :]) * 0.5, zr], axis=0)
+        return gx, gy
 
-    hxx, hyy, hxy = dot(dx, dx), dot(dy, dy), dot(dx, dy)
-    bx, by = dot(dx, chi), dot(dy, chi)
-    damp = 1e-6 * (hxx + hyy) + 1e-30
-    hxx, hyy = hxx + damp, hyy + damp
-    det = hxx * hyy - hxy * hxy
-    sx = -(hyy * bx - hxy * by) / det
-    sy = -(hxx * by - hxy * bx) / det
-    return tf.clip_by_value(tf.stack([sx, sy], axis=1), -cap, cap)
+    def conj(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.math.conj(x)
 
+    def probe_sums(self, patches: tf.Tensor, chi: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        g = tf.reduce_sum(tf.math.conj(patches) * chi, axis=0)
+        w = tf.square(tf.math.real(patches)) + tf.square(tf.math.imag(patches))
+        return g, tf.reduce_sum(w, axis=0)
 
-def step_lengths(
-    chi: tf.Tensor, u: tf.Tensor, v: tf.Tensor | None, max_step: float = 4.0
-) -> tuple[float, float]:
-    """:func:`ptycho_core._refine_ops.step_lengths` in TensorFlow."""
+    def normalise(self, g: tf.Tensor, weight: tf.Tensor, delta: float) -> tf.Tensor:
+        return g / _c(weight + delta * tf.reduce_max(weight))
 
-    def dot(a: tf.Tensor, b: tf.Tensor) -> float:
-        return float(tf.reduce_sum(_re_prod(a, b)))
+    def re_dot(self, a: tf.Tensor, b: tf.Tensor) -> float:
+        return float(self.re_dot_each(a, b, axis=None))
 
-    uu, uc = dot(u, u), dot(u, chi)
-    if v is None:
-        return float(np.clip(uc / uu if uu > 0 else 0.0, 0.0, max_step)), 0.0
-    vv, vc, uv = dot(v, v), dot(v, chi), dot(u, v)
-    damp = 1e-6 * (uu + vv) + 1e-30
-    det = (uu + damp) * (vv + damp) - uv * uv
-    a_obj = ((vv + damp) * uc - uv * vc) / det
-    a_probe = ((uu + damp) * vc - uv * uc) / det
-    return float(np.clip(a_obj, 0.0, max_step)), float(np.clip(a_probe, 0.0, max_step))
+    def re_dot_each(self, a: tf.Tensor, b: tf.Tensor, axis: Any = (1, 2)) -> tf.Tensor:
+        re, im = tf.math.real, tf.math.imag
+        return _sum64(re(a) * re(b) + im(a) * im(b), axis=None if axis is None else list(axis))
 
+    def stack_steps(self, dx: tf.Tensor, dy: tf.Tensor, cap: float) -> tf.Tensor:
+        return tf.clip_by_value(tf.stack([dx, dy], axis=1), -cap, cap)
 
-def _gradients(canvas: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    zc = tf.zeros_like(canvas[:, :1])
-    gx = tf.concat([zc, (canvas[:, 2:] - canvas[:, :-2]) * 0.5, zc], axis=1)
-    zr = tf.zeros_like(canvas[:1, :])
-    gy = tf.concat([zr, (canvas[2:, :] - canvas[:-2, :]) * 0.5, zr], axis=0)
-    return gx, gy
+    def sub_scaled(self, x: tf.Tensor, coef: float, d: tf.Tensor, *, in_place: bool) -> tf.Tensor:
+        return x - tf.constant(coef, _C64) * d
 
+    def clip(self, pos: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor) -> tf.Tensor:
+        return tf.maximum(tf.minimum(pos, hi), lo)
 
-# ----------------------------------------------------------------------------- solver
-@dataclass(eq=False)
-class _Direction:
-    misfit: float
-    obj: tf.Tensor
-    probe: tf.Tensor | None
-    shifts: tf.Tensor | None
-    chi: list[tf.Tensor] = field(default_factory=list)
-    patches: list[tf.Tensor] = field(default_factory=list)
+    def mean_rows(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_mean(x, axis=0)
 
 
 class TFSolver:
-    """The refinement update of ``specs/refinement.md`` in TensorFlow (eager)."""
+    """The refinement update of ``specs/refinement.md`` in TensorFlow (eager).
+    ``resident_bytes``: see :data:`RESIDENT_BYTES` (None: that value)."""
 
     name = "tensorflow"
 
+    def __init__(self, *, resident_bytes: int | None = None) -> None:
+        self.resident_bytes = resident_bytes
+
     def solve(self, problem: RefineProblem, progress: Progress | None = None) -> SolverOutput:
-        run = _TFRun(problem)
-        return run.full_batch(progress) if problem.full_batch else run.mini_batch(progress)
+        limit = RESIDENT_BYTES if self.resident_bytes is None else self.resident_bytes
+        return RefineRun(problem, TFOps(limit)).solve(progress)
 
 
-class _TFRun(RunLoop):
-    """Mirror of ``ptycho_core._refine_numpy._NumpyRun`` on TF tensors."""
-
-    def __init__(self, problem: RefineProblem) -> None:
-        self.p, self.o, self.n = problem, problem.options, problem.n
-        self.cb = _checkerboard(self.n)
-        self.canvas = tf.constant(problem.canvas)
-        self.probe = tf.constant(problem.probe)
-        self.pos = tf.constant(problem.positions, dtype=tf.float64)
-        self.pos0 = self.pos
-        self.lo = tf.constant(problem.position_limits[0])
-        self.hi = tf.constant(problem.position_limits[1])
-        d = problem.diffraction
-        self.resident = tf.constant(d) if d.nbytes <= RESIDENT_BYTES else None
-        self.device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-        self.t0 = time.perf_counter() - problem.prepare_s
-        self.misfits: list[float] = []
-        self.secs: list[float] = []
-        self._illum_cache: dict[int, tf.Tensor] = {}
-
-    def _amplitudes(self, index: np.ndarray) -> tf.Tensor:
-        if self.resident is not None:
-            return tf.gather(self.resident, index)
-        return tf.constant(self.p.diffraction[index])
-
-    def _illumination(self, key: int, index: np.ndarray) -> tf.Tensor:
-        fixed = self.o.probe == "fixed" and self.o.positions == "fixed"
-        if fixed and key in self._illum_cache:
-            return self._illum_cache[key]
-        acc = tf.zeros(self.canvas.shape, _C64)
-        p2 = _c(tf.square(tf.math.real(self.probe)) + tf.square(tf.math.imag(self.probe)))
-        for s in range(0, len(index), self.o.chunk):
-            idx = index[s : s + self.o.chunk]
-            values = tf.broadcast_to(p2, (len(idx), self.n, self.n))
-            acc = scatter(acc, values, tf.gather(self.pos, idx))
-        out = tf.math.real(acc)
-        if fixed and int(tf.size(out)) * 4 * (len(self._illum_cache) + 1) <= CACHE_BYTES:
-            self._illum_cache[key] = out
-        return out
-
-    def _direction(
-        self, index: np.ndarray, key: int, *, probe: bool, positions: bool, keep: bool
-    ) -> _Direction:
-        n, delta = self.n, self.o.regularization
-        g_obj = tf.zeros(self.canvas.shape, _C64)
-        g_probe = tf.zeros((n, n), _C64)
-        d_probe = tf.zeros((n, n), tf.float32)
-        grads = _gradients(self.canvas) if positions else None
-        conj_p = tf.math.conj(self.probe)
-        misfit = 0.0
-        shifts, chis, kept = [], [], []
-        for s in range(0, len(index), self.o.chunk):
-            idx = index[s : s + self.o.chunk]
-            pos = tf.gather(self.pos, idx)
-            patches = extract(self.canvas, pos, n)
-            far = propagate(patches * self.probe, self.cb)
-            r, f = residual(far, self._amplitudes(idx), self.o.noise)
-            misfit += f
-            chi = back_propagate(r, self.cb)
-            g_obj = scatter(g_obj, conj_p * chi, pos)
-            if probe:
-                g_probe += tf.reduce_sum(tf.math.conj(patches) * chi, axis=0)
-                d_probe += tf.reduce_sum(
-                    tf.square(tf.math.real(patches)) + tf.square(tf.math.imag(patches)), axis=0
-                )
-            if grads is not None:
-                dx = extract(grads[0], pos, n) * self.probe
-                dy = extract(grads[1], pos, n) * self.probe
-                shifts.append(position_steps(chi, dx, dy, self.o.max_shift_px))
-            if keep:
-                chis.append(chi)
-                kept.append(patches)
-        illum = self._illumination(key, index)
-        d_obj = g_obj / _c(illum + delta * tf.reduce_max(illum))
-        d_pr = g_probe / _c(d_probe + delta * tf.reduce_max(d_probe)) if probe else None
-        return _Direction(
-            misfit=misfit,
-            obj=d_obj,
-            probe=d_pr,
-            shifts=tf.concat(shifts, axis=0) if shifts else None,
-            chi=chis,
-            patches=kept,
-        )
-
-    def _misfit(self) -> float:
-        total = 0.0
-        for idx in self.p.chunks():
-            patches = extract(self.canvas, tf.gather(self.pos, idx), self.n)
-            far = propagate(patches * self.probe, self.cb)
-            total += residual(far, self._amplitudes(idx), self.o.noise)[1]
-        return total / self.p.m
-
-    def _clamp(self) -> None:
-        self.pos = tf.maximum(tf.minimum(self.pos, self.hi), self.lo)
-
-    def _remove_drift(self) -> None:
-        self.pos = self.pos - tf.reduce_mean(self.pos - self.pos0, axis=0)
-        self._clamp()
-
-    def _canvas_numpy(self) -> np.ndarray:
-        return np.array(self.canvas.numpy())
-
-    def _record(self, value: float, progress: Progress | None) -> None:
-        self.misfits.append(float(value))
-        self.secs.append(time.perf_counter() - self.t0)
-        it = len(self.misfits) - 1
-        logger.info("refine iteration %d: misfit %.6g (%.2f s)", it, value, self.secs[-1])
-        if progress is not None:
-            t = time.perf_counter()
-            progress(IterationInfo(it, self.misfits[-1], self.secs[-1], self._canvas_numpy))
-            self.t0 += time.perf_counter() - t
-
-    def _output(self, final: float, rejected: int) -> SolverOutput:
-        return SolverOutput(
-            canvas=self._canvas_numpy(),
-            probe=np.array(self.probe.numpy()),
-            positions=np.array(self.pos.numpy()),
-            misfit=self.misfits,
-            seconds=self.secs,
-            final_misfit=final,
-            rejected_steps=rejected,
-            device=self.device,
-        )
-
-    def _object_step(self, beta: float) -> Any:
-        return tf.constant(beta, _C64)
-
-    def mini_batch(self, progress: Progress | None) -> SolverOutput:
-        n, beta = self.n, float(np.float32(self.o.step))
-        halved = 0
-        self._record(self._misfit(), progress)
-        for it in range(1, self.o.iterations + 1):
-            wp, wx = self._wants(it)
-            total = 0.0
-            for b in self.p.batch_order(it):
-                idx = self.p.batches[b]
-                d = self._direction(idx, int(b), probe=wp, positions=wx, keep=True)
-                total += d.misfit
-                chi = tf.concat(d.chi, axis=0)
-                u = extract(d.obj, tf.gather(self.pos, idx), n) * self.probe
-                v = None if d.probe is None else tf.concat(d.patches, axis=0) * d.probe
-                a_obj, a_probe = step_lengths(chi, u, v)
-                step_o = float(np.float32(beta) * np.float32(a_obj))
-                self.canvas = self.canvas - tf.constant(step_o, _C64) * d.obj
-                if d.probe is not None:
-                    step_p = float(np.float32(beta) * np.float32(a_probe))
-                    self.probe = self.probe - tf.constant(step_p, _C64) * d.probe
-                if d.shifts is not None:
-                    self.pos = tf.tensor_scatter_nd_add(
-                        self.pos, tf.constant(idx[:, None]), beta * d.shifts
-                    )
-                    self._clamp()
-            if wx:
-                self._remove_drift()
-            if total / self.p.m > self.misfits[-1]:
-                beta *= 0.5
-                halved += 1
-                logger.info("refine iteration %d raised the misfit; step now %.3g", it, beta)
-            self._record(total / self.p.m, progress)
-        return self._output(self._misfit(), halved)
-
-
-def refine(
-    obj: Any,
-    diffraction: Any,
-    positions: Any,
-    probe: Any,
-    *,
-    origin: Any = (0, 0),
-    coverage: Any = None,
-    options: RefineOptions | None = None,
-    progress: Progress | None = None,
-) -> RefineResult:
-    """:func:`ptycho_core.refine.refine` with :class:`TFSolver`."""
-    return core_refine(
-        obj,
-        diffraction,
-        positions,
-        probe,
-        origin=origin,
-        coverage=coverage,
-        options=options,
-        solver=TFSolver(),
-        progress=progress,
-    )
+def refine(*args: Any, **kwargs: Any) -> RefineResult:
+    """:func:`ptycho_core.refine.refine` (same arguments) with :class:`TFSolver`."""
+    return core_refine(*args, solver=TFSolver(), **kwargs)
