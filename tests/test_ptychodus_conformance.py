@@ -161,3 +161,60 @@ def test_we_read_ptychodus_written_product(tmp_path, pio):
         geometry.map_probe_positions_to_object_x_px(product.probe_positions),
         atol=1e-9,
     )
+
+
+def test_frame_of_a_ptychodus_product_reaches_a_reconstruction(tmp_path, pio):
+    """Ptychodus's product → our scan (positions in its object pixels, frame in the metadata)
+    → a product written for a different canvas (as ``recon.h5`` is) → Ptychodus's reader: the
+    positions, geometry, experiment and losses are Ptychodus's own (``specs/data-contracts.md``,
+    "Product frame")."""
+    from ptycho_core.io import ProductFrame
+    from ptycho_core.io.product_frame import FRAME_KEY
+
+    rng = np.random.default_rng(13)
+    try:
+        product, _obj, probe, xs, ys = _ptychodus_product(rng)
+    except (ImportError, TypeError) as exc:
+        pytest.fail(f"cannot build a product with this Ptychodus version's API: {exc}")
+    pio.save_product(tmp_path / "theirs.h5", product)
+    ours = read_product(tmp_path / "theirs.h5")
+    pos = product_positions_px(ours)
+    scan = ScanData(
+        diffraction=rng.random((pos.shape[0], 8, 8)),
+        xcoords=pos[:, 0],
+        ycoords=pos[:, 1],
+        probe=probe[0, 0],
+        metadata={FRAME_KEY: ProductFrame.from_product(ours).to_metadata()},
+    )
+    frame = ProductFrame.from_metadata(scan.metadata)
+    assert frame is not None
+    canvas, origin = np.ones((15, 19), np.complex64), (-3.0, -2.0)
+    recon = scan_to_product(
+        scan,
+        canvas,
+        origin_px=origin,
+        loss_values=[0.5, 0.25],
+        **frame.product_fields(canvas.shape, origin),
+    )
+    write_product(tmp_path / "recon.h5", recon)
+
+    theirs = pio.load_product(tmp_path / "recon.h5")
+    meta = theirs.metadata
+    assert meta.detector_distance_m == 1.5 and meta.photon_energy_eV == 7000.0
+    assert meta.exposure_time_s == 0.2 and meta.tomography_angle_deg == 45.0
+    assert meta.mass_attenuation_m2_per_kg == 3.0
+    positions = theirs.probe_positions
+    np.testing.assert_allclose(positions.get_coordinates_x_m(), xs, rtol=0, atol=1e-18)
+    np.testing.assert_allclose(positions.get_coordinates_y_m(), ys, rtol=0, atol=1e-18)
+    geometry = theirs.object_.get_geometry()
+    assert (geometry.pixel_width_m, geometry.pixel_height_m) == (2e-8, 3e-8)
+    # Ptychodus maps the positions to the canvas's pixels: ours shifted by the canvas origin
+    np.testing.assert_allclose(
+        geometry.map_probe_positions_to_object_x_px(positions), pos[:, 0] - origin[0], atol=1e-8
+    )
+    np.testing.assert_allclose(
+        geometry.map_probe_positions_to_object_y_px(positions), pos[:, 1] - origin[1], atol=1e-8
+    )
+    probe_pixels = theirs.probes.get_pixel_geometry()
+    assert (probe_pixels.width_m, probe_pixels.height_m) == (2e-8, 3e-8)
+    assert [(loss.epoch, loss.value) for loss in theirs.losses] == [(0, 0.5), (1, 0.25)]

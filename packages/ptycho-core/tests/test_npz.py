@@ -477,3 +477,123 @@ def test_save_npz_failure_leaves_no_partial_file(tmp_path):
     with pytest.raises(TypeError):
         save_npz(tmp_path / "x.npz", scan)
     assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- counts
+# A training file as Ptychodus 1.7's "Export Training Data" writes it (the keys and dtypes its
+# save_ptychopinn_training_data uses): counts in the source dtype, a (modes, N, N) probe stack.
+def _ptychodus_export(tmp_path, counts, name="exported.npz"):
+    m = counts.shape[0]
+    rng = np.random.default_rng(5)
+    x, y = rng.uniform(4, 12, m), rng.uniform(4, 12, m)
+    path = tmp_path / name
+    np.savez(
+        path,
+        xcoords=x,
+        ycoords=y,
+        xcoords_start=x,
+        ycoords_start=y,
+        diff3d=counts,
+        bad_pixels=np.eye(counts.shape[1], dtype=bool),
+        probeGuess=np.ones((1, N, N), np.complex64),
+        objectGuess=np.ones((20, 20), np.complex64),
+        scan_index=np.zeros(m, dtype=int),
+    )
+    return path
+
+
+def _counts(dtype=np.uint32, peak=1.2e4):
+    # detector counts far above any amplitude: the bright centre holds ~peak**2 photons
+    rng = np.random.default_rng(3)
+    return rng.poisson(peak**2 * rng.random((M, N, N)) ** 8).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.int64, np.uint16, np.float32])
+def test_ptychodus_export_counts_become_amplitudes_with_a_warning(tmp_path, caplog, dtype):
+    counts = _counts(dtype, peak=250.0 if dtype == np.uint16 else 1.2e4)
+    path = _ptychodus_export(tmp_path, counts)
+    with caplog.at_level(logging.WARNING, logger="ptycho_core.io.npz"):
+        scan = load_npz(path)
+    expected = np.sqrt(counts.astype(np.float64))
+    np.testing.assert_allclose(scan.diffraction, expected, rtol=1e-6)
+    assert scan.diffraction.dtype == np.float32
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1
+    text = warned[0].getMessage()
+    assert str(path) in text and "Ptychodus" in text and "square roots" in text
+    assert scan.metadata == {
+        "amplitude_from_intensity": True,
+        "source_format": "ptychodus-training-npz",
+    }
+    # the multi-mode-shaped (1, N, N) probe stack of the export is squeezed
+    assert scan.probe.shape == (N, N)
+
+
+def test_ptychodus_export_saved_by_us_is_not_converted_twice(tmp_path):
+    counts = _counts()
+    first = load_npz(_ptychodus_export(tmp_path, counts))
+    again_path = tmp_path / "ours.npz"
+    save_npz(again_path, first)
+    again = load_npz(again_path)
+    np.testing.assert_array_equal(again.diffraction, first.diffraction)
+    assert again.metadata["amplitude_from_intensity"] is True
+
+
+def test_intensity_false_reads_an_export_as_stored(tmp_path, caplog):
+    counts = _counts()
+    path = _ptychodus_export(tmp_path, counts)
+    with caplog.at_level(logging.WARNING, logger="ptycho_core.io.npz"):
+        scan = load_npz(path, intensity=False)
+    np.testing.assert_array_equal(scan.diffraction, counts.astype(np.float32))
+    assert caplog.records == [] and scan.metadata == {}
+
+
+def test_intensity_true_square_roots_any_file_silently(tmp_path, caplog):
+    intensity = np.random.default_rng(4).random((M, N, N)) * 100
+    path = _write(tmp_path, diffraction=intensity)
+    with caplog.at_level(logging.WARNING, logger="ptycho_core.io.npz"):
+        scan = load_npz(path, intensity=True)
+    np.testing.assert_allclose(scan.diffraction, np.sqrt(intensity), rtol=1e-6)
+    assert scan.metadata == {"amplitude_from_intensity": True}
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize("key", ["diffraction", "diff3d"])
+def test_integer_amplitudes_are_kept_with_a_counts_warning(tmp_path, caplog, key):
+    counts = _counts(np.int32, peak=30.0)
+    over = {"diffraction": None, key: counts}
+    path = _write(tmp_path, **over)
+    with caplog.at_level(logging.WARNING, logger="ptycho_core.io.npz"):
+        scan = load_npz(path)
+    np.testing.assert_array_equal(scan.diffraction, counts.astype(np.float32))
+    text = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert str(path) in text and f"'{key}'" in text
+    assert "ptycho convert" in text and "--intensity" in text
+    assert "amplitude_from_intensity" not in scan.metadata
+
+
+def test_float_amplitudes_log_no_warning(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="ptycho_core.io.npz"):
+        load_npz(_write(tmp_path))
+    assert caplog.records == []
+
+
+def test_negative_counts_name_the_key(tmp_path):
+    counts = _counts(np.int32)
+    counts[2, 3, 4] = -7
+    _fails(_ptychodus_export(tmp_path, counts), "'diff3d'", "counts", "-7")
+    _fails(_write(tmp_path, diffraction=counts), "'diffraction'", "-7", intensity=True)
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ({"diff3d", "bad_pixels", "xcoords", "ycoords", "probeGuess"}, True),
+        ({"diff3d", "xcoords", "ycoords", "probeGuess"}, False),  # legacy PtychoPINN file
+        ({"diff3d", "bad_pixels", "diffraction"}, False),
+        ({"diff3d", "bad_pixels", "_metadata"}, False),  # written by our writer
+        ({"diffraction", "bad_pixels"}, False),
+    ],
+)
+def test_is_ptychodus_export(keys, expected):
+    assert npz_module.is_ptychodus_export(keys) is expected

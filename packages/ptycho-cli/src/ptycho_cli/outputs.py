@@ -32,7 +32,13 @@ import numpy as np
 
 from ptycho_cli import figures
 from ptycho_core.errors import DataContractError
-from ptycho_core.io import ScanData, atomic_write, scan_to_product, write_product
+from ptycho_core.io import (
+    ProductFrame,
+    ScanData,
+    atomic_write,
+    scan_to_product,
+    write_product,
+)
 
 if TYPE_CHECKING:
     from ptycho_core.workflow import Reconstruction
@@ -47,6 +53,7 @@ __all__ = [
     "write_recon_npz",
     "read_recon_npz",
     "write_reconstruction",
+    "history_from_manifest",
     "to_jsonable",
     "DEFAULT_PIXEL_SIZE_M",
     "RECON_NPZ",
@@ -307,6 +314,36 @@ def _pixel_size(scan: ScanData | None) -> float:
     return DEFAULT_PIXEL_SIZE_M
 
 
+def history_from_manifest(manifest: Mapping[str, Any]) -> dict[str, list[float]]:
+    """The per-epoch training history a bundle's manifest records (key ``history``, written
+    by training and adaptation; JSON null = a non-finite value, back as NaN). Columns that are
+    not lists of numbers are left out; no history gives ``{}``."""
+    raw = manifest.get("history")
+    if not isinstance(raw, Mapping):
+        return {}
+    out: dict[str, list[float]] = {}
+    for key, values in raw.items():
+        if not isinstance(values, list):
+            continue
+        if all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values
+        ):
+            out[str(key)] = [math.nan if v is None else float(v) for v in values]
+    return out
+
+
+def _loss_record(
+    history: Mapping[str, Sequence[float]] | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(loss_values, loss_epochs)`` for a product: ``train_loss`` float64, and ``epoch`` as
+    int64 when it is one whole finite number per loss value (else None: 0..E−1)."""
+    losses = np.asarray((history or {}).get("train_loss", []), np.float64).reshape(-1)
+    raw = np.asarray((history or {}).get("epoch", []), np.float64).reshape(-1)
+    if raw.shape == losses.shape and np.isfinite(raw).all() and (raw == np.round(raw)).all():
+        return losses, raw.astype(np.int64)
+    return losses, None
+
+
 def write_reconstruction(
     folder: str | Path,
     result: Reconstruction,
@@ -315,25 +352,39 @@ def write_reconstruction(
     history: Mapping[str, Sequence[float]] | None = None,
     title: str = "",
 ) -> list[Path]:
-    """``recon.npz``, ``recon.h5`` (with ``history["train_loss"]`` as its loss values) and
-    ``recon.png`` into ``folder`` (use a :func:`staged` folder). Returns the written paths."""
+    """``recon.npz``, ``recon.h5`` and ``recon.png`` into ``folder`` (use a :func:`staged`
+    folder). Returns the written paths.
+
+    ``recon.h5``: loss values ``history["train_loss"]`` at epochs ``history["epoch"]`` (when
+    that column matches); placed in the frame of the product the scan was converted from
+    (:class:`~ptycho_core.io.ProductFrame` in its metadata), else with the scan's pixel size or
+    a nominal one (said in ``comments``)."""
     folder = Path(folder)
     written = [write_recon_npz(folder / RECON_NPZ, result)]
-    pixel = _pixel_size(scan)
-    losses = np.asarray((history or {}).get("train_loss", []), np.float64)
-    comment = f"ptycho {result.backend} reconstruction" + (
-        ""
-        if pixel != DEFAULT_PIXEL_SIZE_M
-        else f"; pixel size {pixel:g} m is nominal (not recorded in the input scan)"
-    )
+    obj = np.asarray(result.object, np.complex64)
+    origin = (float(result.origin[0]), float(result.origin[1]))
+    frame = ProductFrame.from_metadata(scan.metadata, scan.source)
+    comment = f"ptycho {result.backend} reconstruction"
+    fields: dict[str, Any]
+    if frame is not None:
+        fields = frame.product_fields((obj.shape[0], obj.shape[1]), origin)
+        if scan.metadata.get("converted_from"):
+            comment += f"; frame of {scan.metadata['converted_from']}"
+    else:
+        pixel = _pixel_size(scan)
+        fields = {"pixel_size_m": pixel}
+        if pixel == DEFAULT_PIXEL_SIZE_M:
+            comment += f"; pixel size {pixel:g} m is nominal (not recorded in the input scan)"
+    losses, epochs = _loss_record(history)
     product = scan_to_product(
         scan,
-        np.asarray(result.object, np.complex64),
-        pixel_size_m=pixel,
-        origin_px=(float(result.origin[0]), float(result.origin[1])),
+        obj,
+        origin_px=origin,
         loss_values=losses if losses.size else None,
+        loss_epochs=epochs if losses.size else None,
         name="ptycho",
         comments=comment,
+        **fields,
     )
     write_product(folder / RECON_H5, product)
     written.append(folder / RECON_H5)

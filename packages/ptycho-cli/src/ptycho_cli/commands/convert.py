@@ -1,17 +1,24 @@
 """``ptycho convert``: NPZ scan ↔ Ptychodus product (.h5), chosen by the file suffixes.
 
 - ``scan.npz → product.h5``: positions (object pixels → metres), probe, and the object
-  (``objectGuess``, else a placeholder of ones covering the scan). Diffraction data are not part
-  of a product and are not written.
+  (``objectGuess``, else a placeholder of ones covering the scan). Diffraction data are not
+  part of a product and are not written. A scan converted from a product is written in that
+  product's frame (centre, pixel sizes, energy, distance; ``--pixel-size-m`` still wins).
 - ``product.h5 → scan.npz``: a product holds no diffraction data, so ``--diffraction FILE``
   (a ``.npy`` stack ``(M, N, N)`` or an ``.npz`` with ``diffraction``/``diff3d``) is required;
-  ``--intensity`` when it holds intensities (square roots are taken). Positions become object
-  pixels of the product's object grid, which becomes ``objectGuess``.
+  ``--intensity`` when it holds intensities (square roots are taken; a Ptychodus training
+  export is recognised and square-rooted anyway). Positions become object pixels of the
+  product's object grid, which becomes ``objectGuess``; the product's frame and experiment are
+  kept in the scan's metadata and reach ``recon.h5``.
+- ``scan.npz → scan.npz``: rewrite a scan as DATA-001 (``--intensity``: its diffraction holds
+  intensities or detector counts; square roots are taken).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +27,14 @@ import numpy as np
 from ptycho_cli.console import Console
 
 NAME = "convert"
-HELP = "convert a scan .npz to a Ptychodus product .h5, or a product (+ diffraction) to .npz"
+HELP = (
+    "convert a scan .npz to a Ptychodus product .h5, a product (+ diffraction) to .npz, "
+    "or counts to amplitudes (.npz → .npz --intensity)"
+)
 
 _H5 = (".h5", ".hdf5")
+
+logger = logging.getLogger(__name__)
 
 
 def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -53,27 +65,43 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--intensity",
         action="store_true",
-        help="the --diffraction data are intensities (default: amplitudes)",
+        help="the diffraction data (--diffraction FILE, or IN for .npz → .npz) are "
+        "intensities or detector counts (default: amplitudes)",
     )
     p.set_defaults(run=run)
 
 
 def _npz_to_product(src: Path, dst: Path, pixel_size_m: float | None) -> str:
     from ptycho_cli.outputs import DEFAULT_PIXEL_SIZE_M
-    from ptycho_core.io import load_npz, scan_to_product, write_product
+    from ptycho_core.io import ProductFrame, load_npz, scan_to_product, write_product
 
+    if pixel_size_m is not None and not (np.isfinite(pixel_size_m) and pixel_size_m > 0):
+        raise ValueError(f"--pixel-size-m must be > 0, got {pixel_size_m}")
     scan = load_npz(src)
-    pixel = pixel_size_m
-    if pixel is None:
-        meta = scan.metadata.get("object_pixel_size_m") or scan.metadata.get("pixel_size_m")
-        pixel = float(meta) if isinstance(meta, (int, float)) and meta > 0 else DEFAULT_PIXEL_SIZE_M
-    if not (np.isfinite(pixel) and pixel > 0):
-        raise ValueError(f"--pixel-size-m must be > 0, got {pixel}")
+    frame = ProductFrame.from_metadata(scan.metadata, src)
+    fields: dict[str, Any]
+    if frame is not None:
+        if pixel_size_m is not None:
+            frame = replace(
+                frame, object_pixel_width_m=pixel_size_m, object_pixel_height_m=pixel_size_m
+            )
+        shape = scan.object.shape if scan.object is not None else frame.object_shape
+        fields = frame.product_fields((int(shape[0]), int(shape[1])))
+    else:
+        pixel = pixel_size_m
+        if pixel is None:
+            meta = scan.metadata.get("object_pixel_size_m") or scan.metadata.get("pixel_size_m")
+            if isinstance(meta, (int, float)) and np.isfinite(meta) and meta > 0:
+                pixel = float(meta)
+            else:
+                pixel = DEFAULT_PIXEL_SIZE_M
+        fields = {"pixel_size_m": pixel}
+    pixel = float(fields["pixel_size_m"])
     product = scan_to_product(
         scan,
-        pixel_size_m=pixel,
         name=src.stem,
         comments=f"converted from {src.name} by ptycho convert",
+        **fields,
     )
     write_product(dst, product)
     obj = "objectGuess" if scan.object is not None else "a placeholder object (no objectGuess)"
@@ -82,11 +110,13 @@ def _npz_to_product(src: Path, dst: Path, pixel_size_m: float | None) -> str:
 
 def _read_diffraction(path: Path, intensity: bool = False) -> np.ndarray:
     """The ``(M, N, N)`` stack of ``path`` (``.npy``, or ``.npz`` key ``diffraction``/``diff3d``)
-    as amplitudes (square roots when ``intensity``). Every problem with the file — not a
-    .npy/.npz, no such key, not a finite non-negative real ``(M, N, N)`` stack — is a
+    as amplitudes (square roots when ``intensity``, or with a logged warning when ``path`` is a
+    Ptychodus training export, whose ``diff3d`` holds counts). Every problem with the file — not
+    a .npy/.npz, no such key, not a finite non-negative real ``(M, N, N)`` stack — is a
     :class:`~ptycho_core.errors.DataContractError` naming ``path`` (never the product)."""
     from ptycho_cli.outputs import describe_non_archive
     from ptycho_core.errors import DataContractError
+    from ptycho_core.io import is_ptychodus_export
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: diffraction file not found")
@@ -109,6 +139,13 @@ def _read_diffraction(path: Path, intensity: bool = False) -> np.ndarray:
                         )
                     key = found[0]
                     diff = loaded[key]
+                    if not intensity and is_ptychodus_export(loaded.files):
+                        logger.warning(
+                            "%s: a Ptychodus training export ('diff3d' with 'bad_pixels'): "
+                            "its counts are square-rooted (as with --intensity)",
+                            path,
+                        )
+                        intensity = True
     except DataContractError:
         raise
     except Exception as exc:  # numpy reports damage with many types
@@ -134,7 +171,14 @@ def _read_diffraction(path: Path, intensity: bool = False) -> np.ndarray:
 
 def _product_to_npz(src: Path, dst: Path, diffraction: Path | None, intensity: bool) -> str:
     from ptycho_core.errors import DataContractError
-    from ptycho_core.io import ScanData, product_positions_px, read_product, save_npz
+    from ptycho_core.io import (
+        ProductFrame,
+        ScanData,
+        product_positions_px,
+        read_product,
+        save_npz,
+    )
+    from ptycho_core.io.product_frame import FRAME_KEY
 
     if diffraction is None:
         raise ValueError(
@@ -164,11 +208,25 @@ def _product_to_npz(src: Path, dst: Path, diffraction: Path | None, intensity: b
         probe=probe,
         object=np.asarray(product.object[0]),
         source=str(src),
-        metadata={"object_pixel_size_m": product.object_pixel_width_m, "converted_from": src.name},
+        metadata={
+            "object_pixel_size_m": product.object_pixel_width_m,
+            "converted_from": src.name,
+            FRAME_KEY: ProductFrame.from_product(product).to_metadata(),
+        },
     )
     save_npz(dst, scan, nphotons=product.probe_photon_count)
     shape = scan.object.shape if scan.object is not None else None
     return f"{scan.M} patterns of {scan.N}×{scan.N}, object {shape}"
+
+
+def _npz_to_npz(src: Path, dst: Path, intensity: bool) -> str:
+    from ptycho_core.io import load_npz, save_npz
+
+    scan = load_npz(src, intensity=True if intensity else None)
+    save_npz(dst, scan)
+    converted = bool(scan.metadata.get("amplitude_from_intensity"))
+    how = "square roots of the intensities" if converted else "amplitudes as stored"
+    return f"{scan.M} patterns of {scan.N}×{scan.N}, {how}"
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -177,7 +235,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     src, dst = Path(args.input), Path(args.output)
     if not src.is_file():
         raise FileNotFoundError(f"{src}: input file not found")
-    direction_ok = (src.suffix == ".npz" and dst.suffix in _H5) or (
+    direction_ok = (src.suffix == ".npz" and dst.suffix in (*_H5, ".npz")) or (
         src.suffix in _H5 and dst.suffix == ".npz"
     )
     if direction_ok:
@@ -186,7 +244,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
         what = _npz_to_product(src, dst, args.pixel_size_m)
     elif src.suffix in _H5 and dst.suffix == ".npz":
         what = _product_to_npz(src, dst, args.diffraction, args.intensity)
+    elif src.suffix == ".npz" and dst.suffix == ".npz":
+        what = _npz_to_npz(src, dst, args.intensity)
     else:
-        raise ValueError(f"{src} → {dst}: convert goes .npz → .h5 or .h5 → .npz (by suffix)")
+        raise ValueError(
+            f"{src} → {dst}: convert goes .npz → .h5, .h5 → .npz or .npz → .npz (by suffix)"
+        )
     console.result(f"wrote {dst} ({what})")
     return 0

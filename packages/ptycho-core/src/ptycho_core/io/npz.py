@@ -6,6 +6,11 @@
 file may decompress to (:func:`expansion_limit`). Every failure is a
 :class:`~ptycho_core.errors.DataContractError` naming the file and the key.
 ``save_npz`` writes atomically.
+
+Counts and amplitudes (``specs/data-contracts.md``, "Counts"): a training file exported by
+Ptychodus (:func:`is_ptychodus_export`) holds detector counts in ``diff3d``; ``load_npz`` takes
+their square roots with a logged warning. Any other integer-typed diffraction is taken as
+amplitudes, as DATA-001 says, with a warning that it looks like counts.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from ptycho_core.io.scan import ScanData, check_enough_patterns, contract_error
 __all__ = [
     "load_npz",
     "save_npz",
+    "is_ptychodus_export",
     "read_npz_arrays",
     "expansion_limit",
     "describe_file",
@@ -335,9 +341,67 @@ def _maybe_transpose(diff: np.ndarray, m_coords: int | None, path: Path) -> np.n
     return diff
 
 
+def is_ptychodus_export(keys: Collection[str]) -> bool:
+    """Whether an ``.npz`` with these keys is a training file written by Ptychodus's "Export
+    Training Data" (1.7: ``diff3d`` holds detector counts in the source dtype, ``bad_pixels``
+    marks the inpainted pixels): ``diff3d`` and ``bad_pixels`` present, ``diffraction`` and
+    ``_metadata`` absent (our writer always writes both)."""
+    present = set(keys)
+    return {"diff3d", "bad_pixels"} <= present and not {"diffraction", METADATA_KEY} & present
+
+
+def _sqrt_counts(diff: np.ndarray, key: str, path: Path) -> np.ndarray:
+    """``sqrt(diff)`` as float32 (counts or intensities → amplitudes); negative values are a
+    contract error naming ``key`` (NaN and inf are left for :class:`ScanData` to report)."""
+    if diff.dtype.kind not in "iuf" or diff.size == 0:
+        return diff  # not numbers ScanData accepts: its own message names the problem
+    lowest = diff.min()
+    if lowest < 0:
+        raise contract_error(
+            path, key, "detector counts or intensities >= 0", f"minimum {lowest!r}"
+        )
+    out = diff.astype(np.float32, copy=diff.dtype != np.float32)
+    np.sqrt(out, out=out)
+    return out
+
+
+def _amplitudes(
+    diff: np.ndarray, key: str, path: Path, in_file: list[str], intensity: bool | None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The amplitudes of the diffraction stack ``diff`` read from ``key``, and the metadata
+    entries that record a conversion (the rule of the module docstring)."""
+    if intensity:
+        return _sqrt_counts(diff, key, path), {"amplitude_from_intensity": True}
+    if intensity is None and is_ptychodus_export(in_file):
+        peak = float(diff.max()) if diff.size and diff.dtype.kind in "iuf" else 0.0
+        amp = _sqrt_counts(diff, key, path)
+        logger.warning(
+            "%s: a Ptychodus training export ('diff3d' %s with 'bad_pixels', no '_metadata'): "
+            "'diff3d' holds detector counts; using their square roots as the diffraction "
+            "amplitudes (max %.6g counts -> amplitude %.6g; specs/data-contracts.md)",
+            path,
+            diff.dtype,
+            peak,
+            math.sqrt(peak) if peak > 0 else 0.0,
+        )
+        return amp, {"amplitude_from_intensity": True, "source_format": "ptychodus-training-npz"}
+    if intensity is None and diff.dtype.kind in "iu":
+        logger.warning(
+            "%s: key '%s' holds integers (%s): taken as amplitudes (sqrt of photon counts, "
+            "DATA-001). If they are detector counts, convert the file first: "
+            "ptycho convert %s OUT.npz --intensity",
+            path,
+            key,
+            diff.dtype,
+            path,
+        )
+    return diff, {}
+
+
 def load_npz(
     path: str | os.PathLike[str],
     *,
+    intensity: bool | None = None,
     min_patterns: int | None = None,
     skip: Collection[str] = (),
     max_expanded_bytes: int | None = None,
@@ -348,6 +412,14 @@ def load_npz(
     ----------
     path:
         The ``.npz`` file.
+    intensity:
+        What the file's diffraction holds. ``None`` (default): amplitudes, except in a
+        Ptychodus training export (:func:`is_ptychodus_export`), whose ``diff3d`` counts are
+        square-rooted with a logged warning; integer-typed amplitudes log a warning that they
+        look like counts. ``True``: intensities or counts, always square-rooted (no warning).
+        ``False``: amplitudes, taken as stored (no detection, no warning). A conversion is
+        recorded in ``scan.metadata`` (``amplitude_from_intensity``, and ``source_format =
+        "ptychodus-training-npz"`` for an export).
     min_patterns:
         When given, fewer patterns than this is a :class:`DataContractError` (e.g. ``gridsize**2``).
     skip:
@@ -405,6 +477,8 @@ def load_npz(
     m_coords = int(xc.shape[0]) if xc.ndim == 1 else None
     diff = _maybe_transpose(diff, m_coords, p)
     meta = _metadata(arrays, p)
+    diff, converted = _amplitudes(diff, diff_key, p, in_file, intensity)
+    meta.update(converted)
     try:
         scan = ScanData(
             diffraction=diff,

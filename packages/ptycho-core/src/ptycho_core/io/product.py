@@ -81,7 +81,7 @@ class Product:
     name: str = "ptycho"
     comments: str = ""
     detector_object_distance_m: float = 0.0
-    probe_energy_eV: float = 0.0  # noqa: N815 - the file's spelling
+    probe_energy_eV: float = 0.0
     exposure_time_s: float = 0.0
     probe_photon_count: float | None = None
     mass_attenuation_m2_kg: float = 0.0

@@ -235,12 +235,12 @@ class ScanData:
         return np.stack([self.xcoords, self.ycoords], axis=1)
 
     @property
-    def N(self) -> int:  # noqa: N802 - the physics name
+    def N(self) -> int:
         """Pattern size in pixels."""
         return int(self.diffraction.shape[-1])
 
     @property
-    def M(self) -> int:  # noqa: N802
+    def M(self) -> int:
         """Number of diffraction patterns."""
         return int(self.diffraction.shape[0])
 

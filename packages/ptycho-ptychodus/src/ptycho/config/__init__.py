@@ -1,0 +1,1 @@
+"""``ptycho.config``: the legacy config classes Ptychodus builds (:mod:`ptycho.config.config`)."""

@@ -1,0 +1,2 @@
+"""``ptycho.workflows``: the legacy entry points Ptychodus calls
+(:mod:`ptycho.workflows.components`)."""
