@@ -9,6 +9,7 @@ Sizes are tiny (N=32, 48 positions, 1 epoch) so the whole file stays well under 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -278,7 +279,38 @@ def test_torch_bundle_with_tensorflow_backend(work, trained):
     )
     line = one_line_error(out)
     assert "'pytorch'" in line and "'tensorflow'" in line and "--backend pytorch" in line
+    assert "ptycho convert-bundle" in line and "--to tensorflow" in line
     assert not (work / "out_mismatch").exists() or not any((work / "out_mismatch").iterdir())
+
+
+@pytest.mark.parametrize("source", BACKENDS)
+def test_convert_bundle_reconstructs_through_the_other_backend(work, trained, source):
+    """A bundle trained with one backend, converted, reconstructs through the other to within
+    the parity tolerance (1e-4 of the object's scale, specs/training.md "Backend parity")."""
+    target = next(b for b in BACKENDS if b != source)
+    src = trained[source] / "wts.h5.zip"
+    conv = work / f"converted_{source}"
+    out = ok(ptycho("convert-bundle", trained[source], conv, cwd=work))  # --to: the other one
+    assert f"({target}; converted from the {source} bundle" in out.stdout
+    manifest = json.loads(ok(ptycho("inspect", "--json", conv / "wts.h5.zip", cwd=work)).stdout)
+    assert manifest["backend"] == target
+    origin = manifest["converted_from"]
+    assert origin["backend"] == source
+    assert origin["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    # converting again over it needs --force; the source is never replaced
+    again = ptycho("convert-bundle", src, conv, cwd=work)
+    last = again.stderr.strip().splitlines()[-1]
+    assert again.returncode == 1 and last.startswith("ptycho: error: ") and "--force" in last
+
+    objects = {}
+    for name, bundle in ((source, trained[source]), (target, conv)):
+        rec = work / f"rec_conv_{source}_{name}"
+        out = ok(ptycho("infer", bundle, "scan.npz", "-o", rec, "--quiet", cwd=work))
+        assert f"with the {name} backend" in out.stdout
+        with np.load(rec / "recon.npz", allow_pickle=False) as z:
+            objects[name] = z["object"]
+    a, b = objects[source], objects[target]
+    assert np.max(np.abs(a - b)) <= 1e-4 * np.max(np.abs(a))
 
 
 def test_scan_with_other_n_than_bundle(work, trained):
