@@ -58,6 +58,7 @@ if [[ $setup -eq 1 ]]; then
   python -m pip install -q --upgrade pip >/dev/null 2>&1
   python -m pip install -q -c constraints.txt -r requirements-test.txt \
     -e packages/ptycho-core -e packages/ptycho-torch -e packages/ptycho-tf -e packages/ptycho-cli \
+    -e packages/ptycho-ptychodus \
     || { echo "test set-up failed"; exit 1; }
   # Ptychodus, headless, only for the conformance test (its full dependency set is a GUI stack).
   # The acceptance suite (tests/ptychodus) fails, not skips, without it: the pin is the contract's version.
@@ -82,6 +83,7 @@ run_suite() {
 run_suite core "core + cli (no framework in process)" \
   packages/ptycho-core/tests packages/ptycho-cli/tests tests --ignore=tests/ptychodus
 run_suite torch "pytorch backend" packages/ptycho-torch/tests
-run_suite tf "tensorflow backend" packages/ptycho-tf/tests
+run_suite tf "tensorflow backend (+ ptycho-ptychodus, which imports TF)" \
+  packages/ptycho-tf/tests packages/ptycho-ptychodus/tests
 run_suite ptychodus "ptychodus 1.7.0 acceptance" tests/ptychodus
 exit $status

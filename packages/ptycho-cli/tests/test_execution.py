@@ -173,3 +173,32 @@ def test_flag_choices_are_the_core_enumerations():
     assert choices["scheduler"] == config.SCHEDULERS
     assert choices["logger"] == config.LOGGER_BACKENDS
     assert choices["checkpoint_mode"] == config.CHECKPOINT_MODES
+
+
+def test_precision_compile_and_num_nodes_flags(tmp_path):
+    args = _parse("--precision", "bf16-mixed", "--compile", "--num-nodes", "2", training=False)
+    assert execution_overrides(args) == {"precision": "bf16-mixed", "compile": True, "num_nodes": 2}
+    ex = build_execution_config(_parse("--no-compile"))
+    assert (ex.precision, ex.compile, ex.num_nodes) == ("32-true", False, 1)
+    with pytest.raises(SystemExit):
+        _parse("--precision", "fp8")
+    with pytest.raises(SystemExit):
+        _parse("--num-nodes", "0")
+    # float16 on the CPU: a ConfigError naming the field, before any framework is imported
+    with pytest.raises(ValueError, match=r"precision = '16-mixed'.*accelerator='cpu'"):
+        build_execution_config(_parse("--accelerator", "cpu", "--precision", "16-mixed"))
+
+
+def test_precision_from_a_config_file(tmp_path):
+    from ptycho_cli.factories import create_training_payload
+    from ptycho_core.io import save_npz
+    from ptycho_core.simulation import simulate_scan
+
+    data = tmp_path / "scan.npz"
+    save_npz(data, simulate_scan(N=32, n_positions=24, nphotons=1e5, seed=1))
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[execution]\nprecision = "bf16-mixed"\ncompile = true\nnum_nodes = 2\n')
+    payload = create_training_payload(data, tmp_path / "out", config_file=cfg)
+    ex = payload.execution
+    assert (ex.precision, ex.compile, ex.num_nodes) == ("bf16-mixed", True, 2)
+    assert payload.provenance["execution.precision"].endswith(str(cfg))

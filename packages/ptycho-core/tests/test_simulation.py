@@ -131,7 +131,10 @@ def test_grf_phase_correlation_length():
     a = sim.grf_phase(128, seed=0, correlation_px=3.0)
     b = sim.grf_phase(128, seed=0, correlation_px=12.0)
     assert np.abs(a).max() == pytest.approx(1.0)
-    rough = lambda f: np.abs(np.diff(f, axis=1)).mean() / f.std()  # noqa: E731
+
+    def rough(f):
+        return np.abs(np.diff(f, axis=1)).mean() / f.std()
+
     assert rough(b) < rough(a) / 2
 
 

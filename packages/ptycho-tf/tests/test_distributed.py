@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent("""
     tf.config.threading.set_intra_op_parallelism_threads(1)
     from ptycho_core.config import ExecutionConfig, ModelConfig, TrainingConfig
     from ptycho_core.simulation import simulate_scan
-    from ptycho_tf.training import resolve_strategy
+    from ptycho_tf.execution import resolve_strategy
     from ptycho_tf.workflows import train
     scan = simulate_scan(N=32, n_positions=48, nphotons=1e6, seed=2)
     out = {}

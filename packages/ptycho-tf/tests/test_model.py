@@ -196,7 +196,10 @@ def test_trainable_flags_make_real_weights(rng):
         probe_trainable=True,
         intensity_scale_trainable=True,
     )
-    names = lambda m: {w.path.split("/")[-1] for w in m.autoencoder.trainable_weights}  # noqa: E731
+
+    def names(m):
+        return {w.path.split("/")[-1] for w in m.autoencoder.trainable_weights}
+
     assert not {"log_intensity_scale", "probe_real", "probe_imag"} & names(fixed)
     assert {"log_intensity_scale", "probe_real", "probe_imag"} <= names(free)
     assert tf.is_tensor(free.forward_layer.probe())

@@ -13,16 +13,12 @@ from ptycho_core.config import ExecutionConfig, ModelConfig, TrainingConfig
 from ptycho_core.engine import FitRequest
 from ptycho_core.errors import ConfigError, PtychoError
 from ptycho_core.simulation import simulate_scan
-from ptycho_core.training import HistoryRecorder, LossSpec
+from ptycho_core.training import HistoryRecorder, LossSpec, steps_per_epoch
 from ptycho_core.workflow import prepare_training
 from ptycho_tf import workflows
 from ptycho_tf.bundle import load_bundle
-from ptycho_tf.training import (
-    make_dataset,
-    resolve_strategy,
-    restore_training_state,
-    steps_per_epoch,
-)
+from ptycho_tf.execution import resolve_strategy
+from ptycho_tf.training import make_dataset, restore_training_state
 
 #: Checkpointing on (the state is a checkpoint). With this rate the validation loss is best after
 #: epoch 0, so the plateau callback (patience 2) halves the rate at the end of epoch 2: that only
@@ -80,7 +76,7 @@ def test_state_round_trip_restores_weights_and_optimizer(scan, tmp_path):
     snap = read_training_state(tmp_path / "checkpoints" / STATE_NAME)
     assert snap.epoch == 0 and snap.nepochs == 1 and len(snap.history["rows"]) == 1
     assert snap.history["rows"][0]["train_loss"] == res.history["train_loss"][0]
-    assert set(snap.callbacks) == {"ReduceLROnPlateau", "EarlyStopping", "AtomicBestWeights"}
+    assert set(snap.callbacks) == {"ReduceLROnPlateau", "EarlyStopping", "TrainingState"}
     # a freshly built run restored from the state holds the trained weights and optimizer
     prep = prepare_training(cfg, scan)
     request = FitRequest(

@@ -22,14 +22,14 @@ from ptycho_core.training import HistoryRecorder, LossSpec, min_lr, scheduled_lr
 from ptycho_core.workflow import prepare_training, read_history_csv
 from ptycho_tf import physics as tfp
 from ptycho_tf import workflows
+from ptycho_tf.execution import resolve_strategy
 from ptycho_tf.model import build_models
 from ptycho_tf.training import (
-    AtomicBestWeights,
     HistoryCallback,
     PtychoTrainer,
+    TrainingState,
     build_callbacks,
     make_dataset,
-    resolve_strategy,
 )
 from ptycho_tf.workflows import build_training_run, train
 
@@ -179,7 +179,7 @@ def test_callbacks_follow_execution_config(scan, tmp_path):
     assert plateau.monitor == "val_loss"
     (stop,) = _find(cbs, keras.callbacks.EarlyStopping)
     assert stop.patience == 3 and stop.monitor == "val_loss"
-    (ckpt,) = _find(cbs, AtomicBestWeights)  # torch name "train_loss" → Keras' "loss"
+    (ckpt,) = _find(cbs, TrainingState)  # torch name "train_loss" → Keras' "loss"
     assert (ckpt.monitor, ckpt.mode) == ("loss", "min")
     # without validation data the monitors fall back to the training loss (Keras: "loss")
     ex = ExecutionConfig(
@@ -189,7 +189,7 @@ def test_callbacks_follow_execution_config(scan, tmp_path):
     assert not _find(cbs, keras.callbacks.ReduceLROnPlateau)
     assert not _find(cbs, keras.callbacks.LearningRateScheduler)
     assert _find(cbs, keras.callbacks.EarlyStopping)[0].monitor == "loss"
-    (ckpt,) = _find(cbs, AtomicBestWeights)
+    (ckpt,) = _find(cbs, TrainingState)
     assert (ckpt.monitor, ckpt.mode) == ("loss", "max")
 
 
@@ -231,10 +231,10 @@ def test_early_stopping_checkpoints_and_ignored_fields(scan, tmp_path, caplog):
         learning_rate=0.5,  # diverges → stops
         num_workers=2,  # not honoured: logged and reported
     )
-    with caplog.at_level(logging.INFO, logger="ptycho_tf.workflows"):
+    with caplog.at_level(logging.INFO, logger="ptycho_core.runtime"):
         res = train(_config(tmp_path, nepochs=8), ex, train_data=scan)
     assert res.epochs_trained < 8
-    assert (tmp_path / "checkpoints" / "last.weights.h5").is_file()
+    assert (tmp_path / "checkpoints" / "last.state.npz").is_file()
     assert res.extra["ignored_execution"] == {"num_workers": 2}
     assert "num_workers" in caplog.text
 

@@ -168,13 +168,17 @@ def test_inference_batch_size_chunks_prediction(tmp_path, scan, batch):
 
 
 def test_inference_device_from_accelerator():
-    from ptycho_torch.workflows import inference_device
+    from ptycho_core.runtime import first_device
+    from ptycho_torch.training import torch_devices
 
-    assert inference_device("cpu").type == "cpu"
+    present = torch_devices()
+    assert first_device("cpu", present, "pytorch") == "cpu"
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA"):
-            inference_device("cuda")
-        assert inference_device("auto").type in ("cpu", "mps")
+        with pytest.raises(RuntimeError, match="gpu device"):
+            first_device("cuda", present, "pytorch")
+        assert first_device("auto", present, "pytorch") in ("cpu", "mps")
+    with pytest.raises(ValueError, match="tpu"):
+        first_device("tpu", present, "pytorch")
 
 
 def test_manifest_scale_must_agree_with_the_weights(tmp_path):

@@ -28,6 +28,7 @@ from ptycho_core.config import (
     ACCELERATORS,
     CHECKPOINT_MODES,
     LOGGER_BACKENDS,
+    PRECISIONS,
     SCHEDULERS,
     PyTorchExecutionConfig,
 )
@@ -61,6 +62,9 @@ EXECUTION_FLAGS: dict[str, str] = {
     "early_stop_patience": "early_stop_patience",
     "logger": "logger_backend",
     "inference_batch_size": "inference_batch_size",
+    "precision": "precision",
+    "compile": "compile",
+    "num_nodes": "num_nodes",
 }
 
 
@@ -138,6 +142,27 @@ def add_execution_arguments(parser: argparse.ArgumentParser, *, training: bool =
         default=None,
         metavar="N",
         help="groups per inference batch (default 64)",
+    )
+    g.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="32-true (default), bf16-mixed or 16-mixed (a GPU only); TensorFlow: the Keras "
+        "mixed-precision policy",
+    )
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compile the model: torch.compile (PyTorch) or XLA (TensorFlow, needs "
+        "--no-deterministic for training); default off",
+    )
+    g.add_argument(
+        "--num-nodes",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="machines the run spans (PyTorch: Lightning DDP over N nodes × --devices; default 1)",
     )
     g.add_argument(
         "--logger",

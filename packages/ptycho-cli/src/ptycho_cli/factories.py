@@ -54,7 +54,7 @@ from ptycho_core.config import (
     load_config_file,
 )
 from ptycho_core.errors import ConfigError, DataContractError
-from ptycho_core.io import ScanData, check_enough_patterns, load_npz
+from ptycho_core.io import ScanData, check_enough_patterns, load_npz, load_scan
 from ptycho_core.stitching import default_stitch_crop
 
 __all__ = [
@@ -517,7 +517,8 @@ def create_inference_payload(
             )
         resolver.set(key, value, source)
 
-    data = load_npz(data_path, skip=("Y",))  # inference never uses Y (specs/data-contracts.md)
+    # inference never uses Y; an .h5 scan is streamed, never held whole (specs/data-contracts.md)
+    data = load_scan(data_path, skip=("Y",))
     n_bundle = bundle_model.get("N")
     if n_bundle is not None and n_bundle != data.N:
         raise ValueError(

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,19 @@ import numpy as np
 from ptycho_core.errors import ConfigError
 from ptycho_core.io import atomic_write
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "STATE_FORMAT",
     "STATE_NAME",
     "STATE_VERSION",
     "TrainingSnapshot",
+    "assign_state",
+    "callback_state",
     "checked_arrays",
     "read_training_state",
+    "restore_callback_state",
+    "resume_state",
     "write_training_state",
 ]
 
@@ -223,3 +230,47 @@ def checked_arrays(
                 f"{what} {name}: shape {list(a.shape)} does not match the model's {list(shape)}",
             )
     return arrays
+
+
+def resume_state(path: str | Path | None, backend: str, history: Any) -> TrainingSnapshot | None:
+    """The state to resume from (``path``, None: a fresh run → None), read for ``backend``
+    (:func:`read_training_state`), with its history rows put into ``history`` (a
+    :class:`~ptycho_core.training.HistoryRecorder`) so the resumed run continues them."""
+    if path is None:
+        return None
+    snapshot = read_training_state(path, backend)
+    history.load_state_dict(snapshot.history)
+    logger.info("resuming from %s after epoch %d", snapshot.path, snapshot.epoch)
+    return snapshot
+
+
+def callback_state(
+    callbacks: Sequence[Any], fields: Mapping[type, Sequence[str]]
+) -> dict[str, dict[str, Any]]:
+    """``TrainingSnapshot.callbacks`` for ``callbacks``: per callback whose type is in
+    ``fields``, its class name → those attributes' values."""
+    return {
+        type(cb).__name__: {f: getattr(cb, f) for f in fields[type(cb)]}
+        for cb in callbacks
+        if type(cb) in fields
+    }
+
+
+def restore_callback_state(snapshot: TrainingSnapshot, callbacks: Sequence[Any]) -> None:
+    """Put the attributes :func:`callback_state` saved back into ``callbacks`` (by class
+    name; callbacks the snapshot does not name are left as they are)."""
+    for cb in callbacks:
+        for name, value in snapshot.callbacks.get(type(cb).__name__, {}).items():
+            setattr(cb, name, value)
+
+
+def assign_state(snapshot: TrainingSnapshot, **variables: Sequence[Any]) -> None:
+    """Assign ``snapshot.weights`` / ``.optimizer`` (keywords ``weights=``, ``optimizer=``) to
+    the backend's variables — objects with ``path``, ``shape`` and ``assign(array)`` (Keras
+    variables) — after checking every shape first (:func:`checked_arrays`), so a mismatch
+    changes nothing."""
+    expected = {what: [(v.path, v.shape) for v in vs] for what, vs in variables.items()}
+    arrays = {what: checked_arrays(snapshot, what, spec) for what, spec in expected.items()}
+    for what, vs in variables.items():
+        for var, arr in zip(vs, arrays[what], strict=True):
+            var.assign(arr)

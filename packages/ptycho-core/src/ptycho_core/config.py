@@ -46,6 +46,9 @@ __all__ = [
     "SCHEDULERS",
     "LOGGER_BACKENDS",
     "CHECKPOINT_MODES",
+    "PRECISIONS",
+    "MIXED_DTYPES",
+    "FP16_DEVICE_KINDS",
     "ignored_execution_fields",
     "load_config_file",
 ]
@@ -61,6 +64,14 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 SCHEDULERS = ("plateau", "none", "cosine", "step")
 LOGGER_BACKENDS = ("csv", "tensorboard", "mlflow", "none")
 CHECKPOINT_MODES = ("min", "max")
+#: ``ExecutionConfig.precision``: full float32, bfloat16 or float16 mixed precision (Lightning's
+#: names; TensorFlow maps them onto Keras dtype policies, ``specs/configuration.md``).
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+#: The compute dtype of each mixed precision (variables stay float32): PyTorch's autocast dtype
+#: and, as ``mixed_<dtype>``, the Keras dtype policy.
+MIXED_DTYPES = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}
+#: Device kinds on which ``16-mixed`` runs (float16 autocast and loss scaling need a GPU).
+FP16_DEVICE_KINDS = ("gpu", "mps")
 
 
 # ----------------------------------------------------------------------------- validators
@@ -399,7 +410,11 @@ class ExecutionConfig(_ConfigBase):
     """Runtime knobs (never science), taken by both backends; each honours the fields listed in
     ``specs/configuration.md`` (TensorFlow: ``ptycho_tf.HONOURED_EXECUTION_FIELDS``).
 
-    ``devices``: int >= 1, -1 (all), "auto" or a list of device indices.
+    ``devices``: int >= 1, -1 (all), "auto" or a list of device indices (per node).
+    ``precision``: one of :data:`PRECISIONS` (``16-mixed`` is refused on the CPU here, and on any
+    other device without float16 by :func:`ptycho_core.runtime.check_execution`); ``compile``:
+    ``torch.compile`` (PyTorch) or XLA ``jit_compile`` (TensorFlow) for training and inference;
+    ``num_nodes``: machines a training run spans (Lightning's ``num_nodes``).
     """
 
     accelerator: str = "auto"
@@ -422,6 +437,9 @@ class ExecutionConfig(_ConfigBase):
     early_stop_patience: int = 5
     logger_backend: str = "csv"
     inference_batch_size: int = 64
+    precision: str = "32-true"
+    compile: bool = False
+    num_nodes: int = 1
 
     def __post_init__(self) -> None:
         c = _Checker(self)
@@ -462,6 +480,15 @@ class ExecutionConfig(_ConfigBase):
         c.integer("early_stop_patience", 1)
         c.choice("logger_backend", LOGGER_BACKENDS)
         c.integer("inference_batch_size", 1)
+        c.choice("precision", PRECISIONS)
+        if self.accelerator == "cpu" and self.precision == "16-mixed":
+            raise c.fail(
+                "precision",
+                "'32-true' or 'bf16-mixed' with accelerator='cpu' (float16 mixed precision "
+                "needs a GPU)",
+            )
+        c.boolean("compile")
+        c.integer("num_nodes", 1)
 
 
 #: The ADR-003 name of :class:`ExecutionConfig` (the PyTorch backend honours every field).

@@ -48,10 +48,12 @@ from ptycho_core.grouping import GroupedData
 from ptycho_core.io import ScanData, load_npz
 from ptycho_core.training import HistoryRecorder, LossSpec
 from ptycho_core.workflow import (
+    InferenceShard,
     PreparedTraining,
     Reconstruction,
     prepare_inference,
     prepare_training,
+    read_history_csv,
     run_inference,
 )
 
@@ -64,6 +66,7 @@ __all__ = [
     "WeightHooks",
     "FitOutcome",
     "build_initial_model",
+    "check_inference_devices",
     "FitRequest",
     "LoadedBundle",
     "TrainResult",
@@ -73,7 +76,10 @@ __all__ = [
     "bundle_intensity_scale",
     "load_bundle",
     "reconstruct",
+    "requested_devices",
     "save_bundle",
+    "fit_history",
+    "h5_state_mismatch",
     "state_mismatch",
     "train",
     "weights_mismatch_error",
@@ -114,8 +120,8 @@ class FitOutcome:
     """What :meth:`BackendHooks.fit` returns.
 
     ``model``: the trained model (on any device; the hooks read it). ``history``: the
-    per-epoch history when the recorder in the request could not hold it (``ddp_spawn``: rank 0
-    ran in a child process; read back from ``history.csv``); None means "the recorder's".
+    per-epoch history when the recorder in the request could not hold it; None means "the
+    recorder's", or its ``history.csv`` when it holds no rows (:func:`fit_history`).
     ``is_global_zero`` / ``global_rank``: only global rank 0 writes the bundle.
     ``notes``: backend facts added to :attr:`TrainResult.extra` (e.g. ignored settings).
     """
@@ -239,6 +245,26 @@ def state_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any]) -> str
     if extra:
         parts.append(f"{len(extra)} unexpected, e.g. {extra[0]}")
     return "; ".join(parts)
+
+
+def h5_state_mismatch(expected: bytes, found: bytes, where: object) -> str:
+    """:func:`state_mismatch` between two HDF5 weight files (bytes; every dataset by its path,
+    e.g. Keras ``.weights.h5``); an unreadable ``found`` is a :class:`BundleError` naming
+    ``where``."""
+    import io
+
+    import h5py
+
+    def datasets(fh: Any) -> dict[str, Any]:
+        names: list[str] = []
+        fh.visit(names.append)
+        return {n: fh[n] for n in names if isinstance(fh[n], h5py.Dataset)}
+
+    try:
+        with h5py.File(io.BytesIO(found), "r") as got, h5py.File(io.BytesIO(expected), "r") as want:
+            return state_mismatch(datasets(want), datasets(got))
+    except OSError as exc:
+        raise BundleError(f"{where}: not a readable HDF5 file ({exc})") from exc
 
 
 def weights_mismatch_error(where: object, reason: str | BaseException) -> BundleError:
@@ -401,18 +427,45 @@ def load_bundle(hooks: WeightHooks, path: str | Path) -> LoadedBundle:
 
 
 # ----------------------------------------------------------------------------- skeleton
+def fit_history(
+    outcome: FitOutcome, recorder: HistoryRecorder, output_dir: Path
+) -> dict[str, list[float]]:
+    """The history of a fit: ``outcome.history``, else the recorder's, else — when the recorder
+    holds no rows (``ddp_spawn``: rank 0 ran in a child process) — the ``history.csv`` that
+    rank 0 wrote in ``output_dir``."""
+    if outcome.history is not None:
+        return outcome.history
+    if not recorder.rows and (Path(output_dir) / HISTORY_NAME).exists():
+        return read_history_csv(Path(output_dir) / HISTORY_NAME)
+    return recorder.history()
+
+
 def build_initial_model(hooks: WeightHooks, request: FitRequest) -> Any:
     """``hooks.build_model`` for ``request``: the config's architecture and trainability, the
     prepared (normalised) probe and intensity scale ``s``. A backend's :meth:`BackendHooks.fit`
-    calls it right after seeding."""
+    calls it right after seeding. A model with ``load_weight_arrays`` (both backends) then gets
+    the framework-neutral initial weights of :func:`ptycho_core.seeding.initial_weights`
+    (``config.seed``), so both backends start from the same network (``specs/training.md``)."""
+    from ptycho_core.seeding import initial_weights
+
     config, prepared = request.config, request.prepared
-    return hooks.build_model(
+    model = hooks.build_model(
         config.model,
         probe=prepared.probe,
         intensity_scale=prepared.intensity_scale,
         probe_trainable=config.probe_trainable,
         intensity_scale_trainable=config.intensity_scale_trainable,
     )
+    load = getattr(model, "load_weight_arrays", None)
+    if load is not None:
+        init = initial_weights(
+            config.model,
+            config.seed,
+            probe=prepared.probe,
+            intensity_scale=prepared.intensity_scale,
+        )
+        load(init, "initial weights")
+    return model
 
 
 def train(
@@ -448,7 +501,7 @@ def train(
         resume_from=Path(resume_from) if resume_from is not None else None,
     )
     outcome = hooks.fit(request)
-    history = outcome.history if outcome.history is not None else recorder.history()
+    history = fit_history(outcome, recorder, out)
     bundle_path = out / core_bundle.BUNDLE_NAME
     epochs = len(history.get("train_loss", []))
     if outcome.is_global_zero:
@@ -489,7 +542,10 @@ def train(
             output_dir=config.output_dir,
             backend=hooks.name,
         )
-        result.reconstruction = reconstruct(hooks, inf_cfg, execution, data=test_data)
+        # rank 0 alone reconstructs the test data: never a multi-process inference here
+        result.reconstruction = reconstruct(
+            hooks, inf_cfg, execution, data=test_data, distributed=False
+        )
     return result
 
 
@@ -502,8 +558,14 @@ def reconstruct(
     bundle: LoadedBundle | None = None,
     adapt_epochs: int = 0,
     save_adapted: str | Path | None = None,
+    distributed: bool = True,
 ) -> Reconstruction:
     """Reconstruct a scan with a trained bundle (``config.model_path``: archive or folder).
+
+    Multi-device (``specs/training.md``): when ``execution`` asks for more than one device
+    (:func:`requested_devices`) and ``distributed`` is True, a backend with an
+    ``inference_shard(execution)`` hook splits the batches across processes and sums the
+    canvases; a backend without one raises :class:`ConfigError`.
 
     Groups every position, predicts in chunks of ``execution.inference_batch_size`` and
     stitches each chunk as it arrives (bounded memory). N and gridsize come from the bundle.
@@ -520,6 +582,8 @@ def reconstruct(
             f"save_adapted = {str(save_adapted)!r} is invalid with adapt_epochs = 0; allowed: "
             "None, or adapt_epochs >= 1 (there is no adapted model to save)"
         )
+    if distributed:
+        check_inference_devices(hooks, execution)
     t0 = time.perf_counter()
     if bundle is None:
         if config.model_path is None:
@@ -542,14 +606,45 @@ def reconstruct(
             hooks, bundle, data, epochs=epochs, execution=execution, output_dir=save_adapted
         )
         bundle, adapt_s = adapted.bundle, adapted.timings["adapt_s"]
+    shard = _inference_shard(hooks, execution) if distributed else None
     prepared = prepare_inference(config, bundle.manifest, data)
     predict = hooks.make_predict(bundle.model, execution)
-    result = run_inference(prepared, predict, execution.inference_batch_size, hooks.name)
+    result = run_inference(
+        prepared, predict, execution.inference_batch_size, hooks.name, shard=shard
+    )
     result.timings["load_bundle_s"] = load_s
     if adapt_s is not None:
         result.timings["adapt_s"] = adapt_s
     result.timings["total_s"] = time.perf_counter() - t0
     return result
+
+
+def requested_devices(execution: ExecutionConfig) -> int:
+    """Processes an inference is asked to span: ``devices`` (an int > 1, or a list's length)
+    times ``num_nodes``; ``'auto'`` and ``-1`` count as 1 (one process, the default device)."""
+    d = execution.devices
+    per_node = len(d) if isinstance(d, tuple | list) else (d if isinstance(d, int) and d > 1 else 1)
+    nodes = getattr(execution, "num_nodes", 1)
+    return int(per_node) * (int(nodes) if isinstance(nodes, int) and nodes > 1 else 1)
+
+
+def check_inference_devices(hooks: BackendHooks, execution: ExecutionConfig) -> None:
+    """:class:`ConfigError` when ``execution`` asks for several devices (:func:`requested_devices`)
+    and the backend has no ``inference_shard`` hook (TensorFlow: one process)."""
+    n = requested_devices(execution)
+    if n > 1 and getattr(hooks, "inference_shard", None) is None:
+        raise ConfigError(
+            f"ExecutionConfig.devices = {execution.devices!r} asks for {n} devices; the "
+            f"{hooks.name} backend reconstructs in one process; allowed: devices = 1 (or "
+            "reconstruct with the pytorch backend, which splits positions across devices)"
+        )
+
+
+def _inference_shard(hooks: BackendHooks, execution: ExecutionConfig) -> InferenceShard | None:
+    check_inference_devices(hooks, execution)
+    make = getattr(hooks, "inference_shard", None)
+    shard: InferenceShard | None = None if make is None else make(execution)
+    return shard
 
 
 # ----------------------------------------------------------------------------- adaptation
@@ -702,7 +797,7 @@ def adapt(
             lr,
         )
         outcome = hooks.fit(request)
-        history = outcome.history if outcome.history is not None else recorder.history()
+        history = fit_history(outcome, recorder, out)
         adapted_from = {
             "bundle": str(lb.path) if lb.path is not None else None,
             "sha256": _file_sha256(lb.path),

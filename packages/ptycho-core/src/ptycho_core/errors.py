@@ -43,8 +43,8 @@ class BundleBackendMismatchError(BundleError):
         self.active = active
         super().__init__(
             f"{path}: bundle was written by the {archived!r} backend but the active backend is "
-            f"{active!r}; reconstruct it with --backend {archived} (cross-backend conversion "
-            "does not exist yet)"
+            f"{active!r}; reconstruct it with --backend {archived}, or convert it first: "
+            f"ptycho convert-bundle {path} OUT --to {active}"
         )
 
 

@@ -308,7 +308,10 @@ def evaluate(
     t_amp, t_phase = np.abs(t).astype(np.float64), np.angle(t).astype(np.float64)
     amp = np.where(m, scale_amplitude(np.abs(r), t_amp, m), t_amp)
     phase = np.where(m, align_phase(np.angle(r), t_phase, m, remove_plane), t_phase)
-    to_unit = lambda p: (p + np.pi) / (2 * np.pi)  # noqa: E731 - phase → [0, 1]
+
+    def to_unit(p: np.ndarray) -> np.ndarray:  # phase → [0, 1]
+        return (p + np.pi) / (2 * np.pi)
+
     aligned = amp * np.exp(1j * phase)
     truth_c = t_amp * np.exp(1j * t_phase)
     result: dict[str, Any] = {

@@ -144,6 +144,13 @@ class Stitcher:
         physics._scatter(self._ones[:b], local, self._wt, self._pad)
         self.n_added += b
 
+    @property
+    def accumulators(self) -> tuple[np.ndarray, np.ndarray]:
+        """The running sums, writable: ``Σ placed values`` (complex128) and ``Σ placed weights``
+        (float64), padded canvases of one shape. Stitching is a sum, so stitchers over disjoint
+        patch sets combine by adding these (multi-device inference, ``specs/training.md``)."""
+        return self._num, self._wt
+
     def result(self) -> StitchResult:
         """The stitched object: ``Σ placed values / Σ placed weights`` where weights > 0."""
         p = self._pad

@@ -7,6 +7,7 @@ Lightning scheduler and callbacks, Keras callbacks) but never restates a constan
 * :data:`PLATEAU_FACTOR`, :data:`PLATEAU_PATIENCE`, :func:`min_lr` — reduce-on-plateau;
 * :func:`scheduled_lr` — the ``cosine`` and ``step`` schedules as pure functions of the epoch;
 * :func:`monitored_metric` — ``val_*`` monitors fall back to ``train_*`` without validation data;
+  :func:`unprefixed_name` — a metric's name in logs whose training metrics carry no prefix (Keras);
 * :class:`HistoryRecorder` — one row per epoch, ``history.csv`` rewritten atomically each epoch,
   a state that a resumed run continues from, and one INFO progress line per epoch on the
   ``ptycho.progress`` logger (:data:`~ptycho_core.workflow.PROGRESS_LOGGER`; the CLI shows it
@@ -40,6 +41,8 @@ __all__ = [
     "min_lr",
     "monitored_metric",
     "scheduled_lr",
+    "steps_per_epoch",
+    "unprefixed_name",
 ]
 
 #: Reduce-on-plateau: multiply the rate by this factor ...
@@ -89,6 +92,17 @@ def monitored_metric(metric: str, has_validation: bool) -> str:
     if has_validation or not metric.startswith("val_"):
         return metric
     return "train_" + metric[4:]
+
+
+def steps_per_epoch(n_groups: int, batch_size: int) -> int:
+    """Batches in one pass over ``n_groups`` groups (the last one may be short; at least 1)."""
+    return max(1, math.ceil(int(n_groups) / int(batch_size)))
+
+
+def unprefixed_name(metric: str) -> str:
+    """The name of ``metric`` in epoch logs whose training metrics carry no prefix (Keras'):
+    ``train_loss`` → ``loss``, ``train_<c>`` → ``<c>``, ``val_*`` and others unchanged."""
+    return metric[len("train_") :] if metric.startswith("train_") else metric
 
 
 def _float_or_nan(value: Any) -> float:
@@ -149,6 +163,29 @@ class HistoryRecorder:
         if self.write:  # one line per epoch, from one process only (DDP: rank 0)
             self._log_progress(epoch, row)
         return row
+
+    def record_logs(
+        self, epoch: int, logs: Mapping[str, Any], *, lr: Any = math.nan, prefixed: bool = False
+    ) -> dict[str, float]:
+        """:meth:`record` from a framework's epoch logs (name → scalar). ``prefixed=False``
+        (Keras): ``loss`` → ``train_loss``, ``<c>`` → ``train_<c>``, ``val_*`` unchanged, the
+        optimizer's ``learning_rate`` dropped (``lr`` is the rate used during the epoch);
+        ``prefixed=True`` (Lightning's ``callback_metrics``): the ``train_*``/``val_*`` keys."""
+        if prefixed:
+            values = {k: v for k, v in logs.items() if k.startswith(("train_", "val_"))}
+        else:
+            values = {
+                k if k.startswith("val_") else f"train_{k}": v
+                for k, v in logs.items()
+                if k != "learning_rate"
+            }
+        return self.record(
+            epoch,
+            train_loss=values.pop("train_loss", math.nan),
+            val_loss=values.pop("val_loss", math.nan),
+            lr=lr,
+            components=values,
+        )
 
     def _log_progress(self, epoch: int, row: Mapping[str, float]) -> None:
         now = time.perf_counter()

@@ -33,11 +33,12 @@ from ptycho_core import physics
 from ptycho_core.config import InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_core.errors import ConfigError, DataContractError
 from ptycho_core.grouping import GroupedData, group_scan, make_rng
-from ptycho_core.io import ScanData, atomic_write, load_npz
+from ptycho_core.io import ScanData, atomic_write, load_scan
 from ptycho_core.stitching import Stitcher, StitchResult, default_stitch_crop
 
 __all__ = [
     "INFERENCE_SEED",
+    "InferenceShard",
     "PROGRESS_LOGGER",
     "Reconstruction",
     "PreparedInference",
@@ -75,7 +76,7 @@ def _load(
             f"{owner}.{field_name} = None is invalid; allowed: a path to an NPZ "
             "scan when no data are passed in"
         )
-    return load_npz(path, skip=skip)
+    return load_scan(path, skip=skip)
 
 
 def _without_y(scan: ScanData) -> ScanData:
@@ -283,7 +284,12 @@ def prepare_inference(
     # Y is neither read nor held: memory stays that of the diffraction stack (issue D17).
     scan = _without_y(_load(data, config.test_data_file, "test_data_file", owner, ("Y",)))
     _check_n(scan, model, owner)
-    alpha = float(physics.diffraction_norm_factor(scan.diffraction))
+    stack: Any = scan.diffraction  # a streamed scan's stack knows its α (one pass at open)
+    alpha = float(
+        stack.norm_factor()
+        if hasattr(stack, "norm_factor")
+        else physics.diffraction_norm_factor(stack)
+    )
     if config.neighbor_count < model.C - 1:
         raise ConfigError(
             f"{owner}.neighbor_count = {config.neighbor_count} is invalid for the "
@@ -350,20 +356,44 @@ def _stitch_inputs(patches: np.ndarray, batch: GroupedData) -> tuple[np.ndarray,
     return p[:, 0], batch.centers  # one patch per group sits at the group centre
 
 
+@dataclass(frozen=True)
+class InferenceShard:
+    """This process's share of a multi-process inference (``specs/training.md``).
+
+    Batch ``i`` (of ``batch_size`` groups, the same batches as one process makes) is predicted
+    by rank ``i % world_size``; afterwards ``reduce(num, wt)`` must sum the stitcher's
+    accumulators (complex128 and float64 canvases, :attr:`Stitcher.accumulators`) over all
+    ranks in place, so that every rank holds the whole canvas.
+    """
+
+    rank: int
+    world_size: int
+    reduce: Callable[[np.ndarray, np.ndarray], None]
+
+
 def run_inference(
     prepared: PreparedInference,
     predict: Callable[[GroupedData], np.ndarray],
     batch_size: int,
     backend: str,
+    *,
+    shard: InferenceShard | None = None,
 ) -> Reconstruction:
     """Chunked predict-and-stitch. ``predict(batch)`` maps a :class:`GroupedData` batch (use
     ``batch.diffraction`` ``(B, C, N, N)`` = ``s·α·X`` and ``batch.offsets``) to complex object
-    patches ``(B, C_out, N, N)`` (``C_out`` = C, or 1: placed at the group centre)."""
+    patches ``(B, C_out, N, N)`` (``C_out`` = C, or 1: placed at the group centre).
+
+    Memory: one batch (its patterns are gathered on demand, from a file for a streamed scan)
+    plus the canvas. ``shard``: predict only this rank's batches, then sum the canvases."""
     t0 = time.perf_counter()
     stitcher = prepared.make_stitcher()
     t_pred = 0.0
+    rank, world = (0, 1) if shard is None else (shard.rank, shard.world_size)
     total, done, decile = len(prepared.grouped), 0, 0
-    for batch in iter_batches(prepared.grouped, batch_size):
+    for i, batch in enumerate(iter_batches(prepared.grouped, batch_size)):
+        if i % world != rank:
+            done += len(batch)
+            continue
         t1 = time.perf_counter()
         patches = predict(batch)
         t_pred += time.perf_counter() - t1
@@ -379,8 +409,15 @@ def run_inference(
                 time.perf_counter() - t0,
                 extra={"progress": "inference"},
             )
+    extra: dict[str, float] = {}
+    if shard is not None and world > 1:
+        t1 = time.perf_counter()
+        shard.reduce(*stitcher.accumulators)
+        extra = {"reduce_s": time.perf_counter() - t1, "world_size": float(world)}
     stitched = stitcher.result()
-    timings = dict(prepared.timings, predict_s=t_pred, inference_s=time.perf_counter() - t0)
+    timings = dict(
+        prepared.timings, predict_s=t_pred, inference_s=time.perf_counter() - t0, **extra
+    )
     return make_result(
         stitched,
         positions=prepared.scan.positions,

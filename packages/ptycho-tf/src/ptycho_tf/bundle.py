@@ -6,19 +6,17 @@ weights file) and back, strictly, its probe and its intensity scale. No pickles.
 
 from __future__ import annotations
 
-import io
-import os
+import contextlib
 import tempfile
 import warnings
+from collections.abc import Iterator
 from functools import partial
-from typing import Any
+from pathlib import Path
 
-import h5py
 import keras
 import numpy as np
 
 from ptycho_core import engine
-from ptycho_core.errors import BundleError
 from ptycho_tf.model import PtychoModels, build_models
 
 __all__ = [
@@ -34,20 +32,18 @@ NAME = "tensorflow"
 WEIGHTS_ENTRY = "model.weights.h5"
 
 
-def keras_weights_bytes(model: keras.Model) -> bytes:
-    """A Keras model's ``.weights.h5`` file as bytes (written in a private temp folder)."""
+@contextlib.contextmanager
+def _weights_file() -> Iterator[Path]:
+    """A ``.weights.h5`` path in a private temp folder (Keras reads and writes files only)."""
     with tempfile.TemporaryDirectory(prefix="ptycho_tf_") as tmp:
-        path = os.path.join(tmp, WEIGHTS_ENTRY)
+        yield Path(tmp) / WEIGHTS_ENTRY
+
+
+def keras_weights_bytes(model: keras.Model) -> bytes:
+    """A Keras model's ``.weights.h5`` file as bytes."""
+    with _weights_file() as path:
         model.save_weights(path)
-        with open(path, "rb") as fh:
-            return fh.read()
-
-
-def _h5_arrays(fh: Any) -> dict[str, Any]:
-    """Every dataset of an open HDF5 file, by path (``.shape`` is what is compared)."""
-    names: list[str] = []
-    fh.visit(names.append)
-    return {n: fh[n] for n in names if isinstance(fh[n], h5py.Dataset)}
+        return path.read_bytes()
 
 
 class TFBundleHooks:
@@ -68,22 +64,16 @@ class TFBundleHooks:
     def weights_from_bytes(self, model: PtychoModels, data: bytes, where: str) -> None:
         """Load ``.weights.h5`` bytes into ``model.autoencoder``, strictly: the file must hold
         the arrays (HDF5 paths and shapes) the model's own weights file holds
-        (:func:`ptycho_core.engine.state_mismatch`); Keras' "skipping" warnings (which would
+        (:func:`ptycho_core.engine.h5_state_mismatch`); Keras' "skipping" warnings (which would
         leave freshly initialised layers) are errors. Any mismatch is a :class:`BundleError`
         naming ``where``."""
         # Keras stores arrays by layer path: compare with the file this model itself writes
-        expected = io.BytesIO(keras_weights_bytes(model.autoencoder))
-        try:
-            with h5py.File(io.BytesIO(data), "r") as got, h5py.File(expected, "r") as want:
-                mismatch = engine.state_mismatch(_h5_arrays(want), _h5_arrays(got))
-        except OSError as exc:
-            raise BundleError(f"{where}: not a readable HDF5 file ({exc})") from exc
+        own = keras_weights_bytes(model.autoencoder)
+        mismatch = engine.h5_state_mismatch(own, data, where)
         if mismatch:
             raise engine.weights_mismatch_error(where, mismatch)
-        with tempfile.TemporaryDirectory(prefix="ptycho_tf_") as tmp:
-            path = os.path.join(tmp, WEIGHTS_ENTRY)
-            with open(path, "wb") as fh:
-                fh.write(data)
+        with _weights_file() as path:
+            path.write_bytes(data)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("error")

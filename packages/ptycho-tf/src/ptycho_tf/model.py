@@ -22,6 +22,7 @@ different configs coexist in one process.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,46 @@ class PtychoModels:
         if self.forward_layer is None:
             raise AttributeError("a supervised model has no probe")
         return self.forward_layer.probe().numpy()
+
+    def weight_arrays(self) -> dict[str, np.ndarray]:
+        """Every weight as ``{ADR-002 name: float32 array}`` in the canonical layout of
+        :mod:`ptycho_core.convert` (kernels as torch's ``(out, in, 3, 3)``). A supervised model
+        has no probe weights; its ``probe_real``/``probe_imag`` are ones and zeros."""
+        out = {}
+        for name, var in weight_mapping(self):
+            a = np.asarray(var.numpy(), np.float32)
+            # np.array, not ascontiguousarray: that would turn the 0-d scale into shape (1,)
+            out[name] = np.array(a.transpose(3, 2, 0, 1) if a.ndim == 4 else a, order="C")
+        if self.forward_layer is None:
+            n = int(self.model_config.N)
+            out["probe_real"], out["probe_imag"] = (
+                np.ones((n, n), np.float32),
+                np.zeros((n, n), np.float32),
+            )
+        return out
+
+    def load_weight_arrays(self, arrays: Mapping[str, np.ndarray], where: object) -> None:
+        """Assign every weight from canonical arrays, strictly (a missing, unexpected or
+        differently shaped array is a :class:`~ptycho_core.errors.BundleError` naming ``where``;
+        nothing is assigned then). A supervised model ignores ``probe_real``/``probe_imag``."""
+        from ptycho_core.engine import state_mismatch, weights_mismatch_error
+
+        mapping = weight_mapping(self)
+        expected = {}
+        for name, var in mapping:
+            shape = tuple(var.shape)
+            expected[name] = np.empty(
+                (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape, np.uint8
+            )
+        given = {k: np.asarray(v) for k, v in arrays.items()}
+        if self.forward_layer is None:
+            given = {k: v for k, v in given.items() if k not in ("probe_real", "probe_imag")}
+        mismatch = state_mismatch(expected, given)
+        if mismatch:
+            raise weights_mismatch_error(where, mismatch)
+        for name, var in mapping:
+            a = np.asarray(given[name], np.float32)
+            var.assign(a.transpose(2, 3, 1, 0) if a.ndim == 4 else a)
 
 
 def _make_convs(mc: Any) -> dict[str, keras.layers.Conv2D]:

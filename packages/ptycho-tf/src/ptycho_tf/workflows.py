@@ -1,15 +1,14 @@
 """Train and reconstruct with the TensorFlow backend (``specs/training.md``): the skeleton is
 :mod:`ptycho_core.engine`'s; this module supplies its :class:`TFHooks` (Keras ``fit`` and
 prediction; the weight bytes come from :class:`~ptycho_tf.bundle.TFBundleHooks`). The model the
-hooks pass around is a :class:`~ptycho_tf.model.PtychoModels`. Execution fields outside
-:data:`HONOURED_EXECUTION_FIELDS` set away from their default are logged as ignored and reported
-in ``TrainResult.extra["ignored_execution"]`` (``specs/tf-backend.md``).
+hooks pass around is a :class:`~ptycho_tf.model.PtychoModels`. The execution settings are checked
+by :func:`ptycho_core.runtime.check_execution` against :data:`ptycho_tf.SUPPORT`; those ignored
+are reported in ``TrainResult.extra["ignored_execution"]`` (``specs/tf-backend.md``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from functools import partial
 
@@ -17,22 +16,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ptycho_core import checkpoint, engine
-from ptycho_core.config import ExecutionConfig, ignored_execution_fields
+from ptycho_core import checkpoint, engine, runtime
+from ptycho_core.config import ExecutionConfig
 from ptycho_core.engine import FitOutcome, FitRequest
 from ptycho_core.grouping import GroupedData
-from ptycho_tf import HONOURED_EXECUTION_FIELDS, HONOURED_VALUES
+from ptycho_core.training import steps_per_epoch
+from ptycho_tf import HONOURED_EXECUTION_FIELDS, HONOURED_VALUES, SUPPORT
 from ptycho_tf.bundle import NAME, TFBundleHooks
+from ptycho_tf.execution import resolve_strategy, set_precision, tf_devices
 from ptycho_tf.model import PtychoModels
-from ptycho_tf.training import (
-    PtychoTrainer,
-    build_callbacks,
-    make_dataset,
-    resolve_strategy,
-    restore_training_state,
-    select_devices,
-    steps_per_epoch,
-)
+from ptycho_tf.training import PtychoTrainer, build_callbacks, make_dataset, restore_training_state
 
 __all__ = [
     "HONOURED_EXECUTION_FIELDS",
@@ -44,8 +37,6 @@ __all__ = [
     "reconstruct",
     "train",
 ]
-
-log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -67,17 +58,21 @@ def _op_determinism(enabled: bool):
 def build_training_run(
     request: FitRequest, strategy: tf.distribute.Strategy
 ) -> tuple[PtychoModels, PtychoTrainer]:
-    """Seed, then build the models and the :class:`PtychoTrainer` (``request.loss``) compiled
-    in ``strategy``. Clearing the Keras session and seeding right before the layers are created
-    gives one seed identical initial weights, and repeated runs in one process accumulate no
-    Keras state."""
+    """Seed, then build the models (in ``execution.precision``, :func:`set_precision`) and the
+    :class:`PtychoTrainer` (``request.loss``) compiled in ``strategy``, with XLA when
+    ``execution.compile``. Clearing the Keras session and seeding right before the layers are
+    created gives one seed identical initial weights, and repeated runs in one process
+    accumulate no Keras state."""
     keras.backend.clear_session()  # drop Keras' global name/graph state of earlier builds
     keras.utils.set_random_seed(int(request.config.seed))
     with strategy.scope():
         models = engine.build_initial_model(HOOKS, request)
         trainer = PtychoTrainer(models.autoencoder, request.loss)
+        set_precision(models, request.execution.precision)
         optimizer = keras.optimizers.Adam(float(request.execution.learning_rate))
-        trainer.compile(optimizer=optimizer, jit_compile=False)  # data-dependent canvas size
+        if request.execution.precision == "16-mixed":  # float16 gradients need loss scaling
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        trainer.compile(optimizer=optimizer, jit_compile=request.execution.compile)
     return models, trainer
 
 
@@ -92,14 +87,8 @@ class TFHooks(TFBundleHooks):
         and callback state are restored and the epoch-keyed shuffle replays the remaining
         epochs (``specs/tf-backend.md``)."""
         config, execution, prepared = request.config, request.execution, request.prepared
-        snapshot = None
-        if request.resume_from is not None:
-            snapshot = checkpoint.read_training_state(request.resume_from, NAME)
-        ignored = ignored_execution_fields(
-            execution, HONOURED_EXECUTION_FIELDS, honoured_values=HONOURED_VALUES
-        )
-        if ignored:
-            log.info("TensorFlow backend ignores these execution settings: %s", ignored)
+        snapshot = checkpoint.resume_state(request.resume_from, NAME, request.history)
+        ignored = runtime.check_execution(execution, SUPPORT, tf_devices())
         strategy = resolve_strategy(execution)
         gt = request.loss.needs_ground_truth
         dataset = partial(
@@ -114,8 +103,6 @@ class TFHooks(TFBundleHooks):
             first = 0 if snapshot is None else snapshot.first_epoch(nepochs)
             if snapshot is not None:
                 restore_training_state(snapshot, models.autoencoder, trainer, strategy)
-                request.history.load_state_dict(snapshot.history)
-                log.info("resuming from %s after epoch %d", snapshot.path, snapshot.epoch)
             val_ds = dataset(prepared.val, shuffle=False) if prepared.val is not None else None
             callbacks = build_callbacks(
                 request, models.autoencoder, has_validation=val_ds is not None, resume=snapshot
@@ -139,11 +126,14 @@ class TFHooks(TFBundleHooks):
     def make_predict(self, model: PtychoModels, execution: ExecutionConfig):
         """``predict(batch) -> (B, C, N, N) complex64`` NumPy (torch layout, as
         :func:`ptycho_core.workflow.run_inference` expects) from a :class:`GroupedData` batch
-        whose ``diffraction`` is ``s·α·X``. One traced graph serves every batch size; it runs
-        on the first selected device (chunks are small and stitching is sequential)."""
+        whose ``diffraction`` is ``s·α·X``. One traced graph (XLA with ``execution.compile``)
+        serves every batch size, in ``execution.precision``; it runs on the first selected
+        device (chunks are small and stitching is sequential)."""
         n, c = model.model_config.N, model.model_config.C
-        net = model.diffraction_to_obj
-        device = select_devices(execution)[0]
+        net, present = model.diffraction_to_obj, tf_devices()
+        runtime.check_execution(execution, SUPPORT, present, training=False)
+        set_precision(model, execution.precision)
+        device = runtime.select_devices(execution, present, NAME)[0]
 
         @tf.function(
             input_signature=[
@@ -151,6 +141,7 @@ class TFHooks(TFBundleHooks):
                 tf.TensorSpec((None, c, 2), tf.float32),
             ],
             autograph=False,
+            jit_compile=execution.compile,
         )
         def run(x, off):
             return net({"x": x, "offsets": off}, training=False)

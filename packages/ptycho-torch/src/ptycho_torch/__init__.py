@@ -8,8 +8,11 @@ ops tested against ``ptycho_core.physics``), ``losses``, ``data`` (datasets, Dat
 Importing the package itself imports no framework; submodules import torch / Lightning.
 """
 
+from ptycho_core.runtime import ExecutionSupport
 from ptycho_torch.__about__ import __version__
 
 NAME = "pytorch"
+#: The backend honours every execution field (:func:`ptycho_core.runtime.check_execution`).
+SUPPORT = ExecutionSupport(NAME)
 
-__all__ = ["__version__", "NAME"]
+__all__ = ["__version__", "NAME", "SUPPORT"]

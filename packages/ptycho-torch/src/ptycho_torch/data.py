@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from ptycho_core.seeding import batch_order
+
 __all__ = [
     "EpochShuffleSampler",
     "GroupDataset",
@@ -59,8 +61,9 @@ class GroupDataset(Dataset):
 
 
 class EpochShuffleSampler(RandomSampler):
-    """Random order drawn from ``Generator(seed + epoch)``: reproducible per epoch, so a run
-    resumed from a checkpoint sees the same batches as an uninterrupted one. Lightning calls
+    """The order of :func:`ptycho_core.seeding.batch_order` ``(n, seed, epoch)``: the same
+    batches as the TensorFlow backend, reproducible per epoch, so a run resumed from a
+    checkpoint sees the same batches as an uninterrupted one. Lightning calls
     :meth:`set_epoch` each epoch (and swaps in a seeded DistributedSampler under DDP)."""
 
     def __init__(self, data_source: Sized, seed: int = 0) -> None:
@@ -71,9 +74,7 @@ class EpochShuffleSampler(RandomSampler):
         self.epoch = int(epoch)
 
     def __iter__(self):
-        gen = torch.Generator()
-        gen.manual_seed(self.seed + self.epoch)
-        yield from torch.randperm(len(self.data_source), generator=gen).tolist()
+        yield from batch_order(len(self.data_source), self.seed, self.epoch).tolist()
 
 
 def loader_kwargs(execution: Any, *, batch_size: int) -> dict[str, Any]:

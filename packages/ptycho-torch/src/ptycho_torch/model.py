@@ -16,6 +16,7 @@ Two entry points:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,8 +32,9 @@ from ptycho_core.architecture import (
 )
 from ptycho_core.config import MERGE_WEIGHTS, SUPPORTED_N
 from ptycho_torch import physics
+from ptycho_torch._ptychodus_module import PtychoPINN_Lightning  # Ptychodus 1.7 imports it here
 
-__all__ = ["SUPPORTED_N", "ModelOutput", "PtychoModel", "build_model"]
+__all__ = ["SUPPORTED_N", "ModelOutput", "PtychoModel", "PtychoPINN_Lightning", "build_model"]
 
 _AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
 
@@ -170,6 +172,27 @@ class PtychoModel(nn.Module):
                 sd.move_to_end(key)
         return sd
 
+    # -- canonical weights (ptycho_core.convert) ----------------------------------------------
+    def weight_arrays(self) -> dict[str, np.ndarray]:
+        """Every weight as ``{ADR-002 name: float32 NumPy array}`` in state-dict order: the
+        canonical layout of :mod:`ptycho_core.convert` (copies, on the CPU)."""
+        return {
+            k: v.detach().cpu().contiguous().numpy().copy() for k, v in self.state_dict().items()
+        }
+
+    def load_weight_arrays(self, arrays: Mapping[str, np.ndarray], where: object) -> None:
+        """Assign every weight from canonical arrays (:meth:`weight_arrays`' names and shapes),
+        strictly: any missing, unexpected or differently shaped array is a
+        :class:`~ptycho_core.errors.BundleError` naming ``where``; nothing is assigned then."""
+        from ptycho_core.engine import state_mismatch, weights_mismatch_error
+
+        expected = self.state_dict()
+        mismatch = state_mismatch(expected, {k: np.asarray(v) for k, v in arrays.items()})
+        if mismatch:
+            raise weights_mismatch_error(where, mismatch)
+        state = {k: torch.from_numpy(np.array(arrays[k], np.float32)) for k in expected}
+        self.load_state_dict(state, strict=True)
+
     # -- pieces -------------------------------------------------------------------------------
     @property
     def intensity_scale(self) -> torch.Tensor:
@@ -258,7 +281,10 @@ class PtychoModel(nn.Module):
         z = self.encode(x_scaled / self.intensity_scale)
         amp = self._decode("amp", z)
         phase = self._decode("phase", z)
-        obj = torch.polar(amp, phase)
+        # not torch.polar: its backward takes the amplitude to be >= 0 (it differentiates
+        # through sgn(result)), and the swish border branch of probe_big gives negative
+        # amplitudes, whose gradient then had the wrong sign (found by the parity tests).
+        obj = torch.complex(amp * torch.cos(phase), amp * torch.sin(phase))
         if self.C == 1:
             return obj
         if offsets is None:

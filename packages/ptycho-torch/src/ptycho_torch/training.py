@@ -11,10 +11,8 @@ without running a fit.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 
+from ptycho_core import runtime
 from ptycho_core.config import ExecutionConfig
 from ptycho_core.training import (
     PLATEAU_FACTOR,
@@ -32,6 +31,7 @@ from ptycho_core.training import (
     monitored_metric,
     scheduled_lr,
 )
+from ptycho_torch import SUPPORT
 from ptycho_torch.losses import PtychoLoss
 from ptycho_torch.model import PtychoModel
 
@@ -41,9 +41,8 @@ __all__ = [
     "build_callbacks",
     "build_logger",
     "build_trainer",
+    "torch_devices",
 ]
-
-log = logging.getLogger(__name__)
 
 
 class PtychoLightningModule(pl.LightningModule):
@@ -53,7 +52,8 @@ class PtychoLightningModule(pl.LightningModule):
     The rate starts at ``execution.learning_rate``; ``execution.scheduler``: ``plateau`` →
     ``ReduceLROnPlateau`` on ``monitor`` with the core constants; ``cosine`` / ``step`` →
     ``LambdaLR`` following :func:`ptycho_core.training.scheduled_lr` over ``max_epochs``, epoch
-    by epoch; ``none`` → a constant rate.
+    by epoch; ``none`` → a constant rate. ``execution.compile``: the model is compiled in place
+    (``torch.compile``; its state-dict keys are unchanged).
     """
 
     def __init__(
@@ -68,6 +68,8 @@ class PtychoLightningModule(pl.LightningModule):
         super().__init__()
         self.model, self.loss_fn, self.execution = model, loss, execution
         self.max_epochs, self.monitor = int(max_epochs), monitor
+        if execution.compile:
+            model.compile()
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         out = self.model(batch["x"], batch["offsets"])
@@ -125,16 +127,9 @@ class HistoryCallback(Callback):
         self._lr = trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        m = trainer.callback_metrics
-        self.recorder.record(
-            trainer.current_epoch,
-            train_loss=m.get("train_loss", math.nan),
-            val_loss=m.get("val_loss", math.nan),
-            lr=self._lr,
-            components={k: v for k, v in m.items() if k.startswith(("train_", "val_"))},
-        )
+        if not trainer.sanity_checking:
+            metrics = trainer.callback_metrics
+            self.recorder.record_logs(trainer.current_epoch, metrics, lr=self._lr, prefixed=True)
 
     def state_dict(self) -> dict[str, Any]:
         return self.recorder.state_dict()
@@ -145,17 +140,15 @@ class HistoryCallback(Callback):
 
 def build_logger(execution: ExecutionConfig, output_dir: str | Path) -> Any:
     """The Lightning logger for ``execution.logger_backend``: ``csv`` (default) → CSVLogger under
-    ``<output_dir>/logs``; ``tensorboard``/``mlflow`` when installed (else a warning and CSV);
-    ``none`` → ``False`` (no logger)."""
-    name = execution.logger_backend
+    ``<output_dir>/logs``; ``tensorboard``/``mlflow`` when installed (else CSV,
+    :func:`ptycho_core.runtime.usable_logger`); ``none`` → ``False`` (no logger)."""
+    name = runtime.usable_logger(execution.logger_backend)
     if name == "none":
         return False
-    if name == "tensorboard" and (find_spec("tensorboard") or find_spec("tensorboardX")):
+    if name == "tensorboard":
         return TensorBoardLogger(save_dir=str(output_dir), name="logs")
-    if name == "mlflow" and find_spec("mlflow"):
+    if name == "mlflow":
         return MLFlowLogger(experiment_name="ptycho", save_dir=str(Path(output_dir) / "mlruns"))
-    if name != "csv":
-        log.warning("logger_backend=%r selected but %s is not installed; using CSV", name, name)
     return CSVLogger(save_dir=str(output_dir), name="logs")
 
 
@@ -203,12 +196,16 @@ def build_trainer(
     **overrides: Any,
 ) -> pl.Trainer:
     """A ``lightning.pytorch.Trainer`` honouring every field of ``execution`` that shapes
-    training; ``callbacks`` are appended to :func:`build_callbacks`'s."""
+    training (checked first by :func:`ptycho_core.runtime.check_execution`, e.g. ``16-mixed``
+    on a CPU); ``callbacks`` are appended to :func:`build_callbacks`'s."""
+    runtime.check_execution(execution, SUPPORT, torch_devices())
     devices = execution.devices
     kwargs: dict[str, Any] = dict(
         accelerator=execution.accelerator,
         strategy=execution.strategy,
         devices=list(devices) if isinstance(devices, tuple) else devices,
+        num_nodes=int(execution.num_nodes),
+        precision=execution.precision,
         deterministic=bool(execution.deterministic),
         gradient_clip_val=execution.gradient_clip_val,
         accumulate_grad_batches=int(execution.accum_steps),
@@ -227,3 +224,14 @@ def build_trainer(
         limit_val_batches=None if has_validation else 0,
     )
     return pl.Trainer(**{**kwargs, **overrides})
+
+
+def torch_devices() -> dict[str, list[str]]:
+    """The devices torch sees, by kind in the order ``auto`` prefers (``cuda``: the current
+    CUDA device), for :mod:`ptycho_core.runtime`."""
+    mps = getattr(torch.backends, "mps", None)
+    return {
+        "gpu": ["cuda"] if torch.cuda.is_available() else [],
+        "mps": ["mps"] if mps is not None and mps.is_available() else [],
+        "cpu": ["cpu"],
+    }

@@ -23,42 +23,24 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ptycho_core import engine
-from ptycho_core.config import ExecutionConfig
+from ptycho_core import engine, runtime
+from ptycho_core.config import MIXED_DTYPES, ExecutionConfig
 from ptycho_core.errors import BundleError
 from ptycho_core.training import monitored_metric
-from ptycho_core.workflow import read_history_csv
+from ptycho_torch import NAME, SUPPORT
 from ptycho_torch.data import PtychoDataModule, grouped_to_tensors
 from ptycho_torch.losses import PtychoLoss
 from ptycho_torch.model import PtychoModel, build_model
-from ptycho_torch.training import PtychoLightningModule, build_trainer
+from ptycho_torch.training import PtychoLightningModule, build_trainer, torch_devices
 
 __all__ = [
     "HOOKS",
     "NAME",
     "TorchHooks",
     "build_training_run",
-    "inference_device",
     "reconstruct",
     "train",
 ]
-
-NAME = "pytorch"
-
-
-def inference_device(accelerator: str) -> torch.device:
-    """The device for inference from an execution ``accelerator`` (``auto``: CUDA, MPS, else
-    CPU)."""
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"accelerator={accelerator!r} selected but CUDA is not available")
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if accelerator == "mps" or (accelerator == "auto" and mps is not None and mps.is_available()):
-        return torch.device("mps")
-    if accelerator == "tpu":
-        raise RuntimeError("accelerator='tpu' is supported for training through Lightning only")
-    return torch.device("cpu")
 
 
 def build_training_run(
@@ -107,10 +89,14 @@ class TorchHooks:
 
     build_model = staticmethod(build_model)
 
+    def __init__(self, callbacks: Sequence[Callback] = ()) -> None:
+        #: Extra Lightning callbacks for every fit (e.g. Ptychodus's loss collector).
+        self.callbacks = tuple(callbacks)
+
     def fit(self, request: engine.FitRequest) -> engine.FitOutcome:
         """Lightning fit (resuming from ``request.resume_from``); checkpoints hold tensors and
         primitives only and are read with ``weights_only=True``."""
-        module, dm, trainer = build_training_run(request)
+        module, dm, trainer = build_training_run(request, callbacks=self.callbacks)
         if request.initial_weights is not None:  # adaptation: continue from these weights
             self.weights_from_bytes(module.model, request.initial_weights, "initial_weights")
             module.model.train()
@@ -120,12 +106,9 @@ class TorchHooks:
             module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True
         )
         fit_s = time.perf_counter() - t0
-        csv_path = request.output_dir / engine.HISTORY_NAME
-        spawned = not request.history.rows and csv_path.exists()  # ddp_spawn: rank 0 in a child
         return engine.FitOutcome(
             model=module.model.cpu(),
             fit_s=fit_s,
-            history=read_history_csv(csv_path) if spawned else None,
             is_global_zero=bool(trainer.is_global_zero),
             global_rank=int(trainer.global_rank),
         )
@@ -161,17 +144,32 @@ class TorchHooks:
     def model_intensity_scale(self, model: PtychoModel) -> float:
         return float(model.intensity_scale.detach().cpu())
 
+    def inference_shard(self, execution: ExecutionConfig) -> Any:
+        """Multi-process inference (:mod:`ptycho_torch.distributed`); None for one process."""
+        from ptycho_torch.distributed import inference_shard
+
+        return inference_shard(execution)
+
     def make_predict(self, model: PtychoModel, execution: ExecutionConfig) -> engine.Predict:
-        """``predict(batch) -> (B, C, N, N) complex64`` NumPy on
-        :func:`inference_device` ``(execution.accelerator)``."""
-        device = inference_device(execution.accelerator)
+        """``predict(batch) -> (B, C, N, N) complex64`` NumPy on the first device of
+        ``execution.accelerator`` (:func:`ptycho_core.runtime.first_device`), under autocast
+        for a mixed ``execution.precision`` and through ``torch.compile`` with ``compile``."""
+        present = torch_devices()
+        runtime.check_execution(execution, SUPPORT, present, training=False)
+        device = torch.device(runtime.first_device(execution.accelerator, present, NAME))
         model = model.to(device).eval()
+        net = model.diffraction_to_obj
+        if execution.compile:
+            net = torch.compile(net)
+        dtype = getattr(torch, MIXED_DTYPES.get(execution.precision, "float32"))
 
         @torch.inference_mode()
         def predict(batch: Any) -> np.ndarray:
             x = torch.from_numpy(np.ascontiguousarray(batch.diffraction, dtype=np.float32))
             off = torch.from_numpy(np.ascontiguousarray(batch.offsets, dtype=np.float32))
-            return model.diffraction_to_obj(x.to(device), off.to(device)).cpu().numpy()
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                obj = net(x.to(device), off.to(device))
+            return obj.to(torch.complex64).cpu().numpy()
 
         return predict
 

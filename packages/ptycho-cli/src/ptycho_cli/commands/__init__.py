@@ -5,6 +5,7 @@ from __future__ import annotations
 from ptycho_cli.commands import (
     backends,
     convert,
+    convert_bundle,
     demo,
     evaluate,
     infer,
@@ -15,6 +16,17 @@ from ptycho_cli.commands import (
 )
 
 #: In the order ``ptycho --help`` lists them.
-COMMANDS = (train, infer, refine, simulate, evaluate, demo, inspect, backends, convert)
+COMMANDS = (
+    train,
+    infer,
+    refine,
+    simulate,
+    evaluate,
+    demo,
+    inspect,
+    backends,
+    convert,
+    convert_bundle,
+)
 
 __all__ = ["COMMANDS"]

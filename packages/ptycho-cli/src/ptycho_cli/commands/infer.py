@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,13 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
         metavar="MODEL",
         help="model bundle wts.h5.zip, or the training output folder holding it",
     )
-    p.add_argument("data", type=Path, metavar="SCAN.npz", help="scan to reconstruct (DATA-001)")
+    p.add_argument(
+        "data",
+        type=Path,
+        metavar="SCAN",
+        help="scan to reconstruct: .npz (DATA-001), or .h5 read a chunk at a time (a scan.h5, "
+        "or a Ptychodus diffraction.h5 with its product.h5 beside it; specs/data-contracts.md)",
+    )
     p.add_argument(
         "-o",
         "--output-dir",
@@ -67,8 +74,11 @@ def register(subparsers: Any, parents: list[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace, console: Console) -> int:
     from ptycho_cli import dispatch, factories
     from ptycho_cli.commands._run import print_files, reconstruct_and_write
+    from ptycho_cli.commands.train import follower_rank
+    from ptycho_cli.outputs import history_from_manifest
     from ptycho_core.bundle import BUNDLE_NAME
     from ptycho_core.engine import HISTORY_NAME
+    from ptycho_core.io import StreamingScan
 
     payload = factories.create_inference_payload(
         args.model,
@@ -81,6 +91,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
         save_adapted=args.save_adapted,
     )
     backend = dispatch.check_inference_backend(payload)
+    if follower_rank(args) > 0:  # a rank another process started: its share only, no outputs
+        from ptycho_cli.commands._run import framework_hook
+
+        dispatch.reconstruct(payload, on_backend_loaded=framework_hook)
+        return 0
+    if isinstance(payload.data, StreamingScan) and (args.adapt_epochs or args.refine):
+        console.stage(f"reading all of {args.data} into memory (adaptation/refinement need it)")
+        payload = dataclasses.replace(payload, data=payload.data.load())
     for note in payload.warnings:  # e.g. positions outside the object (specs/cli.md)
         console.warn(note)
     n = payload.data.M if payload.data is not None else 0
@@ -97,7 +115,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
         result, written = infer_and_refine(payload, args.refine, args.output_dir, console)
     else:
-        result, written = reconstruct_and_write(payload, args.output_dir)
+        # recon.h5 records the model's training losses (specs/cli.md)
+        history = history_from_manifest(payload.manifest)
+        result, written = reconstruct_and_write(payload, args.output_dir, history=history)
     if k:
         adapt_s = result.timings.get("adapt_s")
         console.result(

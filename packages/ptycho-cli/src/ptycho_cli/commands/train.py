@@ -172,15 +172,16 @@ def follower_rank(args: argparse.Namespace) -> int:
     """The rank of a process that a distributed launcher started to join another process's run
     (Lightning's DDP launcher re-runs the command with ``LOCAL_RANK`` ≥ 1; torchrun and
     multi-node runs set ``RANK``/``NODE_RANK``; ``srun`` sets ``SLURM_PROCID``, counted only when
-    the command asks for several devices or a DDP strategy). 0 for the process that owns the
-    run folder."""
+    the command asks for several devices or nodes, or a DDP strategy). 0 for the process that
+    owns the run folder."""
     for var in ("LOCAL_RANK", "RANK", "NODE_RANK"):
         value = os.environ.get(var, "").strip()
         if value.isdigit() and int(value) > 0:
             return int(value)
     devices = getattr(args, "devices", None)
     strategy = str(getattr(args, "strategy", None) or "")
-    distributed = "ddp" in strategy or devices not in (None, 1)
+    nodes = getattr(args, "num_nodes", None) or 1
+    distributed = "ddp" in strategy or devices not in (None, 1) or nodes > 1
     procid = os.environ.get("SLURM_PROCID", "").strip()
     if distributed and procid.isdigit() and int(procid) > 0:
         return int(procid)
