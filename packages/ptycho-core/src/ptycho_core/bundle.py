@@ -46,6 +46,7 @@ __all__ = [
     "BUNDLE_NAME",
     "MANIFEST_NAME",
     "PROBE_NAME",
+    "RESERVED_KEYS",
     "MAX_TOTAL_BYTES",
     "Bundle",
     "BundleNotFoundError",
@@ -74,7 +75,8 @@ _BACKENDS = BACKEND_NAMES
 #: framework distributions (:data:`ptycho_core.backends.BACKENDS`).
 _CREATOR_DISTS = ("ptycho-core", *(b.distribution for b in BACKENDS), "ptycho-cli", "numpy")
 _FRAMEWORK_DISTS = {b.name: b.framework_distributions for b in BACKENDS}
-_RESERVED = (
+#: Manifest keys :func:`make_manifest` writes itself; extras may not shadow them.
+RESERVED_KEYS = (
     "format",
     "schema_version",
     "backend",
@@ -179,8 +181,10 @@ def make_manifest(
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     for key, value in (extra or {}).items():
-        if key in _RESERVED:
-            raise ValueError(f"extra manifest key {key!r} would shadow a reserved key {_RESERVED}")
+        if key in RESERVED_KEYS:
+            raise ValueError(
+                f"extra manifest key {key!r} would shadow a reserved key {RESERVED_KEYS}"
+            )
         manifest[key] = value
     json.dumps(manifest, allow_nan=False, default=json_default)  # fail early if not JSON-safe
     return json.loads(json.dumps(manifest, default=json_default))

@@ -65,22 +65,7 @@ _TARGET_HOOKS = {
     "tensorflow": ("ptycho_tf.workflows", "HOOKS"),
 }
 #: Manifest keys :func:`~ptycho_core.bundle.make_manifest` writes itself (not carried over).
-_MANIFEST_KEYS = frozenset(
-    (
-        "format",
-        "schema_version",
-        "backend",
-        "model_names",
-        "model_config",
-        "training_config",
-        "intensity_scale",
-        "normalization",
-        "creator",
-        "created",
-        "files",
-        CONVERTED_FROM_KEY,
-    )
-)
+_MANIFEST_KEYS = frozenset((*core_bundle.RESERVED_KEYS, CONVERTED_FROM_KEY))
 #: Seconds the torch reader child may take (it imports torch, then reads one file).
 TORCH_READER_TIMEOUT_S = 600.0
 

@@ -38,11 +38,8 @@ from ptycho_core.io.npz import load_npz
 from ptycho_core.io.product import _is_hdf5, product_positions_px, read_product
 from ptycho_core.io.scan import (
     ScanData,
-    _as_complex,
     _check_finite,
-    _coords,
     contract_error,
-    squeeze_probe,
 )
 
 __all__ = [
@@ -238,33 +235,7 @@ class StreamingScan(ScanData):
             super().__post_init__()
             return
         src, (m, n, _) = self.source, self.diffraction.shape
-        self.xcoords = _coords(self.xcoords, "xcoords", m, src)
-        self.ycoords = _coords(self.ycoords, "ycoords", m, src)
-        self.xcoords_start = (
-            self.xcoords.copy()
-            if self.xcoords_start is None
-            else _coords(self.xcoords_start, "xcoords_start", m, src)
-        )
-        self.ycoords_start = (
-            self.ycoords.copy()
-            if self.ycoords_start is None
-            else _coords(self.ycoords_start, "ycoords_start", m, src)
-        )
-        probe = _as_complex(squeeze_probe(self.probe, src), "probeGuess", src)
-        if probe.shape != (n, n):
-            raise contract_error(src, "probeGuess", f"shape ({n}, {n})", f"shape {probe.shape}")
-        _check_finite(probe, "probeGuess", src)
-        self.probe = probe
-        if self.object is not None:
-            obj = _as_complex(self.object, "objectGuess", src)
-            if obj.ndim != 2 or obj.size == 0:
-                raise contract_error(src, "objectGuess", "a 2-D array (H, W)", f"{obj.shape}")
-            _check_finite(obj, "objectGuess", src)
-            self.object = obj
-        si = np.zeros(m, np.int64) if self.scan_index is None else np.asarray(self.scan_index)
-        if si.shape != (m,) or si.dtype.kind not in "iu":
-            raise contract_error(src, "scan_index", f"({m},) integers", f"{si.dtype} {si.shape}")
-        self.scan_index = si.astype(np.int64)
+        self._validate_frame(m, n, src)
         self.Y = None
         self.diffraction.validate()
 

@@ -169,6 +169,22 @@ class ScanData:
         self.diffraction = d.astype(np.float32, copy=False)
         n = h
 
+        self._validate_frame(m, n, src)
+
+        if self.Y is not None:
+            y = _as_complex(self.Y, "Y", src)
+            if y.shape != (m, n, n):
+                raise contract_error(src, "Y", f"shape ({m}, {n}, {n})", f"shape {y.shape}")
+            _check_finite(y, "Y", src)
+            self.Y = y
+        if not isinstance(self.metadata, dict):
+            raise contract_error(
+                src, "_metadata", "a JSON object (dict)", type(self.metadata).__name__
+            )
+
+    def _validate_frame(self, m: int, n: int, src: str | None) -> None:
+        """Positions, probe, object and scan index of ``m`` patterns of ``n × n`` (shared with the
+        streamed :class:`~ptycho_core.io.h5scan.H5ScanData`)."""
         self.xcoords = _coords(self.xcoords, "xcoords", m, src)
         self.ycoords = _coords(self.ycoords, "ycoords", m, src)
         self.xcoords_start = (
@@ -217,17 +233,6 @@ class ScanData:
             if si.shape != (m,):
                 raise contract_error(src, "scan_index", f"shape ({m},)", f"shape {si.shape}")
             self.scan_index = si.astype(np.int64)
-
-        if self.Y is not None:
-            y = _as_complex(self.Y, "Y", src)
-            if y.shape != (m, n, n):
-                raise contract_error(src, "Y", f"shape ({m}, {n}, {n})", f"shape {y.shape}")
-            _check_finite(y, "Y", src)
-            self.Y = y
-        if not isinstance(self.metadata, dict):
-            raise contract_error(
-                src, "_metadata", "a JSON object (dict)", type(self.metadata).__name__
-            )
 
     @property
     def positions(self) -> np.ndarray:
