@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 
 from ptycho_core import bundle as core_bundle
-from ptycho_core.io import ScanData, save_npz
+from ptycho_core.io import ScanData, read_product, save_npz
 from ptycho_core.simulation import simulate_scan
 
 N = 32
@@ -251,3 +252,45 @@ def test_reconstruct_matches_direct_backend_and_survives_save_reload(pty, traine
     again.load_model_from_file(saved)
     obj2, _ = _object_of(list(again.reconstruct(rinput)))
     np.testing.assert_allclose(obj2, obj, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_batch_reconstruct_writes_a_product_both_readers_load(pty, trained, tmp_path):
+    """``ptychodus --batch reconstruct`` with ``Algorithm = ptychopinn_pinn`` and our bundle as
+    ``model.zip`` (the original PtychoPINN's name): exit 0 and one product, which Ptychodus's
+    reader and ours both load, equal to the interactive reconstruction."""
+    io = _require("ptychodus.api.io")
+    assemble = _require("ptychodus.api.assemble")
+    rinput = trained.input
+    folder = tmp_path / "in"
+    folder.mkdir()
+    patterns = rinput.diffraction_patterns
+    data = assemble.AssembledDiffractionData(
+        np.arange(len(patterns)),
+        patterns,
+        pty.geometry.PixelGeometry(75e-6, 75e-6),
+        rinput.bad_pixels,
+    )
+    io.save_diffraction_data(folder / "diffraction.h5", data)
+    io.save_product(folder / "product.h5", rinput.product)
+    (folder / "settings.ini").write_text("[Processing]\nAlgorithm = ptychopinn_pinn\n")
+    (folder / "model.zip").write_bytes((trained.folder / "wts.h5.zip").read_bytes())
+
+    bin_dir = Path(sys.executable).parent
+    exe = bin_dir / "ptychodus"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ptychodus"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0", MPLBACKEND="Agg")
+    env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
+    args = ["--batch", "reconstruct", "-i", str(folder), "-o", str(tmp_path / "out")]
+    done = subprocess.run(
+        cmd + args, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = sorted((tmp_path / "out").glob("product*.h5"))
+    assert len(written) == 1, done.stderr[-2000:]
+
+    want, _ = _object_of(list(trained.rec.reconstruct(rinput)))
+    theirs = io.load_product(written[0])
+    np.testing.assert_allclose(np.squeeze(theirs.object_.get_array()), want, atol=1e-5)
+    ours = read_product(written[0])
+    np.testing.assert_allclose(np.asarray(ours.object).reshape(want.shape), want, atol=1e-5)
