@@ -72,6 +72,8 @@ def run_case(backend: Any, gridsize: int, nphotons: float, args: argparse.Namesp
             n_groups=None,
             output_dir=Path(tmp),
             backend=backend.NAME,
+            nll_weight=1.0 if args.loss == "nll" else 0.0,
+            mae_weight=1.0 if args.loss == "mae" else 0.0,
         )
         t0 = time.perf_counter()
         result = backend.train(cfg, execution, train_data=train_half)
@@ -138,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapt-epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument(
+        "--loss",
+        choices=("nll", "mae"),
+        default="nll",
+        help="Poisson NLL (the default) or amplitude MAE (the recipe of specs/training.md)",
+    )
     ap.add_argument("--gridsize", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--photons", type=float, nargs="+", default=[1e9, 1e4])
     ap.add_argument("--margin", type=int, default=4, help="pixels left out at the covered rim")
@@ -154,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0]
     print(
         f"# {args.backend}, realistic scene, N={args.N}, {args.positions} positions (half trains), "
+        f"loss {args.loss}, batch {args.batch_size}, "
         f"load average at start {load:.1f}, {os.cpu_count()} CPUs"
     )
     print(HEADER)

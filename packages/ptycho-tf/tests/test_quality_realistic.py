@@ -1,0 +1,8 @@
+"""Held-out reconstruction of the realistic scene beats a flat object
+(:class:`ptycho_core.testing.QualityConformance`, slow lane)."""
+
+from ptycho_core.testing import QualityConformance
+
+
+class TestTensorFlowQuality(QualityConformance):
+    backend_name = "tensorflow"
