@@ -7,6 +7,9 @@ memory row pair: inference at M and 10·M positions. Each row runs in a fresh pr
 peak RSS; ``ru_maxrss`` of rank 0); devices = 2 starts the second rank through the backend
 (Lightning's DDP launcher re-runs this script with the same ``--worker`` argument).
 
+Inference rows group with ``every`` (each position seeds a group) unless the gridsize cell says
+``cover`` (``InferenceConfig.grouping``: about ``M / C`` groups that hold every position).
+
 Inference is end to end: open the scan (an ``.h5`` scan, streamed), group, predict, stitch and
 write ``recon.npz``; patterns/s = scan positions / seconds of the second of two runs (the first
 includes start-up and ``torch.compile``; its seconds are the ``cold s`` column). Training:
@@ -83,7 +86,12 @@ def worker(spec: dict[str, Any]) -> None:
     if spec["mode"] == "infer":
         from ptycho_torch.workflows import reconstruct
 
-        cfg = InferenceConfig(model=mc, model_path=spec["bundle"], test_data_file=spec["scan"])
+        cfg = InferenceConfig(
+            model=mc,
+            model_path=spec["bundle"],
+            test_data_file=spec["scan"],
+            grouping=spec.get("grouping", "every"),
+        )
         times = []
         for _ in range(int(spec.get("runs", 2))):
             t0 = time.perf_counter()
@@ -174,6 +182,8 @@ def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         combos = [
             ("infer", 64, 1, *plain, 1),
             ("infer", 64, 2, *plain, 1),
+            ("infer", 64, 2, *plain, 1, "cover"),
+            ("infer", 64, 2, "bf16-mixed", False, 1, "cover"),
             ("infer", 64, 1, "bf16-mixed", False, 1),
             ("infer", 64, 1, "32-true", True, 1),
             ("infer", 64, 1, *plain, 2),
@@ -200,12 +210,11 @@ def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
             for opt in (plain, fast)
         ]
         combos += [("infer", 64, 1, "bf16-mixed", False, 1), ("infer", 64, 1, "32-true", True, 1)]
+        combos += [("infer", 64, 2, *fast, 1, "cover"), ("infer", 128, 2, *fast, 1, "cover")]
         combos += [("infer", 64, 1, *fast, 2), ("train", 64, 1, *fast, 2)]
-    return [
-        {"mode": m, "N": n, "gridsize": g, "precision": p, "compile": c, "devices": d}
-        for m, n, g, p, c, d in combos
-        if d <= args.max_devices
-    ]
+    keys = ("mode", "N", "gridsize", "precision", "compile", "devices", "grouping")
+    rows = [dict(zip(keys, (*c, "every") if len(c) == 6 else c, strict=True)) for c in combos]
+    return [r for r in rows if r["devices"] <= args.max_devices]
 
 
 def main() -> None:
@@ -270,7 +279,7 @@ def main() -> None:
         cells = [
             row["mode"],
             row["N"],
-            row["gridsize"],
+            f"{row['gridsize']}" + (" cover" if row.get("grouping") == "cover" else ""),
             row["precision"],
             "on" if row["compile"] else "off",
             row["devices"],

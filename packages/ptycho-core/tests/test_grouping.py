@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ptycho_core.errors import DataContractError
-from ptycho_core.grouping import GroupedData, group_indices, group_scan
+from ptycho_core.grouping import GroupedData, cover_indices, group_indices, group_scan
 from ptycho_core.io import ScanData
 
 
@@ -202,3 +202,55 @@ def test_group_scan_too_few_patterns_names_source():
     scan = _scan(m=3)
     with pytest.raises(DataContractError, match="at least 4 patterns"):
         group_scan(scan, 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    m=st.integers(9, 80),
+    gridsize=st.sampled_from([1, 2, 3]),
+    extra_k=st.integers(0, 5),
+    seed=st.integers(0, 2**31),
+    integer=st.booleans(),
+)
+def test_cover_holds_every_position_with_fewer_groups(m, gridsize, extra_k, seed, integer):
+    pos = _positions(m, seed, integer)
+    k = max(gridsize * gridsize - 1, 1) + extra_k
+    groups = cover_indices(pos, gridsize, neighbor_count=k)
+    _check_groups(pos, groups, gridsize, k)  # same member rules as group_indices
+    np.testing.assert_array_equal(np.unique(groups), np.arange(m))  # every position held
+    # A seed is a position no earlier group holds, so seeds are distinct and increasing.
+    seeds = groups[:, 0]
+    assert np.all(np.diff(seeds) > 0)
+    for g, s in enumerate(seeds):
+        assert s not in groups[:g]
+    if gridsize == 1:
+        np.testing.assert_array_equal(groups[:, 0], np.arange(m))
+    np.testing.assert_array_equal(groups, cover_indices(pos, gridsize, neighbor_count=k))
+
+
+def test_cover_needs_far_fewer_groups_than_every():
+    pos = _positions(2000, 3)
+    groups = cover_indices(pos, 2)
+    assert len(groups) < 0.35 * len(pos)  # M/C = 0.25 M is the ideal
+    groups3 = cover_indices(pos, 3, neighbor_count=10)
+    assert len(groups3) < 0.2 * len(pos)  # M/C = 0.11 M
+    np.testing.assert_array_equal(cover_indices(pos, 2, n_groups=7), groups[:7])
+
+
+def test_cover_prefers_positions_not_yet_held():
+    # A row of 8 equally spaced points: groups of 4 can tile it with 2 groups.
+    pos = np.stack([np.arange(8.0) * 10, np.zeros(8)], axis=1)
+    groups = cover_indices(pos, 2, neighbor_count=6)
+    assert [sorted(g) for g in groups.tolist()] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_cover_errors():
+    pos = _positions(10, 0)
+    with pytest.raises(DataContractError, match="too few scan positions"):
+        cover_indices(pos[:3], 2)
+    with pytest.raises(ValueError, match="neighbor_count"):
+        cover_indices(pos, 3, neighbor_count=6)
+    with pytest.raises(ValueError, match="n_groups"):
+        cover_indices(pos, 2, n_groups=0)
+    with pytest.raises(ValueError, match="NaN"):
+        cover_indices(np.full((10, 2), np.nan), 2)

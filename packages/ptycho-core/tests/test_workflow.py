@@ -230,6 +230,24 @@ def test_run_inference_reassembles_truth(gridsize):
     assert res.timings["predict_s"] >= 0 and res.timings["inference_s"] >= res.timings["predict_s"]
 
 
+def test_cover_grouping_reassembles_truth_with_fewer_groups():
+    data = _grid_scan()
+    every = InferenceConfig(model=ModelConfig(N=N, gridsize=2), stitch_crop=12)
+    cover = InferenceConfig(model=ModelConfig(N=N, gridsize=2), stitch_crop=12, grouping="cover")
+    pe = prepare_inference(every, _manifest(2), data)
+    pc = prepare_inference(cover, _manifest(2), data)
+    assert len(pe.grouped) == data.M and len(pc.grouped) < 0.5 * data.M
+    np.testing.assert_array_equal(np.unique(pc.grouped.indices), np.arange(data.M))
+    truth = data.Y
+    re = run_inference(pe, lambda b: truth[b.indices], batch_size=5, backend="pytorch")
+    rc = run_inference(pc, lambda b: truth[b.indices], batch_size=5, backend="pytorch")
+    np.testing.assert_array_equal(rc.coverage > 0, re.coverage > 0)
+    cov = rc.coverage > 0
+    np.testing.assert_allclose(rc.object[cov], data.object[cov], atol=1e-5)
+    with pytest.raises(ConfigError, match="grouping"):
+        InferenceConfig(grouping="all")
+
+
 def test_run_inference_one_patch_per_group_and_bad_shapes():
     data = _grid_scan()
     pi = prepare_inference(InferenceConfig(model=ModelConfig(N=N, gridsize=2)), _manifest(2), data)

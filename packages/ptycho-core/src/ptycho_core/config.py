@@ -37,6 +37,7 @@ __all__ = [
     "BACKEND_NAMES",
     "SUPPORTED_N",
     "MERGE_WEIGHTS",
+    "INFERENCE_GROUPINGS",
     "ModelConfig",
     "TrainingConfig",
     "InferenceConfig",
@@ -60,6 +61,9 @@ MODEL_TYPES = ("pinn", "supervised")
 AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
 #: ``ModelConfig.merge_weights``: the ``object_big`` merge weight (``specs/model.md``).
 MERGE_WEIGHTS = ("probe", "centre")
+#: ``InferenceConfig.grouping``: every position seeds a group, or the fewest groups that cover
+#: every position (``specs/configuration.md``).
+INFERENCE_GROUPINGS = ("every", "cover")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 SCHEDULERS = ("plateau", "none", "cosine", "step")
 LOGGER_BACKENDS = ("csv", "tensorboard", "mlflow", "none")
@@ -371,7 +375,10 @@ class TrainingConfig(_ConfigBase):
 class InferenceConfig(_ConfigBase):
     """What to reconstruct with which bundle (``specs/training.md``, ``specs/configuration.md``).
 
-    ``stitch_crop`` in pixels (even).
+    ``stitch_crop`` in pixels (even). ``grouping`` (one of :data:`INFERENCE_GROUPINGS`):
+    ``"every"`` makes every position the seed of one group; ``"cover"`` makes the fewest
+    groups that contain every position (:func:`ptycho_core.grouping.cover_indices`), about
+    ``C`` times fewer network evaluations at gridsize > 1.
     """
 
     _aliases: ClassVar[tuple[str, ...]] = ("n_images",)
@@ -384,6 +391,7 @@ class InferenceConfig(_ConfigBase):
     output_dir: Path = Path("outputs")
     backend: str | None = None
     stitch_crop: int | None = None
+    grouping: str = "every"
     n_images: InitVar[int | None] = None
 
     def __post_init__(self, n_images: int | None) -> None:
@@ -396,6 +404,7 @@ class InferenceConfig(_ConfigBase):
         c.integer("n_groups", 1, optional=True)
         _check_neighbors(c, self.model)
         c.choice("backend", BACKEND_NAMES, optional=True)
+        c.choice("grouping", INFERENCE_GROUPINGS)
         if self.stitch_crop is not None:
             n = self.model.N
             sc = self.stitch_crop

@@ -33,7 +33,14 @@ from ptycho_core.errors import DataContractError
 if TYPE_CHECKING:  # pragma: no cover
     from ptycho_core.io import ScanData
 
-__all__ = ["GroupedData", "group_indices", "group_scan", "groups_from_indices", "make_rng"]
+__all__ = [
+    "GroupedData",
+    "cover_indices",
+    "group_indices",
+    "group_scan",
+    "groups_from_indices",
+    "make_rng",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -99,30 +106,49 @@ def group_indices(
         Channel 0 is the seed; the others by increasing distance to it (ties by index).
     """
     pos = np.asarray(positions, dtype=np.float64)
+    c = _check_grouping_args(pos, gridsize, neighbor_count)
+    m = pos.shape[0]
+    rng = make_rng(seed)
+    seeds = _seed_indices(m, n_groups, sequential, oversample, rng)
+    if c == 1:
+        return seeds[:, None]
+
+    pool = _neighbour_pool(pos, seeds, neighbor_count)
+
+    # C − 1 members without replacement: the first C − 1 of a random permutation of each row.
+    pick = np.argsort(rng.random(pool.shape), axis=1)[:, : c - 1]
+    members = np.take_along_axis(pool, pick, axis=1)
+    d2 = np.sum((pos[members] - pos[seeds][:, None, :]) ** 2, axis=-1)
+    order = np.lexsort((members, d2), axis=-1)
+    members = np.take_along_axis(members, order, axis=1)
+    return np.concatenate([seeds[:, None], members], axis=1)
+
+
+def _check_grouping_args(pos: np.ndarray, gridsize: Any, neighbor_count: int) -> int:
+    """Validate ``(M, 2)`` positions, gridsize and K; returns ``C``."""
     if pos.ndim != 2 or pos.shape[1] != 2:
         raise ValueError(f"positions must have shape (M, 2) (x, y), got {pos.shape}")
     if not np.all(np.isfinite(pos)):
         raise ValueError("positions contain NaN or infinite values")
     if isinstance(gridsize, bool) or int(gridsize) != gridsize or gridsize < 1:
         raise ValueError(f"gridsize = {gridsize!r} is invalid; allowed: an integer >= 1")
-    gridsize = int(gridsize)
-    c = gridsize * gridsize
-    m = pos.shape[0]
-    if m < c:
+    c = int(gridsize) ** 2
+    if pos.shape[0] < c:
         raise DataContractError(
             f"too few scan positions for gridsize {gridsize}: a group needs C = {c} positions, "
-            f"the scan has {m}"
+            f"the scan has {pos.shape[0]}"
         )
     if c > 1 and neighbor_count < c - 1:
         raise ValueError(
             f"neighbor_count = {neighbor_count} is invalid for gridsize {gridsize}; "
             f"allowed: an integer >= C - 1 = {c - 1}"
         )
-    rng = make_rng(seed)
-    seeds = _seed_indices(m, n_groups, sequential, oversample, rng)
-    if c == 1:
-        return seeds[:, None]
+    return c
 
+
+def _neighbour_pool(pos: np.ndarray, seeds: np.ndarray, neighbor_count: int) -> np.ndarray:
+    """``(len(seeds), K)``: each seed's K nearest *other* positions, nearest first (KD-tree)."""
+    m = pos.shape[0]
     k = min(int(neighbor_count), m - 1)
     _, nn = cKDTree(pos).query(pos[seeds], k=k + 1)
     nn = np.asarray(nn, dtype=np.int64).reshape(len(seeds), k + 1)
@@ -132,15 +158,48 @@ def group_indices(
     drop[none_dropped, -1] = True
     first = drop.cumsum(axis=1) == 1
     drop &= first  # exactly one dropped per row
-    pool = nn[~drop].reshape(len(seeds), k)
+    return nn[~drop].reshape(len(seeds), k)
 
-    # C − 1 members without replacement: the first C − 1 of a random permutation of each row.
-    pick = np.argsort(rng.random(pool.shape), axis=1)[:, : c - 1]
-    members = np.take_along_axis(pool, pick, axis=1)
-    d2 = np.sum((pos[members] - pos[seeds][:, None, :]) ** 2, axis=-1)
-    order = np.lexsort((members, d2), axis=-1)
-    members = np.take_along_axis(members, order, axis=1)
-    return np.concatenate([seeds[:, None], members], axis=1)
+
+def cover_indices(
+    positions: np.ndarray, gridsize: int, neighbor_count: int = 6, n_groups: int | None = None
+) -> np.ndarray:
+    """Groups that together contain every position at least once, with few repeats.
+
+    Inference's ``grouping = "cover"`` (``specs/configuration.md``): positions are visited in
+    scan order; one not yet in a group seeds a new group whose ``C − 1`` members are its
+    nearest *uncovered* neighbours among its ``K`` nearest, topped up with the nearest covered
+    ones when fewer than ``C − 1`` are uncovered. Deterministic (no random draw); members are
+    ordered by increasing distance to the seed (ties by index), as in :func:`group_indices`.
+    About ``M / C`` groups instead of ``M``: each pattern goes through the network about once,
+    not ``C`` times. ``n_groups`` keeps the first groups. Gridsize 1: every position once.
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    c = _check_grouping_args(pos, gridsize, neighbor_count)
+    m = pos.shape[0]
+    if c == 1:
+        out = np.arange(m, dtype=np.int64)[:, None]
+    else:
+        pool = _neighbour_pool(pos, np.arange(m, dtype=np.int64), neighbor_count)
+        covered = np.zeros(m, dtype=bool)
+        rows: list[np.ndarray] = []
+        for i in range(m):
+            if covered[i]:
+                continue
+            row = pool[i]
+            fresh = covered[row]
+            members = np.concatenate([row[~fresh], row[fresh]])[: c - 1]
+            d2 = np.sum((pos[members] - pos[i]) ** 2, axis=-1)
+            members = members[np.lexsort((members, d2))]
+            covered[i] = True
+            covered[members] = True
+            rows.append(np.concatenate([[i], members]))
+        out = np.stack(rows).astype(np.int64)
+    if n_groups is not None:
+        if isinstance(n_groups, bool) or int(n_groups) != n_groups or n_groups < 1:
+            raise ValueError(f"n_groups = {n_groups!r} is invalid; allowed: an integer >= 1")
+        out = out[: int(n_groups)]
+    return out
 
 
 @dataclass(eq=False)

@@ -32,7 +32,13 @@ import numpy as np
 from ptycho_core import physics
 from ptycho_core.config import InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_core.errors import ConfigError, DataContractError
-from ptycho_core.grouping import GroupedData, group_scan, make_rng
+from ptycho_core.grouping import (
+    GroupedData,
+    cover_indices,
+    group_scan,
+    groups_from_indices,
+    make_rng,
+)
 from ptycho_core.io import ScanData, atomic_write, load_scan
 from ptycho_core.stitching import Stitcher, StitchResult, default_stitch_crop
 
@@ -97,8 +103,17 @@ def _check_n(scan: ScanData, model: ModelConfig, owner: str) -> None:
         )
 
 
-def _group(scan: ScanData, model: ModelConfig, owner: str, **kw: Any) -> GroupedData:
+def _group(
+    scan: ScanData, model: ModelConfig, owner: str, *, cover: bool = False, **kw: Any
+) -> GroupedData:
+    """``group_scan`` (``cover``: ``cover_indices``, inference's ``grouping = "cover"``); a
+    bad grouping argument is a ConfigError naming ``owner``."""
     try:
+        if cover:
+            idx = cover_indices(
+                scan.positions, model.gridsize, kw["neighbor_count"], n_groups=kw["n_groups"]
+            )
+            return groups_from_indices(idx, scan.positions, scan.diffraction)
         return group_scan(scan, model.gridsize, **kw)
     except DataContractError:
         raise
@@ -299,6 +314,7 @@ def prepare_inference(
         scan,
         model,
         owner,
+        cover=config.grouping == "cover",
         n_groups=config.n_groups,
         neighbor_count=config.neighbor_count,
         seed=INFERENCE_SEED,
@@ -311,8 +327,9 @@ def prepare_inference(
         raise ConfigError(f"{owner}.stitch_crop = {crop} is invalid; allowed: <= N = {model.N}")
     shape = None if scan.object is None else tuple(int(v) for v in scan.object.shape)
     logger.info(
-        "inference data: %d groups of C=%d, N=%d, α=%.6g, s=%.6g",
+        "inference data: %d groups (%s) of C=%d, N=%d, α=%.6g, s=%.6g",
         len(grouped),
+        config.grouping,
         model.C,
         model.N,
         alpha,

@@ -15,6 +15,7 @@ from ptycho_cli.execution import (  # positive_* re-exported for the commands
     positive_int,
 )
 from ptycho_core.backends import BACKEND_NAMES, DEFAULT_BACKEND
+from ptycho_core.config import INFERENCE_GROUPINGS
 
 __all__ = [
     "add_science_arguments",
@@ -128,6 +129,13 @@ def add_science_arguments(parser: argparse.ArgumentParser, *, training: bool = T
             metavar="M",
             help="central M×M of each patch is stitched (default round(20·N/64))",
         )
+        g.add_argument(
+            "--grouping",
+            choices=INFERENCE_GROUPINGS,
+            default=None,
+            help="every: each position seeds a group (default); cover: the fewest groups that "
+            "hold every position (about gridsize² times fewer network evaluations)",
+        )
 
 
 #: argparse dest → config key
@@ -141,6 +149,7 @@ _SCIENCE = {
     "seed": "seed",
     "n_filters_scale": "n_filters_scale",
     "stitch_crop": "stitch_crop",
+    "grouping": "grouping",
 }
 
 
