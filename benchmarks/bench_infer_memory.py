@@ -26,19 +26,19 @@ import tempfile
 from pathlib import Path
 
 _CORE = r"""
-import resource, sys
+import sys
 import numpy as np
 from ptycho_core.config import InferenceConfig, ModelConfig
+from ptycho_core.runtime import peak_rss_bytes
 from ptycho_core.workflow import prepare_inference, run_inference
 
 path, n = sys.argv[1], int(sys.argv[2])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_rss_bytes()
 manifest = {"model_config": {"N": n}, "intensity_scale": 1.0}
 prepared = prepare_inference(InferenceConfig(model=ModelConfig(N=n), test_data_file=path), manifest)
 ones = lambda b: np.ones((len(b), 1, n, n), np.complex64)
 result = run_inference(prepared, ones, batch_size=256, backend="pytorch")
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(base / 1024, peak / 1024, result.object.shape)
+print(base / 2**20, peak_rss_bytes() / 2**20, result.object.shape)
 """
 
 _WRAP = r"""

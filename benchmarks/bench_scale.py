@@ -4,8 +4,9 @@
 Rows: N = 64, 128 × gridsize 1, 2 × precision 32-true, bf16-mixed × compile off, on ×
 devices 1, 2 (CPU processes here, GPUs where present), for training and inference, plus a
 memory row pair: inference at M and 10·M positions. Each row runs in a fresh process (its own
-peak RSS; ``ru_maxrss`` of rank 0); devices = 2 starts the second rank through the backend
-(Lightning's DDP launcher re-runs this script with the same ``--worker`` argument).
+peak RSS: ``VmHWM`` of rank 0, ``ptycho_core.runtime.peak_rss_bytes``, not ``ru_maxrss``,
+which Linux carries over from this driver); devices = 2 starts the second rank through the
+backend (Lightning's DDP launcher re-runs this script with the same ``--worker`` argument).
 
 Inference rows group with ``every`` (each position seeds a group) unless the gridsize cell says
 ``cover`` (``InferenceConfig.grouping``: about ``M / C`` groups that hold every position).
@@ -28,7 +29,6 @@ import dataclasses
 import itertools
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -81,7 +81,9 @@ def worker(spec: dict[str, Any]) -> None:
         print(RESULT + json.dumps({"na": str(exc)}), flush=True)
         return
     mc = ModelConfig(N=spec["N"], gridsize=spec["gridsize"], n_filters_scale=2)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from ptycho_core.runtime import peak_rss_bytes
+
+    base = peak_rss_bytes()
     out: dict[str, Any] = {}
     if spec["mode"] == "infer":
         from ptycho_torch.workflows import reconstruct
@@ -114,9 +116,9 @@ def worker(spec: dict[str, Any]) -> None:
         )
         result = train(cfg_t, ex, train_data=load_npz(spec["train_scan"]))
         out = {"cold_s": result.timings["fit_s"], "per_s": result.timings["patterns_per_s"]}
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_bytes()
     if _rank() == 0:
-        out.update(peak_mib=peak / 1024, base_mib=base / 1024)
+        out.update(peak_mib=peak / 2**20, base_mib=base / 2**20)
         print(RESULT + json.dumps(out), flush=True)
 
 

