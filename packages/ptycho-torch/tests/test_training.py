@@ -241,7 +241,7 @@ def test_train_writes_history_and_bundle(tmp_path, scan):
         learning_rate=2e-3,
         early_stop_patience=10,
     )
-    res = train(cfg(tmp_path, nepochs=3, mae_weight=0.1), ex, train_data=scan)
+    res = train(cfg(tmp_path, nepochs=3, nll_weight=1.0, mae_weight=0.1), ex, train_data=scan)
     assert isinstance(res, TrainResult)
     assert res.backend == "pytorch" and res.epochs_trained == 3
     csv_history = read_history_csv(tmp_path / "history.csv")

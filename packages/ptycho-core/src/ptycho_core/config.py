@@ -305,7 +305,8 @@ def _check_neighbors(c: _Checker, model: ModelConfig) -> None:
 class TrainingConfig(_ConfigBase):
     """What to train and on which data (``specs/training.md``, ``specs/configuration.md``).
 
-    ``nphotons``: mean photons per pattern.
+    ``nphotons``: mean photons per pattern. The default loss (amplitude MAE, batch size 4) is
+    the best measured on the realistic scene (``specs/training.md``, "Training recipe").
     """
 
     _aliases: ClassVar[tuple[str, ...]] = ("n_images",)
@@ -314,10 +315,10 @@ class TrainingConfig(_ConfigBase):
     model: ModelConfig = field(default_factory=ModelConfig)
     train_data_file: Path | None = None
     test_data_file: Path | None = None
-    batch_size: int = 16
+    batch_size: int = 4
     nepochs: int = 50
-    nll_weight: float = 1.0
-    mae_weight: float = 0.0
+    nll_weight: float = 0.0
+    mae_weight: float = 1.0
     realspace_weight: float = 0.0
     nphotons: float | None = None
     n_groups: int | None = None

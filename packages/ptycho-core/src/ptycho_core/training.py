@@ -234,8 +234,8 @@ class LossSpec:
     ``mean||O| − |Y|| + mean|wrap(arg O − arg Y)|``.
     """
 
-    nll_weight: float = 1.0
-    mae_weight: float = 0.0
+    nll_weight: float = 0.0
+    mae_weight: float = 1.0
     realspace_weight: float = 0.0
     supervised: bool = False
     eps: float = 1e-12

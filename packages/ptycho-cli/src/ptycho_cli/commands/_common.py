@@ -105,7 +105,7 @@ def add_science_arguments(parser: argparse.ArgumentParser, *, training: bool = T
     if training:
         g.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 50)")
         g.add_argument(
-            "--batch-size", type=positive_int, default=None, help="groups per batch (default 16)"
+            "--batch-size", type=positive_int, default=None, help="groups per batch (default 4)"
         )
         g.add_argument(
             "--nphotons",
