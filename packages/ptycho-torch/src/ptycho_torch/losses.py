@@ -41,7 +41,8 @@ class PtychoLoss(nn.Module):
     (``nll``, ``mae`` (+ ``realspace``)).
 
     Supervised: ``loss = mean| |O| − |Y| | + mean|wrap(arg O − arg Y)|``. Keys: ``loss``,
-    ``amp_mae``, ``phase_mae``. ``spec = None`` means ``LossSpec()`` (the defaults: amplitude MAE only).
+    ``amp_mae``, ``phase_mae``. ``spec = None`` means ``LossSpec()`` (the defaults: amplitude
+    MAE only).
     """
 
     def __init__(self, spec: LossSpec | None = None) -> None:
