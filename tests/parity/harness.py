@@ -218,6 +218,11 @@ def training_case(
         "validation_fraction": 0.0,
         "seed": seed,
         "n_groups": n_train,
+        # The curve tolerance is stated for the Poisson NLL (specs/training.md): the default
+        # amplitude MAE's sign-valued gradient amplifies float32 differences (the same run with
+        # it: up to 3.6 % of the curve's decrease, 0.13 of 3.6, against 0.2 % with the NLL).
+        "nll_weight": 1.0,
+        "mae_weight": 0.0,
     }
     execution = {
         "accelerator": "cpu",
