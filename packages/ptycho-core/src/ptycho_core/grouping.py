@@ -52,14 +52,19 @@ def make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def _checked_n_groups(n_groups: Any) -> int:
+    """``n_groups`` (not None) as an ``int``; ValueError unless it is an integer >= 1."""
+    if isinstance(n_groups, bool) or int(n_groups) != n_groups or n_groups < 1:
+        raise ValueError(f"n_groups = {n_groups!r} is invalid; allowed: an integer >= 1 or None")
+    return int(n_groups)
+
+
 def _seed_indices(
     m: int, n_groups: int | None, sequential: bool, oversample: bool, rng: np.random.Generator
 ) -> np.ndarray:
     if n_groups is None or n_groups == m:
         return np.arange(m, dtype=np.int64)
-    if isinstance(n_groups, bool) or int(n_groups) != n_groups or n_groups < 1:
-        raise ValueError(f"n_groups = {n_groups!r} is invalid; allowed: an integer >= 1 or None")
-    n_groups = int(n_groups)
+    n_groups = _checked_n_groups(n_groups)
     if n_groups > m:
         if not oversample:
             raise ValueError(
@@ -117,7 +122,12 @@ def group_indices(
 
     # C − 1 members without replacement: the first C − 1 of a random permutation of each row.
     pick = np.argsort(rng.random(pool.shape), axis=1)[:, : c - 1]
-    members = np.take_along_axis(pool, pick, axis=1)
+    return _seed_then_nearest(pos, seeds, np.take_along_axis(pool, pick, axis=1))
+
+
+def _seed_then_nearest(pos: np.ndarray, seeds: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """``(G, C)`` groups: each seed, then its ``(G, C − 1)`` members by increasing distance to
+    it (ties by index)."""
     d2 = np.sum((pos[members] - pos[seeds][:, None, :]) ** 2, axis=-1)
     order = np.lexsort((members, d2), axis=-1)
     members = np.take_along_axis(members, order, axis=1)
@@ -176,30 +186,25 @@ def cover_indices(
     """
     pos = np.asarray(positions, dtype=np.float64)
     c = _check_grouping_args(pos, gridsize, neighbor_count)
+    keep = None if n_groups is None else _checked_n_groups(n_groups)
     m = pos.shape[0]
     if c == 1:
-        out = np.arange(m, dtype=np.int64)[:, None]
-    else:
-        pool = _neighbour_pool(pos, np.arange(m, dtype=np.int64), neighbor_count)
-        covered = np.zeros(m, dtype=bool)
-        rows: list[np.ndarray] = []
-        for i in range(m):
-            if covered[i]:
-                continue
-            row = pool[i]
-            fresh = covered[row]
-            members = np.concatenate([row[~fresh], row[fresh]])[: c - 1]
-            d2 = np.sum((pos[members] - pos[i]) ** 2, axis=-1)
-            members = members[np.lexsort((members, d2))]
-            covered[i] = True
-            covered[members] = True
-            rows.append(np.concatenate([[i], members]))
-        out = np.stack(rows).astype(np.int64)
-    if n_groups is not None:
-        if isinstance(n_groups, bool) or int(n_groups) != n_groups or n_groups < 1:
-            raise ValueError(f"n_groups = {n_groups!r} is invalid; allowed: an integer >= 1")
-        out = out[: int(n_groups)]
-    return out
+        return np.arange(m, dtype=np.int64)[:keep, None]
+    pool = _neighbour_pool(pos, np.arange(m, dtype=np.int64), neighbor_count)
+    held = np.zeros(m, dtype=bool)
+    seeds: list[int] = []
+    members: list[np.ndarray] = []
+    for i in range(m):
+        if held[i]:
+            continue
+        row = pool[i]  # nearest first: the not-yet-held ones, then the held ones
+        picked = np.concatenate([row[~held[row]], row[held[row]]])[: c - 1]
+        held[i] = True
+        held[picked] = True
+        seeds.append(i)
+        members.append(picked)
+    out = _seed_then_nearest(pos, np.asarray(seeds, dtype=np.int64), np.stack(members))
+    return out[:keep]
 
 
 @dataclass(eq=False)
@@ -316,8 +321,10 @@ def group_scan(
     sequential: bool = False,
     oversample: bool = False,
     Y: np.ndarray | None = None,
+    cover: bool = False,
 ) -> GroupedData:
-    """Group a :class:`~ptycho_core.io.ScanData` (see :func:`group_indices`).
+    """Group a :class:`~ptycho_core.io.ScanData` (see :func:`group_indices`; ``cover``:
+    :func:`cover_indices`, which takes no seed, ``sequential`` or ``oversample``).
 
     ``Y`` ``(M, N, N)`` complex overrides ``scan.Y`` as the per-position ground truth.
     Too few patterns for a group → :class:`DataContractError` naming the source.
@@ -328,14 +335,17 @@ def group_scan(
             f"{scan.source or '<in-memory scan>'}: key 'diffraction': expected at least {c} "
             f"patterns (a gridsize-{gridsize} group needs {c}), got {scan.M} pattern(s)"
         )
-    idx = group_indices(
-        scan.positions,
-        gridsize,
-        n_groups=n_groups,
-        neighbor_count=neighbor_count,
-        seed=seed,
-        sequential=sequential,
-        oversample=oversample,
-    )
+    if cover:
+        idx = cover_indices(scan.positions, gridsize, neighbor_count, n_groups=n_groups)
+    else:
+        idx = group_indices(
+            scan.positions,
+            gridsize,
+            n_groups=n_groups,
+            neighbor_count=neighbor_count,
+            seed=seed,
+            sequential=sequential,
+            oversample=oversample,
+        )
     logger.debug("grouped %d positions into %d groups of %d", scan.M, len(idx), idx.shape[1])
     return groups_from_indices(idx, scan.positions, scan.diffraction, scan.Y if Y is None else Y)

@@ -32,13 +32,7 @@ import numpy as np
 from ptycho_core import physics
 from ptycho_core.config import InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_core.errors import ConfigError, DataContractError
-from ptycho_core.grouping import (
-    GroupedData,
-    cover_indices,
-    group_scan,
-    groups_from_indices,
-    make_rng,
-)
+from ptycho_core.grouping import GroupedData, group_scan, make_rng
 from ptycho_core.io import ScanData, atomic_write, load_scan
 from ptycho_core.stitching import Stitcher, StitchResult, default_stitch_crop
 
@@ -103,17 +97,8 @@ def _check_n(scan: ScanData, model: ModelConfig, owner: str) -> None:
         )
 
 
-def _group(
-    scan: ScanData, model: ModelConfig, owner: str, *, cover: bool = False, **kw: Any
-) -> GroupedData:
-    """``group_scan`` (``cover``: ``cover_indices``, inference's ``grouping = "cover"``); a
-    bad grouping argument is a ConfigError naming ``owner``."""
+def _group(scan: ScanData, model: ModelConfig, owner: str, **kw: Any) -> GroupedData:
     try:
-        if cover:
-            idx = cover_indices(
-                scan.positions, model.gridsize, kw["neighbor_count"], n_groups=kw["n_groups"]
-            )
-            return groups_from_indices(idx, scan.positions, scan.diffraction)
         return group_scan(scan, model.gridsize, **kw)
     except DataContractError:
         raise
