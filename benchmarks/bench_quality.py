@@ -29,12 +29,6 @@ from typing import Any
 import numpy as np
 
 
-def _split(scan: Any) -> tuple[Any, Any]:
-    x = scan.positions[:, 0]
-    mid = float(np.median(x))
-    return scan.subset(np.flatnonzero(x < mid)), scan.subset(np.flatnonzero(x >= mid))
-
-
 def _score(rec: Any, truth: np.ndarray, margin: int) -> dict[str, float]:
     from ptycho_cli.compare import compare_to_truth
 
@@ -52,10 +46,10 @@ def _score(rec: Any, truth: np.ndarray, margin: int) -> dict[str, float]:
 
 def run_case(backend: Any, gridsize: int, nphotons: float, args: argparse.Namespace) -> list[dict]:
     from ptycho_core.config import ExecutionConfig, InferenceConfig, ModelConfig, TrainingConfig
-    from ptycho_core.simulation import simulate_scan
+    from ptycho_core.simulation import held_out_halves, simulate_scan
 
     scan = simulate_scan(N=args.N, n_positions=args.positions, nphotons=nphotons, seed=args.seed)
-    train_half, test_half = _split(scan)
+    train_half, test_half = held_out_halves(scan)
     execution = ExecutionConfig(
         learning_rate=args.lr,
         enable_progress_bar=False,
@@ -139,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--adapt-epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: TrainingConfig's")
     ap.add_argument(
         "--loss",
         choices=("nll", "mae"),
-        default="nll",
-        help="Poisson NLL (the default) or amplitude MAE (the recipe of specs/training.md)",
+        default=None,
+        help="Poisson NLL or amplitude MAE (default: TrainingConfig's, specs/training.md)",
     )
     ap.add_argument("--gridsize", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--photons", type=float, nargs="+", default=[1e9, 1e4])
@@ -157,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ptycho_core.backends import load_backend
+    from ptycho_core.config import TrainingConfig
 
+    defaults = TrainingConfig()  # unset options measure the project's defaults
+    args.batch_size = args.batch_size or defaults.batch_size
+    args.loss = args.loss or ("nll" if defaults.nll_weight > 0 else "mae")
     backend = load_backend(args.backend)
     load = os.getloadavg()[0]
     print(

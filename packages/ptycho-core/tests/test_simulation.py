@@ -157,3 +157,12 @@ def test_default_probe():
     assert np.angle(d[n // 2, n // 2 + int(r)]) == pytest.approx(
         2.0 * (int(r) / (0.17 * n)) ** 2, rel=1e-5
     )
+
+
+def test_held_out_halves_split_at_the_median_x():
+    scan = sim.simulate_scan(N=32, n_positions=101, nphotons=1e6, seed=3)
+    train, held = sim.held_out_halves(scan)
+    assert train.M + held.M == scan.M and abs(train.M - held.M) <= 1
+    assert train.positions[:, 0].max() < held.positions[:, 0].min()  # left trains, right held
+    both = np.concatenate([train.positions, held.positions])
+    np.testing.assert_array_equal(np.sort(both, axis=0), np.sort(scan.positions, axis=0))

@@ -37,6 +37,7 @@ __all__ = [
     "patch_inside",
     "simulate",
     "simulate_scan",
+    "held_out_halves",
 ]
 
 logger = logging.getLogger(__name__)
@@ -500,3 +501,12 @@ def simulate_scan(
     out = simulate(obj, probe, pos, nphotons, s_noise, workers=workers)
     out.metadata.update({"simulate_scan_seed": seed, "scan": scan, "scenario": scenario})
     return out
+
+
+def held_out_halves(scan: ScanData) -> tuple[ScanData, ScanData]:
+    """The held-out protocol of the quality benchmark and check (``specs/simulation.md``):
+    positions with ``x`` below the median train, the others (the right half of the field of
+    view) are reconstructed. Returns ``(train, held_out)``."""
+    x = scan.positions[:, 0]
+    mid = float(np.median(x))
+    return scan.subset(np.flatnonzero(x < mid)), scan.subset(np.flatnonzero(x >= mid))

@@ -43,7 +43,7 @@ from ptycho_core.config import ExecutionConfig, InferenceConfig, ModelConfig, Tr
 from ptycho_core.engine import HISTORY_NAME, TrainResult
 from ptycho_core.errors import BundleBackendMismatchError
 from ptycho_core.io import ScanData
-from ptycho_core.simulation import simulate_scan
+from ptycho_core.simulation import held_out_halves, simulate_scan
 from ptycho_core.training import LossSpec
 from ptycho_core.workflow import Reconstruction, prepare_inference
 
@@ -649,10 +649,7 @@ class QualityConformance:
         from ptycho_core.metrics import evaluate
 
         scan = simulate_scan(N=self.N, n_positions=self.n_positions, nphotons=self.nphotons, seed=0)
-        x = scan.positions[:, 0]
-        mid = float(np.median(x))
-        train_half = scan.subset(np.flatnonzero(x < mid))
-        test_half = scan.subset(np.flatnonzero(x >= mid))
+        train_half, test_half = held_out_halves(scan)
         backend = load_backend(self.backend_name)
         cfg = TrainingConfig(
             model=ModelConfig(N=self.N, gridsize=self.gridsize),
