@@ -50,8 +50,11 @@ def run_case(backend: Any, gridsize: int, nphotons: float, args: argparse.Namesp
 
     scan = simulate_scan(N=args.N, n_positions=args.positions, nphotons=nphotons, seed=args.seed)
     train_half, test_half = held_out_halves(scan)
+    if args.train_on_test:  # diagnostic: how well the recipe fits the very scan it reconstructs
+        train_half = test_half
     execution = ExecutionConfig(
         learning_rate=args.lr,
+        scheduler=args.scheduler,
         enable_progress_bar=False,
         enable_checkpointing=False,
         logger_backend="none",
@@ -60,7 +63,12 @@ def run_case(backend: Any, gridsize: int, nphotons: float, args: argparse.Namesp
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
         cfg = TrainingConfig(
-            model=ModelConfig(N=args.N, gridsize=gridsize),
+            model=ModelConfig(
+                N=args.N,
+                gridsize=gridsize,
+                n_filters_scale=args.filters,
+                pad_object=not args.no_pad_object,
+            ),
             nepochs=args.epochs,
             batch_size=args.batch_size,
             n_groups=None,
@@ -117,11 +125,17 @@ HEADER = (
 )
 
 
+def _frc(value: float) -> str:
+    """The 0.5 crossing in cycles/pixel; ``metrics.frc`` gives none when the curve never falls
+    below 0.5, i.e. correlated up to Nyquist."""
+    return "≥ 0.5 (Nyquist)" if not np.isfinite(value) else f"{value:.3f}"
+
+
 def _fmt(r: dict) -> str:
     return (
         f"| {r['gridsize']} | {r['photons']:.0e} | {r['mode']} | {r['epochs']} "
         f"| {r['train_s']:.0f} | {r['infer_s']:.1f} | {r['ssim_amp']:.3f} | {r['ssim_phase']:.3f} "
-        f"| {r['psnr_amp']:.2f} | {r['psnr_phase']:.2f} | {r['frc50']:.3f} |"
+        f"| {r['psnr_amp']:.2f} | {r['psnr_phase']:.2f} | {_frc(r['frc50'])} |"
     )
 
 
@@ -132,7 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--positions", type=int, default=3000, help="both halves (default 3000)")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--adapt-epochs", type=int, default=3)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=None, help="default: ExecutionConfig's")
+    ap.add_argument("--scheduler", default=None, help="default: ExecutionConfig's")
+    ap.add_argument("--filters", type=int, default=None, help="n_filters_scale (ModelConfig's)")
+    ap.add_argument("--no-pad-object", action="store_true", help="full-size object decoder")
+    ap.add_argument(
+        "--train-on-test",
+        action="store_true",
+        help="diagnostic: train on the half that is reconstructed (no ground truth is used)",
+    )
     ap.add_argument("--batch-size", type=int, default=None, help="default: TrainingConfig's")
     ap.add_argument(
         "--loss",
@@ -151,16 +173,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ptycho_core.backends import load_backend
-    from ptycho_core.config import TrainingConfig
+    from ptycho_core.config import ExecutionConfig, ModelConfig, TrainingConfig
 
     defaults = TrainingConfig()  # unset options measure the project's defaults
+    args.lr = args.lr or ExecutionConfig().learning_rate
+    args.scheduler = args.scheduler or ExecutionConfig().scheduler
+    args.filters = args.filters or ModelConfig().n_filters_scale
     args.batch_size = args.batch_size or defaults.batch_size
     args.loss = args.loss or ("nll" if defaults.nll_weight > 0 else "mae")
     backend = load_backend(args.backend)
     load = os.getloadavg()[0]
     print(
         f"# {args.backend}, realistic scene, N={args.N}, {args.positions} positions (half trains), "
-        f"loss {args.loss}, batch {args.batch_size}, "
+        f"loss {args.loss}, batch {args.batch_size}, lr {args.lr:g} ({args.scheduler}), "
+        f"n_filters_scale {args.filters}{', no pad_object' if args.no_pad_object else ''}"
+        f"{', TRAINED ON THE TEST HALF' if args.train_on_test else ''}, "
         f"load average at start {load:.1f}, {os.cpu_count()} CPUs"
     )
     print(HEADER)

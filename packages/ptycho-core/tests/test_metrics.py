@@ -15,6 +15,7 @@ from ptycho_core.metrics import (
     align_phase,
     evaluate,
     frc,
+    largest_rectangle,
     mae,
     psnr,
     psnr255,
@@ -128,6 +129,69 @@ def test_frc_of_noisy_copy_crosses_later_than_noise():
     out = frc(noisy, truth)
     assert out["curve"][1] > 0.9
     assert out["crossing_0p5"] is not None and 0.05 < out["crossing_0p5"] < 0.5
+
+
+def _brute_force_largest_rectangle_area(m: np.ndarray) -> int:
+    best = 0
+    h, w = m.shape
+    for r0 in range(h):
+        for r1 in range(r0 + 1, h + 1):
+            for c0 in range(w):
+                for c1 in range(c0 + 1, w + 1):
+                    if (r1 - r0) * (c1 - c0) > best and m[r0:r1, c0:c1].all():
+                        best = (r1 - r0) * (c1 - c0)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_largest_rectangle_matches_brute_force(seed):
+    m = np.random.default_rng(seed).random((7, 9)) < 0.75
+    rows, cols = largest_rectangle(m)
+    assert m[rows, cols].all()
+    area = (rows.stop - rows.start) * (cols.stop - cols.start)
+    assert area == _brute_force_largest_rectangle_area(m)
+
+
+def test_largest_rectangle_of_an_empty_mask_is_empty():
+    rows, cols = largest_rectangle(np.zeros((4, 5), bool))
+    assert rows.stop - rows.start == 0 or cols.stop - cols.start == 0
+
+
+def test_frc_of_a_flat_object_on_an_irregular_mask_does_not_resolve():
+    # a flat reconstruction carries no information at any frequency; with the mask's edges in
+    # both images (zeros outside) the FRC would stay above 0.5 up to Nyquist
+    truth = _object(3, sigma=1.0)
+    mask = np.zeros(truth.shape, bool)
+    mask[4:60, 4:40] = True
+    mask[30:60, 4:60] = True  # an L shape
+    flat = evaluate(np.ones_like(truth), truth, mask=mask)["frc"]
+    same = evaluate(truth, truth, mask=mask)["frc"]
+    assert flat["crossing_0p5"] is not None and flat["crossing_0p5"] < 0.1
+    assert same["crossing_0p5"] is None  # identical images correlate up to Nyquist
+    r0, r1, c0, c1 = flat["region"]
+    assert mask[r0 + 4 : r1 + 4, c0 + 4 : c1 + 4].all()  # region is in the scored bounding box
+
+
+def test_frc_region_of_a_large_mask_stays_inside_it():
+    # above 512 px the rectangle is searched on blocks; it must still hold only scored pixels
+    truth = _object(5, sigma=2.0)
+    big = np.tile(truth, (11, 11))[:700, :650]
+    mask = np.zeros(big.shape, bool)
+    mask[3:690, 5:400] = True
+    mask[200:697, 5:640] = True
+    out = evaluate(big, big, mask=mask)["frc"]
+    r0, r1, c0, c1 = out["region"]
+    sub = mask[3:697, 5:640]  # the scored bounding box
+    assert sub[r0:r1, c0:c1].all()
+    assert (r1 - r0) * (c1 - c0) >= 0.9 * 497 * 635  # close to the best (497 x 635)
+
+
+def test_frc_is_empty_when_the_scored_region_is_too_thin():
+    truth = _object(4)
+    mask = np.zeros(truth.shape, bool)
+    mask[10:50, 20 : 20 + metrics.FRC_MIN_SIDE - 1] = True
+    out = evaluate(truth, truth, mask=mask)["frc"]
+    assert out["curve"] == [] and out["crossing_0p5"] is None
 
 
 def test_registration_recovers_known_subpixel_shift():

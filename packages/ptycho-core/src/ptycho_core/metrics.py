@@ -32,6 +32,7 @@ __all__ = [
     "psnr255",
     "mae",
     "frc",
+    "largest_rectangle",
     "register_images",
     "evaluate",
 ]
@@ -184,6 +185,34 @@ def _crossing(freqs: np.ndarray, curve: np.ndarray, threshold: float) -> float |
     return float(freqs[k - 1] + frac * (freqs[k] - freqs[k - 1]))
 
 
+def largest_rectangle(mask: np.ndarray) -> tuple[slice, slice]:
+    """The largest axis-aligned rectangle of ``True`` pixels in a 2-D ``mask`` (by area; the
+    first found on ties), as ``(rows, cols)`` slices; empty slices when no pixel is set.
+
+    Row by row, ``heights[j]`` counts the consecutive set pixels ending at this row in column
+    ``j``; the largest rectangle under that histogram is found with a monotone stack, O(H·W).
+    """
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim != 2:
+        raise DataContractError(f"expected a 2-D mask, got shape {m.shape}")
+    h, w = m.shape
+    heights = np.zeros(w + 1, np.int64)  # sentinel column of height 0 flushes the stack
+    best, box = 0, (slice(0, 0), slice(0, 0))
+    for i in range(h):
+        heights[:w] = np.where(m[i], heights[:w] + 1, 0)
+        stack: list[int] = []
+        for j in range(w + 1):
+            while stack and heights[stack[-1]] >= heights[j]:
+                top = stack.pop()
+                left = stack[-1] + 1 if stack else 0
+                area = int(heights[top]) * (j - left)
+                if area > best:
+                    best = area
+                    box = (slice(i - int(heights[top]) + 1, i + 1), slice(left, j))
+            stack.append(j)
+    return box
+
+
 def frc(image: np.ndarray, truth: np.ndarray, apodize: bool = True) -> dict[str, Any]:
     """Fourier ring correlation of two ``(H, W)`` images (real or complex).
 
@@ -268,6 +297,44 @@ def _finite_or_none(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
+#: FRC needs a few rings: a scored region whose largest inner rectangle is thinner gets none.
+FRC_MIN_SIDE = 16
+_FRC_RECT_GRID = 512
+
+
+def _frc_in_mask(image: np.ndarray, truth: np.ndarray, m: np.ndarray) -> dict[str, Any]:
+    """FRC on the largest rectangle inside the scored pixels, its means removed.
+
+    Zeroing the pixels outside an irregular mask would give both images the mask's edges,
+    which correlate at every frequency (a flat object would "resolve" up to Nyquist), so only a
+    fully scored rectangle is used; ``region`` gives it as ``[row0, row1, col0, col1]`` in the
+    scored bounding box. Thinner than :data:`FRC_MIN_SIDE` → empty curve, crossings ``None``.
+    """
+    f = -(-max(m.shape) // _FRC_RECT_GRID)  # exact up to 512 px; coarser blocks above that
+    if f > 1:  # a block counts when all its pixels are scored, so the rectangle stays inside
+        h, w = -(-m.shape[0] // f) * f, -(-m.shape[1] // f) * f
+        padded = np.zeros((h, w), bool)
+        padded[: m.shape[0], : m.shape[1]] = m
+        blocks = np.asarray(padded.reshape(h // f, f, w // f, f).all(axis=(1, 3)))
+        r, c = largest_rectangle(blocks)
+        rows, cols = slice(r.start * f, r.stop * f), slice(c.start * f, c.stop * f)
+    else:
+        rows, cols = largest_rectangle(m)
+    region = [rows.start, rows.stop, cols.start, cols.stop]
+    if min(rows.stop - rows.start, cols.stop - cols.start) < FRC_MIN_SIDE:
+        return {
+            "freqs": [],
+            "curve": [],
+            "crossing_0p5": None,
+            "crossing_1_7": None,
+            "region": region,
+        }
+    a, b = image[rows, cols], truth[rows, cols]
+    out = frc(a - a.mean(), b - b.mean())
+    out["region"] = region
+    return out
+
+
 def evaluate(
     recon: np.ndarray,
     truth: np.ndarray,
@@ -278,11 +345,12 @@ def evaluate(
     """Score a complex reconstruction against the complex truth, both ``(H, W)`` on one grid.
 
     ``mask`` (bool ``(H, W)``) selects the covered region (e.g. ``StitchResult.covered``);
-    statistics use its pixels, SSIM/FRC its bounding box (outside-mask pixels set to the truth,
-    so they do not count as errors). Returns a JSON-safe dict: ``ssim_amp``, ``ssim_phase``,
-    ``psnr_amp``, ``psnr_phase`` (standard, truth range), ``psnr255_amp``, ``psnr255_phase``
-    (reference variant), ``mae_amp``, ``mae_phase`` (radians), ``frc`` (of the aligned complex
-    objects), ``shift_xy`` (registration shift or ``None``), ``n_pixels``, ``remove_plane``.
+    statistics use its pixels, SSIM its bounding box (outside-mask pixels set to the truth, so
+    they do not count as errors), FRC the largest rectangle inside it (:func:`_frc_in_mask`).
+    Returns a JSON-safe dict: ``ssim_amp``, ``ssim_phase``, ``psnr_amp``, ``psnr_phase``
+    (standard, truth range), ``psnr255_amp``, ``psnr255_phase`` (reference variant),
+    ``mae_amp``, ``mae_phase`` (radians), ``frc`` (of the aligned complex objects),
+    ``shift_xy`` (registration shift or ``None``), ``n_pixels``, ``remove_plane``.
     Infinite PSNRs (identical images) are reported as ``None``.
     """
     r = np.asarray(recon)
@@ -323,7 +391,7 @@ def evaluate(
         "psnr255_phase": _finite_or_none(psnr255(phase, t_phase, mask=m)),
         "mae_amp": mae(amp, t_amp, mask=m),
         "mae_phase": mae(phase, t_phase, mask=m),
-        "frc": frc(np.where(m, aligned, 0), np.where(m, truth_c, 0)),
+        "frc": _frc_in_mask(aligned, truth_c, m),
         "shift_xy": None if shift_xy is None else [shift_xy[0], shift_xy[1]],
         "n_pixels": int(m.sum()),
         "remove_plane": bool(remove_plane),
