@@ -34,7 +34,10 @@ def _score(rec: Any, truth: np.ndarray, margin: int) -> dict[str, float]:
 
     c = compare_to_truth(rec.object, rec.coverage, rec.origin, truth, register=True, margin=margin)
     m = c.metrics
-    frc50 = (m.get("frc") or {}).get("crossing_0p5")
+    frc = m.get("frc") or {}
+    frc50 = frc.get("crossing_0p5")
+    if not frc.get("curve"):  # no fully scored rectangle wide enough: FRC not measurable
+        frc50 = -1.0
     return {
         "ssim_amp": float(m["ssim_amp"]),
         "ssim_phase": float(m["ssim_phase"]),
@@ -126,8 +129,11 @@ HEADER = (
 
 
 def _frc(value: float) -> str:
-    """The 0.5 crossing in cycles/pixel; ``metrics.frc`` gives none when the curve never falls
-    below 0.5, i.e. correlated up to Nyquist."""
+    """The 0.5 crossing in cycles/pixel: ``≥ 0.5`` when the curve never falls below 0.5
+    (correlated up to Nyquist), ``n/a`` when the scored region holds no rectangle wide enough
+    (``ptycho_core.metrics.FRC_MIN_SIDE``; sparse coverage leaves holes)."""
+    if value < 0:
+        return "n/a"
     return "≥ 0.5 (Nyquist)" if not np.isfinite(value) else f"{value:.3f}"
 
 
