@@ -313,6 +313,15 @@ def test_resume_with_contradicting_settings_is_refused(slow, scan_file, tmp_path
     assert _listing(out) == before
 
 
+def test_resume_with_another_precision_is_refused(slow, scan_file, tmp_path, capsys):
+    # mixed precision changes the trained weights, so it is one of the run's settings
+    scan, out = scan_file(), tmp_path / "run"
+    assert _train(scan, out, "--epochs", "2") == 0
+    assert json.loads((out / RUN_INFO).read_text())["execution"]["precision"] == "32-true"
+    assert _train(scan, out, "--epochs", "4", "--precision", "bf16-mixed", "--resume") == 1
+    assert "precision: '32-true' → 'bf16-mixed'" in _error(capsys)
+
+
 def test_resume_a_finished_run_needs_more_epochs(slow, scan_file, tmp_path, capsys):
     scan, out = scan_file(), tmp_path / "run"
     assert _train(scan, out, "--epochs", "2") == 0

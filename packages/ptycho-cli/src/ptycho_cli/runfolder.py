@@ -102,6 +102,7 @@ SHAPING_EXECUTION_FIELDS: tuple[str, ...] = (
     "checkpoint_mode",
     "checkpoint_save_top_k",
     "deterministic",
+    "precision",
 )
 #: Training-config keys a resumed run may change (paths are the command's; epochs may grow).
 _FREE_KEYS = ("train_data_file", "test_data_file", "output_dir", "nepochs")
