@@ -210,6 +210,41 @@ def test_registration_recovers_known_subpixel_shift():
     assert reg["ssim_amp"] > plain["ssim_amp"] + 0.05 and reg["mae_phase"] < plain["mae_phase"]
 
 
+def _realistic_and_a_half_mask():
+    from ptycho_core.simulation import realistic_object
+
+    obj = realistic_object(256, seed=0)
+    mask = np.zeros(obj.shape, bool)
+    mask[20:236, 130:240] = True  # a held-out half, as the quality benchmark scores
+    return obj, mask
+
+
+def test_a_flat_reconstruction_is_not_moved_by_registration():
+    # the mask's edge used to dominate the estimate: a flat object was "registered" by about
+    # 11 px onto this scene, pulling unscored zeros into the scored region (a floor too low)
+    obj, mask = _realistic_and_a_half_mask()
+    flat = np.ones_like(obj)
+    reg = evaluate(flat, obj, mask=mask, register=True)
+    plain = evaluate(flat, obj, mask=mask)
+    assert reg["shift_xy"] == [0.0, 0.0]
+    assert reg["ssim_amp"] == pytest.approx(plain["ssim_amp"])
+    assert reg["ssim_phase"] == pytest.approx(plain["ssim_phase"])
+
+
+def test_registration_inside_a_mask_finds_the_shift_and_drops_pulled_in_pixels():
+    obj, mask = _realistic_and_a_half_mask()
+    dy, dx = 1.5, -2.0
+    moved = ndimage.shift(obj.real, (dy, dx), order=3) + 1j * ndimage.shift(
+        obj.imag, (dy, dx), order=3
+    )
+    moved = np.where(mask, moved, 0)  # the reconstruction exists on the scored region only
+    out = evaluate(moved, obj, mask=mask, register=True)
+    assert out["shift_xy"] == pytest.approx([-dx, -dy], abs=0.15)
+    assert out["ssim_amp"] > 0.99 and out["ssim_phase"] > 0.99
+    # the pixels whose value would come from outside the mask are not scored
+    assert mask.sum() - 4 * 216 <= out["n_pixels"] < mask.sum()
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="shape"):
         evaluate(np.ones((4, 4)), np.ones((4, 5)))

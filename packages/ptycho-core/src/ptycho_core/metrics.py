@@ -176,6 +176,8 @@ def mae(image: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) ->
 
 
 def _crossing(freqs: np.ndarray, curve: np.ndarray, threshold: float) -> float | None:
+    if curve[0] < threshold:  # below from the first ring (e.g. an image without signal)
+        return float(freqs[0])
     below = np.nonzero(curve[1:] < threshold)[0]
     if below.size == 0:
         return None
@@ -253,6 +255,34 @@ def frc(image: np.ndarray, truth: np.ndarray, apodize: bool = True) -> dict[str,
     }
 
 
+def _phase_correlation_shift(img: np.ndarray, ref: np.ndarray, upsample_factor: int) -> np.ndarray:
+    """``(dy, dx)`` that moves ``img`` onto ``ref`` (phase cross-correlation of the two as
+    given, Hann-windowed); zero when ``img`` carries no signal (a constant)."""
+    try:
+        from skimage.registration import phase_cross_correlation
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError(
+            "register_images needs scikit-image: pip install 'ptycho-core[metrics]'"
+        ) from exc
+    if not np.any(np.abs(img) > 0) or not np.any(np.abs(ref) > 0):
+        return np.zeros(2)
+    win = np.outer(np.hanning(img.shape[0]), np.hanning(img.shape[1]))
+    shift, _, _ = phase_cross_correlation(
+        ref * win, img * win, upsample_factor=upsample_factor, normalization=None
+    )
+    return np.asarray(shift, dtype=np.float64)
+
+
+def _shifted(img: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    if np.iscomplexobj(img):
+        return ndimage.shift(img.real, shift, order=3, mode="nearest") + 1j * ndimage.shift(
+            img.imag, shift, order=3, mode="nearest"
+        )
+    return ndimage.shift(img.astype(np.float64), shift, order=3, mode="nearest")
+
+
 def register_images(
     image: np.ndarray, truth: np.ndarray, upsample_factor: int = 20
 ) -> tuple[np.ndarray, tuple[float, float]]:
@@ -261,36 +291,47 @@ def register_images(
     Returns the shifted image (same dtype kind, cubic interpolation, edges repeated) and the
     applied shift ``(dx, dy)`` in pixels (content moved by ``+d``).
     """
-    try:
-        from skimage.registration import phase_cross_correlation
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError(
-            "register_images needs scikit-image: pip install 'ptycho-core[metrics]'"
-        ) from exc
-    from scipy import ndimage
-
     img = np.asarray(image)
     ref = np.asarray(truth)
     if img.shape != ref.shape or img.ndim != 2:
         raise DataContractError(
             f"expected two 2-D images of one shape, got {img.shape} and {ref.shape}"
         )
-    # Mean removed and Hann-windowed for the estimate only: the image edges and the DC term
-    # otherwise dominate the cross-correlation of non-periodic objects.
-    win = np.outer(np.hanning(img.shape[0]), np.hanning(img.shape[1]))
-    shift, _, _ = phase_cross_correlation(
-        (ref - ref.mean()) * win,
-        (img - img.mean()) * win,
-        upsample_factor=upsample_factor,
-        normalization=None,
-    )
-    if np.iscomplexobj(img):
-        moved = ndimage.shift(img.real, shift, order=3, mode="nearest") + 1j * ndimage.shift(
-            img.imag, shift, order=3, mode="nearest"
+    # Mean removed for the estimate only: the DC term otherwise dominates the cross-correlation
+    # of non-periodic objects (the Hann window takes care of the image edges).
+    shift = _phase_correlation_shift(img - img.mean(), ref - ref.mean(), upsample_factor)
+    return _shifted(img, shift), (float(shift[1]), float(shift[0]))
+
+
+def _register_in_mask(
+    recon: np.ndarray, truth: np.ndarray, m: np.ndarray
+) -> tuple[np.ndarray, tuple[float, float], np.ndarray]:
+    """Register ``recon`` onto ``truth`` using the scored pixels ``m`` only; returns the moved
+    recon, the shift ``(dx, dy)`` and the pixels still scored.
+
+    Both images enter the estimate with their mean over ``m`` removed and zero elsewhere, so
+    the mask's own edge (a step of the mean value, common to both) does not pull the estimate;
+    a constant reconstruction has nothing to register and stays where it is. Before the move,
+    unscored pixels take the value of the nearest scored one (so the cubic interpolation does
+    not pull in zeros); after it, pixels whose value came from outside ``m`` are not scored.
+    """
+    from scipy import ndimage
+
+    img = np.where(m, recon - recon[m].mean(), 0)
+    ref = np.where(m, truth - truth[m].mean(), 0)
+    shift = _phase_correlation_shift(img, ref, 20)
+    if not shift.any():
+        return recon, (0.0, 0.0), m
+    nearest = ndimage.distance_transform_edt(~m, return_distances=False, return_indices=True)
+    filled = recon[tuple(nearest)]
+    moved_mask = ndimage.shift(m.astype(np.float64), shift, order=1, mode="constant") > 0.999
+    kept = m & moved_mask
+    if not kept.any():
+        raise DataContractError(
+            f"registration moved the reconstruction by ({shift[1]:.1f}, {shift[0]:.1f}) px, "
+            "off every scored pixel; score it without registration"
         )
-    else:
-        moved = ndimage.shift(img.astype(np.float64), shift, order=3, mode="nearest")
-    return moved, (float(shift[1]), float(shift[0]))
+    return _shifted(filled, shift), (float(shift[1]), float(shift[0])), kept
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -368,7 +409,7 @@ def evaluate(
     r = np.where(m, r, 0)
     shift_xy = None
     if register:
-        r, shift_xy = register_images(r, np.where(m, t, 0))
+        r, shift_xy, m = _register_in_mask(r, t, m)
     rows, cols = np.nonzero(m)
     box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
     r, t, m = r[box], t[box], m[box]
