@@ -182,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     from ptycho_core.config import ExecutionConfig, ModelConfig, TrainingConfig
 
     defaults = TrainingConfig()  # unset options measure the project's defaults
-    args.lr = args.lr or ExecutionConfig().learning_rate
-    args.scheduler = args.scheduler or ExecutionConfig().scheduler
+    exe_defaults = ExecutionConfig()
+    args.lr = args.lr or exe_defaults.learning_rate
+    args.scheduler = args.scheduler or exe_defaults.scheduler
     args.filters = args.filters or ModelConfig().n_filters_scale
     args.batch_size = args.batch_size or defaults.batch_size
     args.loss = args.loss or ("nll" if defaults.nll_weight > 0 else "mae")
