@@ -71,6 +71,7 @@ def run_case(backend: Any, gridsize: int, nphotons: float, args: argparse.Namesp
                 gridsize=gridsize,
                 n_filters_scale=args.filters,
                 pad_object=not args.no_pad_object,
+                generator=args.generator,
             ),
             nepochs=args.epochs,
             batch_size=args.batch_size,
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=None, help="default: ExecutionConfig's")
     ap.add_argument("--scheduler", default=None, help="default: ExecutionConfig's")
     ap.add_argument("--filters", type=int, default=None, help="n_filters_scale (ModelConfig's)")
+    ap.add_argument("--generator", default=None, help="default: ModelConfig's")
     ap.add_argument("--no-pad-object", action="store_true", help="full-size object decoder")
     ap.add_argument(
         "--train-on-test",
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args.lr = args.lr or exe_defaults.learning_rate
     args.scheduler = args.scheduler or exe_defaults.scheduler
     args.filters = args.filters or ModelConfig().n_filters_scale
+    args.generator = args.generator or ModelConfig().generator
     args.batch_size = args.batch_size or defaults.batch_size
     args.loss = args.loss or ("nll" if defaults.nll_weight > 0 else "mae")
     backend = load_backend(args.backend)
@@ -193,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# {args.backend}, realistic scene, N={args.N}, {args.positions} positions (half trains), "
         f"loss {args.loss}, batch {args.batch_size}, lr {args.lr:g} ({args.scheduler}), "
-        f"n_filters_scale {args.filters}{', no pad_object' if args.no_pad_object else ''}"
+        f"generator {args.generator}, n_filters_scale {args.filters}"
+        f"{', no pad_object' if args.no_pad_object else ''}"
         f"{', TRAINED ON THE TEST HALF' if args.train_on_test else ''}, "
         f"load average at start {load:.1f}, {os.cpu_count()} CPUs"
     )

@@ -199,6 +199,7 @@ def training_case(
     n_test: int = 96,
     n_filters_scale: int = 1,
     seed: int = 7,
+    generator: str = "fourier",
 ) -> dict[str, Any]:
     """Train both backends from the same (core) initial weights, data, seed and batch order:
     one batch per epoch, so the history's ``train_loss`` is the loss of each of ``steps``
@@ -212,7 +213,12 @@ def training_case(
     save_npz(folder / "train.npz", train_scan)
     save_npz(folder / "test.npz", test_scan)
     config = {
-        "model": {"N": N, "gridsize": gridsize, "n_filters_scale": n_filters_scale},
+        "model": {
+            "N": N,
+            "gridsize": gridsize,
+            "n_filters_scale": n_filters_scale,
+            "generator": generator,
+        },
         "batch_size": n_train,
         "nepochs": steps,
         "validation_fraction": 0.0,

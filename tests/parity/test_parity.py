@@ -2,9 +2,10 @@
 frameworks, the same numbers. Each backend runs in its own child process (``worker.py``); this
 process imports neither framework and compares their files.
 
-Fast lane: one representative case (N = 32, gridsize 2, ``object_big``, ``probe_big``,
-``pad_object``) converted torch → tf → torch, plus one tf → torch case without ``pad_object``.
-Slow lane: the full grid (gridsize 1, 2 × N = 32, 64, 128 × variants) and the training run.
+Fast lane: one representative case (N = 32, gridsize 2, ``object_big``, the default ``'fourier'``
+generator) converted torch → tf → torch, plus one tf → torch case of the ``'cnn'`` generator
+without ``pad_object``. Slow lane: the full grid (both generators × gridsize 1, 2 × N = 32, 64,
+128 × variants) and the training run.
 """
 
 from __future__ import annotations
@@ -29,8 +30,13 @@ _spec.loader.exec_module(harness)
 #: torch.polar sign error this test found was ~5e-2 overall and O(1) per tensor.
 GRAD_RTOL = 2e-3
 GRAD_TENSOR_RTOL = 0.02
-#: Loss curves: the largest per-step difference as a fraction of the curve's total decrease.
-CURVE_TOL = 0.02
+#: Loss curves: the largest per-step difference as a fraction of the curve's total decrease, per
+#: generator. Adam's first steps move every weight by about ±lr whatever the gradient's size, so
+#: rounding-level gradients of either sign are amplified; the 'fourier' generator is more exposed
+#: (its lift's FFT differs between the frameworks' FFT libraries). Measured on this case: torch
+#: against itself with only the memory format changed (channels_last on/off) differs by 0.36 %
+#: (cnn) and 1.3 % (fourier) of the decrease; torch against TensorFlow by 0.2 % and 3.1 %.
+CURVE_TOL = {"cnn": 0.02, "fourier": 0.05}
 SSIM_TOL = 0.02
 
 
@@ -61,7 +67,7 @@ def test_round_trip_torch_tf_torch_gives_bit_identical_weights(torch_first):
 
 
 def test_tf_bundle_converted_to_torch_predicts_the_same_patches(tmp_path):
-    cfg = {"N": 32, "gridsize": 1, "n_filters_scale": 1, "pad_object": False}
+    cfg = {"N": 32, "gridsize": 1, "n_filters_scale": 1, "pad_object": False, "generator": "cnn"}
     (case,) = harness.inference_cases([cfg], tmp_path, source="tensorflow", stitch=True)
     _check(case)
 
@@ -79,7 +85,15 @@ def _grid() -> list[dict]:
             ):
                 if g == 1 and "object_big" in variant:
                     continue  # object_big changes nothing at gridsize 1
-                out.append({"N": n, "gridsize": g, "n_filters_scale": 1, **variant})
+                for generator in ("cnn", "fourier"):
+                    if generator == "fourier" and (
+                        "pad_object" in variant or "probe_big" in variant
+                    ):
+                        continue  # they shape the cnn generator only
+                    out.append(
+                        {"N": n, "gridsize": g, "n_filters_scale": 1, "generator": generator}
+                        | variant
+                    )
     return out
 
 
@@ -94,13 +108,14 @@ def test_full_grid_converted_both_ways(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_from_the_same_start_gives_the_same_curve_and_ssim(tmp_path):
-    r = harness.training_case(tmp_path, steps=50)
+@pytest.mark.parametrize("generator", ["fourier", "cnn"])
+def test_training_from_the_same_start_gives_the_same_curve_and_ssim(tmp_path, generator):
+    r = harness.training_case(tmp_path, steps=50, generator=generator)
     pt, tf = r["pytorch"]["curve"], r["tensorflow"]["curve"]
     assert len(pt) == len(tf) == 50
     assert abs(pt[0] - tf[0]) <= harness.LOSS_RTOL * abs(pt[0])  # the same initial network
     decrease = pt[0] - pt.min()
     assert decrease > 0
-    assert float(abs(pt - tf).max()) <= CURVE_TOL * decrease
+    assert float(abs(pt - tf).max()) <= CURVE_TOL[generator] * decrease
     for i in range(2):
         assert abs(r["pytorch"]["ssim"][i] - r["tensorflow"]["ssim"][i]) <= SSIM_TOL

@@ -594,3 +594,17 @@ def test_sigint_mid_inference_leaves_no_partial_output(scan_file, tmp_path):
     assert code == 130, err
     assert err.strip().splitlines()[-1] == "ptycho: error: interrupted (SIGINT)"
     assert list(rec.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- generator flag
+def test_generator_flag_reaches_the_bundle(slow, scan_file, tmp_path, capsys):
+    """``--generator`` sets ``model.generator`` (recorded in the manifest); the default is the
+    'fourier' generator; anything else is a usage error (exit 2)."""
+    scan = scan_file()
+    assert _train(scan, tmp_path / "default", "--epochs", "1") == 0
+    assert _manifest(tmp_path / "default")["model_config"]["generator"] == "fourier"
+    assert _train(scan, tmp_path / "cnn", "--epochs", "1", "--generator", "cnn") == 0
+    assert _manifest(tmp_path / "cnn")["model_config"]["generator"] == "cnn"
+    capsys.readouterr()
+    assert _train(scan, tmp_path / "bad", "--epochs", "1", "--generator", "unet") == 2
+    assert "invalid choice: 'unet'" in capsys.readouterr().err

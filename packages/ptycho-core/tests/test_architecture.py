@@ -65,9 +65,90 @@ FULL_64_G2_K2 = (
 
 def _cfg(**kw) -> ModelConfig:
     base = dict(
-        N=64, gridsize=2, n_filters_scale=2, object_big=True, probe_big=True, pad_object=True
+        N=64,
+        gridsize=2,
+        n_filters_scale=2,
+        object_big=True,
+        probe_big=True,
+        pad_object=True,
+        generator="cnn",
     )
     return ModelConfig(**(base | kw))
+
+
+# The 'fourier' generator, N=64, gridsize=2 (C=4), k=2: w = 16k = 32; the lift takes one pattern
+# at a time (1 channel in) to m = 4k = 8 complex channels (fourier_conv2 outputs 2m = 16), so the
+# encoder gets 2m·C = 64; L = 3, encoder levels 0..3 with 32·2^i channels at 64/2^i, decoder
+# level i takes (upsampled 32·2^(i+1)) + (skip 32·2^i) channels.
+FOURIER_64_G2_K2 = [
+    ("fourier_conv1", 1, 64, 64),
+    ("fourier_conv2", 64, 16, 64),
+    ("enc0_conv1", 64, 32, 64),
+    ("enc0_conv2", 32, 32, 64),
+    ("enc1_conv1", 32, 64, 32),
+    ("enc1_conv2", 64, 64, 32),
+    ("enc2_conv1", 64, 128, 16),
+    ("enc2_conv2", 128, 128, 16),
+    ("enc3_conv1", 128, 256, 8),
+    ("enc3_conv2", 256, 256, 8),
+    ("amp_dec2_conv1", 384, 128, 16),
+    ("amp_dec2_conv2", 128, 128, 16),
+    ("amp_dec1_conv1", 192, 64, 32),
+    ("amp_dec1_conv2", 64, 64, 32),
+    ("amp_dec0_conv1", 96, 32, 64),
+    ("amp_dec0_conv2", 32, 32, 64),
+    ("phase_dec2_conv1", 384, 128, 16),
+    ("phase_dec2_conv2", 128, 128, 16),
+    ("phase_dec1_conv1", 192, 64, 32),
+    ("phase_dec1_conv2", 64, 64, 32),
+    ("phase_dec0_conv1", 96, 32, 64),
+    ("phase_dec0_conv2", 32, 32, 64),
+    ("amp_head", 32, 4, 64),
+    ("phase_head", 32, 4, 64),
+]
+
+
+def test_fourier_table_n64_gridsize2():
+    assert _rows(conv_layers(_cfg(generator="fourier"))) == FOURIER_64_G2_K2
+
+
+def test_fourier_is_the_default_and_ignores_pad_object_and_probe_big():
+    assert ModelConfig().generator == "fourier"
+    for kw in ({"pad_object": False}, {"probe_big": False}):
+        assert _rows(conv_layers(_cfg(generator="fourier", **kw))) == FOURIER_64_G2_K2
+
+
+def test_fourier_n32_gridsize1_k1_object_big_false():
+    # w = 16, m = 4·1 = 4 (fourier_conv2 → 8), L = 2: levels 16, 32, 64 channels at 32, 16, 8.
+    rows = _rows(conv_layers(_cfg(N=32, gridsize=1, n_filters_scale=1, generator="fourier")))
+    assert rows == [
+        ("fourier_conv1", 1, 32, 32),
+        ("fourier_conv2", 32, 8, 32),
+        ("enc0_conv1", 8, 16, 32),
+        ("enc0_conv2", 16, 16, 32),
+        ("enc1_conv1", 16, 32, 16),
+        ("enc1_conv2", 32, 32, 16),
+        ("enc2_conv1", 32, 64, 8),
+        ("enc2_conv2", 64, 64, 8),
+        ("amp_dec1_conv1", 96, 32, 16),
+        ("amp_dec1_conv2", 32, 32, 16),
+        ("amp_dec0_conv1", 48, 16, 32),
+        ("amp_dec0_conv2", 16, 16, 32),
+        ("phase_dec1_conv1", 96, 32, 16),
+        ("phase_dec1_conv2", 32, 32, 16),
+        ("phase_dec0_conv1", 48, 16, 32),
+        ("phase_dec0_conv2", 16, 16, 32),
+        ("amp_head", 16, 1, 32),
+        ("phase_head", 16, 1, 32),
+    ]
+    one = _cfg(N=32, gridsize=2, n_filters_scale=1, generator="fourier", object_big=False)
+    assert [r.out_channels for r in conv_layers(one) if r.name.endswith("head")] == [1, 1]
+
+
+def test_fourier_parameter_count_by_hand():
+    # Σ (9·in + 1)·out over FOURIER_64_G2_K2, plus 1 + 2·64² for the scale and the probe.
+    convs = sum((9 * cin + 1) * cout for _, cin, cout, _ in FOURIER_64_G2_K2)
+    assert parameter_count(_cfg(generator="fourier")) == convs + 1 + 2 * 64 * 64
 
 
 def test_full_table_n64_gridsize2():
@@ -126,12 +207,17 @@ def test_n32_gridsize1_k1():
         ("phase_border_conv2", 32, 32, 16),
         ("phase_border_head", 32, 1, 32),
     ]
-    assert _rows(conv_layers(ModelConfig(N=32, gridsize=1, n_filters_scale=1))) == expected
+    assert (
+        _rows(conv_layers(ModelConfig(N=32, gridsize=1, n_filters_scale=1, generator="cnn")))
+        == expected
+    )
 
 
 def test_n128_spot_checks():
     # L=4, k=2: f=(32, 64, 128, 256) at 128, 64, 32, 16; g=(256, 128, 64) at 8, 16, 32.
-    rows = {r[0]: r[1:] for r in _rows(conv_layers(ModelConfig(N=128, gridsize=1)))}
+    rows = {
+        r[0]: r[1:] for r in _rows(conv_layers(ModelConfig(N=128, gridsize=1, generator="cnn")))
+    }
     assert rows["enc0_conv1"] == (1, 32, 128)
     assert rows["enc1_conv1"] == (32, 64, 64)
     assert rows["enc3_conv2"] == (256, 256, 16)

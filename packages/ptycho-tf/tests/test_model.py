@@ -27,11 +27,15 @@ def _probe(n):
 
 
 CASES = [
+    dict(N=32, gridsize=1, n_filters_scale=1, generator="cnn"),
+    dict(N=32, gridsize=2, n_filters_scale=1, generator="cnn"),
+    dict(N=64, gridsize=2, n_filters_scale=2, object_big=False, generator="cnn"),
+    dict(N=64, gridsize=1, n_filters_scale=1, pad_object=False, generator="cnn"),
+    dict(N=32, gridsize=1, n_filters_scale=2, probe_big=False, generator="cnn"),
+    dict(N=128, gridsize=1, n_filters_scale=1, generator="cnn"),
     dict(N=32, gridsize=1, n_filters_scale=1),
     dict(N=32, gridsize=2, n_filters_scale=1),
     dict(N=64, gridsize=2, n_filters_scale=2, object_big=False),
-    dict(N=64, gridsize=1, n_filters_scale=1, pad_object=False),
-    dict(N=32, gridsize=1, n_filters_scale=2, probe_big=False),
     dict(N=128, gridsize=1, n_filters_scale=1),
 ]
 
@@ -97,7 +101,7 @@ def test_outputs_follow_the_forward_model(rng):
 
 
 def test_pad_object_confines_without_probe_big(rng):
-    mc = ModelConfig(N=32, gridsize=1, n_filters_scale=1, probe_big=False)
+    mc = ModelConfig(N=32, gridsize=1, n_filters_scale=1, probe_big=False, generator="cnn")
     obj = build_models(mc, probe=_probe(32)).diffraction_to_obj(_inputs(rng, 2, mc))
     obj = obj.numpy()[..., 0]
     outside = np.ones((32, 32), bool)
@@ -338,3 +342,35 @@ def test_a_bundle_without_merge_weights_reconstructs_as_before(rng, tmp_path):
     hooks = TFBundleHooks()
     hooks.weights_from_bytes(as_probe, hooks.weights_to_bytes(loaded.model), "loaded")
     assert np.abs(as_probe.diffraction_to_obj(inp).numpy() - want).max() > 1e-3
+
+
+def test_a_bundle_without_generator_loads_the_cnn_generator(tmp_path, rng):
+    """A bundle written before ModelConfig.generator (no key in its manifest) holds the CNN
+    generator's weights: it loads as generator='cnn' and predicts what the model that wrote it
+    predicted (specs/model.md, legacy rule)."""
+    import json
+    import zipfile
+
+    from ptycho_core import bundle as core_bundle
+    from ptycho_core.config import TrainingConfig
+    from ptycho_tf.bundle import load_bundle, save_bundle
+
+    old_mc = ModelConfig(N=32, gridsize=2, n_filters_scale=1, generator="cnn")
+    keras.utils.set_random_seed(11)
+    old = build_models(old_mc, probe=_wide_probe(), intensity_scale=2.0)
+    cfg = TrainingConfig(model=old_mc, output_dir=tmp_path, backend="tensorflow")
+    path = save_bundle(tmp_path / "wts.h5.zip", old, cfg, normalization={"norm_factor": 1.0})
+    with zipfile.ZipFile(path) as zf:
+        files = {name: zf.read(name) for name in zf.namelist()}
+    manifest = json.loads(files.pop(core_bundle.MANIFEST_NAME))
+    del manifest["model_config"]["generator"]
+    del manifest["training_config"]["model"]["generator"]
+    legacy = tmp_path / "legacy" / "wts.h5.zip"
+    legacy.parent.mkdir()
+    core_bundle.write_bundle(legacy, manifest, files)
+
+    loaded = load_bundle(legacy)
+    assert loaded.model_config.generator == "cnn"
+    inp = _inputs(rng, 3, old_mc, spread=3.0)
+    want = old.diffraction_to_obj(inp).numpy()
+    np.testing.assert_array_equal(loaded.model.diffraction_to_obj(inp).numpy(), want)

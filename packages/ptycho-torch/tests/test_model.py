@@ -11,7 +11,7 @@ from ptycho_core.architecture import conv_layers, parameter_count, scalar_weight
 from ptycho_core.config import ModelConfig
 from ptycho_torch.model import PtychoModel, build_model
 
-CASES = [
+_CNN_CASES = [
     (32, 1, 1, {}),
     (64, 1, 2, {}),
     (64, 2, 2, {}),
@@ -21,6 +21,17 @@ CASES = [
     (64, 2, 2, {"probe_big": False}),
     (32, 2, 1, {"object_big": False}),
     (64, 1, 3, {}),
+]
+_FOURIER_CASES = [
+    (32, 1, 1, {}),
+    (64, 2, 2, {}),
+    (128, 2, 1, {}),
+    (256, 1, 1, {}),
+    (32, 2, 1, {"object_big": False}),
+    (64, 1, 3, {}),
+]
+CASES = [(n, g, k, {**kw, "generator": "cnn"}) for n, g, k, kw in _CNN_CASES] + [
+    (n, g, k, {**kw, "generator": "fourier"}) for n, g, k, kw in _FOURIER_CASES
 ]
 
 
@@ -54,7 +65,14 @@ def test_layers_are_the_core_table(n, gs, k, kw):
 
 
 @pytest.mark.parametrize(
-    "n,gs,kw", [(32, 2, {}), (64, 1, {"pad_object": False}), (32, 1, {"probe_big": False})]
+    "n,gs,kw",
+    [
+        (32, 2, {"generator": "cnn"}),
+        (64, 1, {"pad_object": False, "generator": "cnn"}),
+        (32, 1, {"probe_big": False, "generator": "cnn"}),
+        (32, 2, {}),
+        (64, 1, {}),
+    ],
 )
 def test_each_conv_runs_at_the_table_size(n, gs, kw):
     """The feature map each conv sees is the table's ``size`` (so core's FLOP counts hold)."""
@@ -81,9 +99,11 @@ def test_unsupported_n(bad):
     [
         (32, 1, {}),
         (64, 2, {}),
-        (32, 2, {"pad_object": False}),
         (32, 2, {"object_big": False}),
-        (32, 1, {"probe_big": False}),
+        (32, 2, {"generator": "cnn"}),
+        (32, 2, {"pad_object": False, "generator": "cnn"}),
+        (32, 2, {"object_big": False, "generator": "cnn"}),
+        (32, 1, {"probe_big": False, "generator": "cnn"}),
     ],
 )
 def test_output_shapes_and_dtypes(n, gs, kw):
@@ -101,7 +121,9 @@ def test_output_shapes_and_dtypes(n, gs, kw):
 
 
 def test_pad_object_confines_object_without_probe_big():
-    m = PtychoModel(N=32, gridsize=1, n_filters_scale=1, probe_big=False, object_big=False)
+    m = PtychoModel(
+        N=32, gridsize=1, n_filters_scale=1, probe_big=False, object_big=False, generator="cnn"
+    )
     obj = m.diffraction_to_obj(torch.rand(2, 1, 32, 32))
     inner = torch.zeros(32, 32, dtype=torch.bool)
     inner[8:24, 8:24] = True
@@ -285,3 +307,42 @@ def test_a_bundle_without_merge_weights_reconstructs_as_before(tmp_path):
         torch.testing.assert_close(loaded.model.diffraction_to_obj(x, off), want, rtol=0, atol=0)
         loaded.model.merge_weights = "probe"
         assert (loaded.model.diffraction_to_obj(x, off) - want).abs().max() > 1e-3
+
+
+def test_a_bundle_without_generator_loads_the_cnn_generator(tmp_path):
+    """A bundle written before ModelConfig.generator (no key in its manifest) holds the CNN
+    generator's weights: it loads as generator='cnn' and gives the same patches as the model
+    that wrote it (specs/model.md, legacy rule); read as the new default it would not load."""
+    import json
+    import zipfile
+
+    from ptycho_core import bundle as core_bundle
+    from ptycho_core.config import TrainingConfig
+    from ptycho_core.errors import BundleError
+    from ptycho_torch.bundle import load_bundle, save_bundle
+
+    old_mc = ModelConfig(N=32, gridsize=2, n_filters_scale=1, generator="cnn")
+    torch.manual_seed(8)
+    old = build_model(old_mc, probe=_wide_probe(), intensity_scale=2.0).eval()
+    cfg = TrainingConfig(model=old_mc, output_dir=tmp_path)
+    path = save_bundle(tmp_path / "wts.h5.zip", old, cfg, normalization={"norm_factor": 1.0})
+    with zipfile.ZipFile(path) as zf:
+        files = {name: zf.read(name) for name in zf.namelist()}
+    manifest = json.loads(files.pop(core_bundle.MANIFEST_NAME))
+    del manifest["model_config"]["generator"]
+    del manifest["training_config"]["model"]["generator"]
+    legacy = tmp_path / "legacy" / "wts.h5.zip"
+    legacy.parent.mkdir()
+    core_bundle.write_bundle(legacy, manifest, files)
+
+    loaded = load_bundle(legacy)
+    assert loaded.model_config.generator == "cnn" and loaded.model.generator == "cnn"
+    x, off = torch.rand(3, 4, 32, 32) * 3, torch.randn(3, 4, 2) * 3
+    with torch.no_grad():
+        want = old.diffraction_to_obj(x, off)
+        torch.testing.assert_close(loaded.model.diffraction_to_obj(x, off), want, rtol=0, atol=0)
+    fourier = build_model(
+        ModelConfig(N=32, gridsize=2, n_filters_scale=1), probe=None, intensity_scale=2.0
+    )
+    with pytest.raises(BundleError, match="fourier_conv1"):
+        fourier.load_weight_arrays(old.weight_arrays(), legacy)

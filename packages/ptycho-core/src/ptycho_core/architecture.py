@@ -17,6 +17,8 @@ from ptycho_core.config import SUPPORTED_N
 __all__ = [
     "ConvLayer",
     "conv_layers",
+    "fourier_channels",
+    "fourier_width",
     "conv_flops_per_group",
     "decoder_levels",
     "encoder_levels",
@@ -75,10 +77,55 @@ def decoder_levels(n: int) -> int:
     return encoder_levels(n) - 1
 
 
+def fourier_width(model_config: Any) -> int:
+    """``w = 16·k``: the channels of the ``'fourier'`` generator's first level (``k`` =
+    ``n_filters_scale``); level ``i`` has ``w·2^i``."""
+    return 16 * _positive_int(model_config.n_filters_scale, "n_filters_scale")
+
+
+def fourier_channels(model_config: Any) -> int:
+    """``m = 4·k``: the complex diffraction-space channels the ``'fourier'`` generator lifts
+    to real space per pattern (``fourier_conv2`` outputs ``2m``: real parts, then imaginary
+    parts; the encoder gets ``2m·C``)."""
+    return 4 * _positive_int(model_config.n_filters_scale, "n_filters_scale")
+
+
+def _fourier_layers(model_config: Any) -> list[ConvLayer]:
+    """The ``'fourier'`` generator (``specs/model.md``): lift, U-Net encoder, two decoders with
+    skips (amplitude, then phase), two full-size heads."""
+    n = int(model_config.N)
+    levels = encoder_levels(n)
+    c = _positive_int(model_config.gridsize, "gridsize") ** 2
+    c_out = c if model_config.object_big else 1
+    w, m = fourier_width(model_config), fourier_channels(model_config)
+    layers = [  # the lift: each pattern of the group alone, through the same two convs
+        ConvLayer("fourier_conv1", 1, 2 * w, n),
+        ConvLayer("fourier_conv2", 2 * w, 2 * m, n),
+    ]
+    cin = 2 * m * c  # per pattern: the lifted real parts, then imaginary parts
+    for i in range(levels + 1):
+        layers += [
+            ConvLayer(f"enc{i}_conv1", cin, w << i, n >> i),
+            ConvLayer(f"enc{i}_conv2", w << i, w << i, n >> i),
+        ]
+        cin = w << i
+    for branch in ("amp", "phase"):
+        for i in reversed(range(levels)):
+            layers += [
+                ConvLayer(f"{branch}_dec{i}_conv1", (w << (i + 1)) + (w << i), w << i, n >> i),
+                ConvLayer(f"{branch}_dec{i}_conv2", w << i, w << i, n >> i),
+            ]
+    layers += [ConvLayer("amp_head", w, c_out, n), ConvLayer("phase_head", w, c_out, n)]
+    return layers
+
+
 def conv_layers(model_config: Any) -> list[ConvLayer]:
     """Every convolution of the model for ``model_config`` (a :class:`ModelConfig` or anything
     with ``N``, ``gridsize``, ``n_filters_scale``, ``object_big``, ``probe_big``,
-    ``pad_object``), in the ADR-002 row order (amplitude before phase)."""
+    ``pad_object`` and optionally ``generator``, default ``'cnn'``), in the ADR-002 row order
+    (amplitude before phase)."""
+    if getattr(model_config, "generator", "cnn") == "fourier":
+        return _fourier_layers(model_config)
     n = int(model_config.N)
     k = _positive_int(model_config.n_filters_scale, "n_filters_scale")
     levels = encoder_levels(n)

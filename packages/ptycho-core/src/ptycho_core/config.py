@@ -36,6 +36,7 @@ from ptycho_core.errors import ConfigError
 __all__ = [
     "BACKEND_NAMES",
     "SUPPORTED_N",
+    "GENERATORS",
     "MERGE_WEIGHTS",
     "INFERENCE_GROUPINGS",
     "ModelConfig",
@@ -61,6 +62,10 @@ MODEL_TYPES = ("pinn", "supervised")
 AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
 #: ``ModelConfig.merge_weights``: the ``object_big`` merge weight (``specs/model.md``).
 MERGE_WEIGHTS = ("probe", "centre")
+#: The network between diffraction and object patches (``specs/model.md``): ``'fourier'`` lifts
+#: the patterns to real space through a learned-phase inverse FFT, then a U-Net; ``'cnn'`` is
+#: the original encoder/decoder pair (what bundles without the key were trained with).
+GENERATORS = ("fourier", "cnn")
 #: ``InferenceConfig.grouping``: every position seeds a group, or the fewest groups that cover
 #: every position (``specs/configuration.md``).
 INFERENCE_GROUPINGS = ("every", "cover")
@@ -256,6 +261,8 @@ class ModelConfig(_ConfigBase):
     ``N`` in pixels, ``C = gridsize²``. ``merge_weights``: the per-pixel weight of the
     ``object_big`` merge, ``'probe'`` (the illumination intensity normalised to peak 1) or
     ``'centre'`` (the centre ``N/2`` square; what bundles without the key were trained with).
+    ``generator``: one of :data:`GENERATORS`; ``pad_object`` and ``probe_big`` shape the
+    ``'cnn'`` generator only (``'fourier'`` predicts the whole ``N × N`` patch).
     """
 
     N: int = 64
@@ -270,6 +277,7 @@ class ModelConfig(_ConfigBase):
     probe_scale: float = 4.0
     gaussian_smoothing_sigma: float = 0.0
     merge_weights: str = "probe"
+    generator: str = "fourier"
 
     def __post_init__(self) -> None:
         c = _Checker(self)
@@ -284,6 +292,7 @@ class ModelConfig(_ConfigBase):
         c.real("probe_scale", 0.0, strict=True)
         c.real("gaussian_smoothing_sigma", 0.0, strict=False)
         c.choice("merge_weights", MERGE_WEIGHTS)
+        c.choice("generator", GENERATORS)
 
     @property
     def C(self) -> int:

@@ -336,14 +336,15 @@ def bundle_configs(
     naming ``where`` and the key.
 
     Legacy rule (``specs/model.md``): a model config without ``merge_weights`` was trained with
-    the centre-square merge, so it reads as ``merge_weights='centre'`` (in the training
-    config's nested ``model`` too) and the bundle reconstructs exactly as before."""
+    the centre-square merge, and one without ``generator`` with the CNN generator, so they read
+    as ``merge_weights='centre'`` and ``generator='cnn'`` (in the training config's nested
+    ``model`` too) and the bundle reconstructs exactly as before."""
     mc = manifest.get("model_config")
     if not isinstance(mc, dict):
         raise BundleError(
             f"{where}: manifest key 'model_config': expected a JSON object, got {type(mc).__name__}"
         )
-    mc = _legacy_merge_weights(mc)
+    mc = legacy_model_config(mc)
     try:
         model = ModelConfig.from_dict(mc)
     except (ConfigError, TypeError, ValueError) as exc:
@@ -357,7 +358,7 @@ def bundle_configs(
             f"{type(tc).__name__}"
         )
     if isinstance(tc.get("model"), dict):
-        tc = dict(tc, model=_legacy_merge_weights(tc["model"]))
+        tc = dict(tc, model=legacy_model_config(tc["model"]))
     try:
         training = TrainingConfig.from_dict(tc)
     except (ConfigError, TypeError, ValueError) as exc:
@@ -367,14 +368,17 @@ def bundle_configs(
 
 #: The ``object_big`` merge weight of bundles written before ``ModelConfig.merge_weights``.
 LEGACY_MERGE_WEIGHTS = "centre"
+#: The generator of bundles written before ``ModelConfig.generator``.
+LEGACY_GENERATOR = "cnn"
 
 
-def _legacy_merge_weights(model_config: dict[str, Any]) -> dict[str, Any]:
-    """``model_config`` with ``merge_weights`` set to :data:`LEGACY_MERGE_WEIGHTS` where the key
-    is missing (a copy; the manifest is not modified)."""
-    if "merge_weights" in model_config:
-        return model_config
-    return dict(model_config, merge_weights=LEGACY_MERGE_WEIGHTS)
+def legacy_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
+    """``model_config`` with the keys that older bundles lack set to what those bundles were
+    trained with: ``merge_weights`` :data:`LEGACY_MERGE_WEIGHTS`, ``generator``
+    :data:`LEGACY_GENERATOR` (a copy; the manifest is not modified)."""
+    legacy = {"merge_weights": LEGACY_MERGE_WEIGHTS, "generator": LEGACY_GENERATOR}
+    missing = {k: v for k, v in legacy.items() if k not in model_config}
+    return dict(model_config, **missing) if missing else model_config
 
 
 def bundle_intensity_scale(manifest: dict[str, Any], where: object) -> float:

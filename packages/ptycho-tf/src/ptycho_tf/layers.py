@@ -19,6 +19,8 @@ __all__ = [
     "IntensityScale",
     "PiTanh",
     "BorderCombine",
+    "FourierLift",
+    "PatternsToBatch",
     "ComplexFromPolar",
     "ObjectMerge",
     "ChannelTranslate",
@@ -78,6 +80,46 @@ class PiTanh(keras.layers.Layer):
 
     def call(self, x):
         return math.pi * tf.tanh(x)
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class PatternsToBatch(keras.layers.Layer):
+    """``(B, N, N, C)`` → ``(B·C, N, N, 1)``: each pattern of a group as its own sample
+    (sample-major, as torch's ``reshape(B·C, 1, N, N)``), for the ``'fourier'`` lift."""
+
+    def call(self, x):
+        n = int(x.shape[1])
+        return tf.reshape(tf.transpose(x, (0, 3, 1, 2)), (-1, n, n, 1))
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class FourierLift(keras.layers.Layer):
+    """The ``'fourier'`` generator's lift to real space (``specs/model.md``).
+
+    Input ``(B·C, N, N, 2m)`` float32 (:class:`PatternsToBatch` order): ``m`` complex
+    diffraction-space channels per pattern (real parts, then imaginary parts, DC at
+    ``(N/2, N/2)``). Output ``(B, N, N, 2m·C)`` float32: per pattern, the real parts then the
+    imaginary parts of ``N·ifft2(ifftshift(·))`` of each channel.
+    """
+
+    def __init__(self, patterns: int, **kwargs):
+        super().__init__(**kwargs)
+        self.patterns = int(patterns)
+
+    def call(self, f):
+        n = int(f.shape[1])
+        m = int(f.shape[-1]) // 2
+        f = tf.cast(f, tf.float32)  # a mixed-precision policy gives bfloat16; the FFT needs float32
+        f = tf.transpose(f, (0, 3, 1, 2))  # channels first: ifft2d acts on the last two axes
+        z = tf.complex(f[:, :m], f[:, m:])
+        r = tf.signal.ifft2d(tf.signal.ifftshift(z, axes=(-2, -1))) * tf.complex(float(n), 0.0)
+        out = tf.reshape(
+            tf.concat([tf.math.real(r), tf.math.imag(r)], axis=1), (-1, self.patterns * 2 * m, n, n)
+        )
+        return tf.transpose(out, (0, 2, 3, 1))
+
+    def get_config(self):
+        return {**super().get_config(), "patterns": self.patterns}
 
 
 @keras.saving.register_keras_serializable(package=_PKG)

@@ -35,9 +35,11 @@ from ptycho_tf.layers import (
     ChannelTranslate,
     ComplexFromPolar,
     ForwardModel,
+    FourierLift,
     IntensityScale,
     Modulus,
     ObjectMerge,
+    PatternsToBatch,
     PiTanh,
     Square,
 )
@@ -114,11 +116,13 @@ def _make_convs(mc: Any) -> dict[str, keras.layers.Conv2D]:
     """One ``Conv2D`` per row of :func:`ptycho_core.architecture.conv_layers`, in table order:
     3×3, stride 1, "same", bias, ``out_channels`` filters. Activation ReLU, except the heads:
     ``amp_head`` ``mc.amp_activation``, ``amp_border_head`` swish, phase heads linear (the
-    ``π·tanh`` follows as its own layer)."""
+    ``π·tanh`` follows as its own layer), and the linear ``fourier_conv2``."""
     convs = {}
     for row in conv_layers(mc):
         act: str | None = "relu"
-        if row.name.startswith("phase") and row.name.endswith("head"):
+        if row.name == "fourier_conv2" or (
+            row.name.startswith("phase") and row.name.endswith("head")
+        ):
             act = None
         elif row.name == "amp_head":
             act = mc.amp_activation
@@ -152,6 +156,31 @@ def _decoder(branch: str, z, mc, convs: dict[str, keras.layers.Conv2D]):
         b = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"{branch}_border_up")(b)
         out = BorderCombine(name=f"{branch}_combine")(out, head(b, f"{branch}_border_head"))
     return out
+
+
+def _fourier_generator(h, mc: Any, convs: dict[str, keras.layers.Conv2D]):
+    """The ``'fourier'`` generator (``specs/model.md``): normalised diffraction
+    ``(B, N, N, C)`` → activated amplitude and phase ``(B, N, N, C_out)`` each."""
+    h = PatternsToBatch(name="fourier_patterns")(h)
+    h = convs["fourier_conv2"](convs["fourier_conv1"](h))
+    h = FourierLift(int(mc.gridsize) ** 2, name="fourier_lift")(h)
+    levels = encoder_levels(mc.N)
+    feats = []
+    for i in range(levels + 1):
+        if i:
+            h = keras.layers.MaxPooling2D(2, name=f"enc{i - 1}_pool")(h)
+        h = convs[f"enc{i}_conv2"](convs[f"enc{i}_conv1"](h))
+        feats.append(h)
+    out = []
+    for branch in ("amp", "phase"):
+        h = feats[-1]
+        for i in reversed(range(levels)):
+            up = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"{branch}_dec{i}_up")
+            h = keras.layers.Concatenate(name=f"{branch}_dec{i}_skip")([up(h), feats[i]])
+            h = convs[f"{branch}_dec{i}_conv2"](convs[f"{branch}_dec{i}_conv1"](h))
+        h = convs[f"{branch}_head"](h)
+        out.append(PiTanh(name="phase_head_act")(h) if branch == "phase" else h)
+    return out[0], out[1]
 
 
 def _merge(obj, offsets, mc: Any, forward: ForwardModel | None):
@@ -189,11 +218,14 @@ def build_models(
     scale = IntensityScale(intensity_scale, intensity_scale_trainable, name="intensity_scale")
 
     h = scale(x_in, inverse=True)
-    for i in range(encoder_levels(n)):
-        h = convs[f"enc{i}_conv2"](convs[f"enc{i}_conv1"](h))
-        h = keras.layers.MaxPooling2D(2, name=f"enc{i}_pool")(h)
-    amp = _decoder("amp", h, mc, convs)
-    phase = _decoder("phase", h, mc, convs)
+    if mc.generator == "fourier":
+        amp, phase = _fourier_generator(h, mc, convs)
+    else:
+        for i in range(encoder_levels(n)):
+            h = convs[f"enc{i}_conv2"](convs[f"enc{i}_conv1"](h))
+            h = keras.layers.MaxPooling2D(2, name=f"enc{i}_pool")(h)
+        amp = _decoder("amp", h, mc, convs)
+        phase = _decoder("phase", h, mc, convs)
     obj = ComplexFromPolar(name="object_patch")(amp, phase)
 
     forward = None

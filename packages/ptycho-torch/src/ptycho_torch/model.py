@@ -30,7 +30,7 @@ from ptycho_core.architecture import (
     encoder_levels,
     scalar_weights,
 )
-from ptycho_core.config import MERGE_WEIGHTS, SUPPORTED_N
+from ptycho_core.config import GENERATORS, MERGE_WEIGHTS, SUPPORTED_N
 from ptycho_torch import physics
 from ptycho_torch._ptychodus_module import PtychoPINN_Lightning  # Ptychodus 1.7 imports it here
 
@@ -73,7 +73,7 @@ class PtychoModel(nn.Module):
     Parameters
     ----------
     N, gridsize, n_filters_scale, model_type, amp_activation, object_big, probe_big, pad_object,
-    probe_mask, gaussian_smoothing_sigma, merge_weights:
+    probe_mask, gaussian_smoothing_sigma, merge_weights, generator:
         As :class:`ptycho_core.config.ModelConfig`.
     probe:
         ``(N, N)`` complex, the *normalised* probe ``P̃`` (``specs/physics.md``).
@@ -100,6 +100,7 @@ class PtychoModel(nn.Module):
         probe_mask: bool = False,
         gaussian_smoothing_sigma: float = 0.0,
         merge_weights: str = "probe",
+        generator: str = "fourier",
         probe: np.ndarray | torch.Tensor | None = None,
         intensity_scale: float = 1.0,
         probe_trainable: bool = False,
@@ -115,7 +116,9 @@ class PtychoModel(nn.Module):
             raise ValueError(f"intensity_scale={intensity_scale!r} must be > 0")
         if merge_weights not in MERGE_WEIGHTS:
             raise ValueError(f"merge_weights={merge_weights!r} is not one of {MERGE_WEIGHTS}")
-        self.merge_weights = merge_weights
+        if generator not in GENERATORS:
+            raise ValueError(f"generator={generator!r} is not one of {GENERATORS}")
+        self.merge_weights, self.generator = merge_weights, generator
         self.N, self.gridsize, self.C = int(N), int(gridsize), int(gridsize) ** 2
         self.model_type, self.amp_activation = model_type, amp_activation
         self.object_big, self.probe_big, self.pad_object = (
@@ -223,23 +226,64 @@ class PtychoModel(nn.Module):
     def _conv_relu(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.get_submodule(name)(x))
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, N, N)`` normalised diffraction → ``(B, f_{L−1}, 8, 8)`` bottleneck."""
+    def lift(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``'fourier'`` generator's lift (``specs/model.md``): ``(B, C, N, N)`` normalised
+        diffraction → ``(B, 2m, N, N)`` real-space features.
+
+        Each pattern of the group goes alone through the same two convolutions, which give
+        ``m/C`` complex diffraction-space channels (real parts, then imaginary parts); each is
+        taken to real space by ``N·ifft2(ifftshift(·))`` — the inverse of the forward model's
+        ``|fftshift(fft2(ψ))| / N`` with the phases the network chose. Output channels:
+        pattern by pattern, real parts then imaginary parts.
+        """
+        b, c, n, _ = x.shape
+        f = x.reshape(b * c, 1, n, n)
+        f = self.get_submodule("fourier_conv2")(self._conv_relu("fourier_conv1", f))
+        f = f.float()  # under bf16 autocast the convs give bfloat16; the FFT needs float32
+        m = f.shape[1] // 2
+        z = torch.complex(f[:, :m].contiguous(), f[:, m:].contiguous())
+        r = torch.fft.ifft2(torch.fft.ifftshift(z, dim=(-2, -1))) * self.N
+        out = torch.cat([r.real, r.imag], 1).reshape(b, c * 2 * m, n, n)
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def encode(self, x: torch.Tensor) -> Any:
+        """``(B, C, N, N)`` normalised diffraction → the ``'cnn'`` generator's
+        ``(B, f_{L−1}, 8, 8)`` bottleneck, or the ``'fourier'`` generator's list of
+        encoder features ``[(B, w·2^i, N/2^i, N/2^i) for i = 0..L]`` (skips, then bottleneck)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.generator == "fourier":
+            h = self.lift(x)
+            feats = []
+            for i in range(self.levels + 1):
+                if i:
+                    h = F.max_pool2d(h, 2)
+                h = self._conv_relu(f"enc{i}_conv2", self._conv_relu(f"enc{i}_conv1", h))
+                feats.append(h)
+            return feats
         for i in range(self.levels):
             x = self._conv_relu(f"enc{i}_conv1", x)
             x = self._conv_relu(f"enc{i}_conv2", x)
             x = F.max_pool2d(x, 2)
         return x
 
-    def _decode(self, branch: str, z: torch.Tensor) -> torch.Tensor:
-        """Bottleneck → ``(B, C_out, N, N)`` activated amplitude or phase."""
+    def _decode(self, branch: str, z: Any) -> torch.Tensor:
+        """Bottleneck (or the ``'fourier'`` encoder's features) → ``(B, C_out, N, N)``
+        activated amplitude or phase."""
         act = (
             (lambda t: _amp_activation(self.amp_activation, t))
             if branch == "amp"
             else (lambda t: math.pi * torch.tanh(t))
         )
+        if self.generator == "fourier":
+            h = z[-1]
+            for i in reversed(range(self.levels)):
+                h = torch.cat([_up2(h), z[i]], 1)
+                h = self._conv_relu(f"{branch}_dec{i}_conv1", h)
+                h = self._conv_relu(f"{branch}_dec{i}_conv2", h)
+            return act(self.get_submodule(f"{branch}_head")(h)).contiguous()
         x = z
         for j in range(self.levels - 1):
             x = self._conv_relu(f"{branch}_dec{j}_conv1", x)
@@ -279,8 +323,10 @@ class PtychoModel(nn.Module):
                 f"expected input (B, {self.C}, {self.N}, {self.N}), got {tuple(x_scaled.shape)}"
             )
         z = self.encode(x_scaled / self.intensity_scale)
-        amp = self._decode("amp", z)
-        phase = self._decode("phase", z)
+        # float32 from here on: under bf16 autocast the heads give bfloat16, which neither
+        # torch.complex nor the FFTs of the merge and the forward model take
+        amp = self._decode("amp", z).float()
+        phase = self._decode("phase", z).float()
         # not torch.polar: its backward takes the amplitude to be >= 0 (it differentiates
         # through sgn(result)), and the swish border branch of probe_big gives negative
         # amplitudes, whose gradient then had the wrong sign (found by the parity tests).
@@ -337,6 +383,7 @@ def build_model(
         probe_mask=mc.probe_mask,
         gaussian_smoothing_sigma=mc.gaussian_smoothing_sigma,
         merge_weights=mc.merge_weights,
+        generator=mc.generator,
         probe=probe,
         intensity_scale=intensity_scale,
         probe_trainable=probe_trainable,

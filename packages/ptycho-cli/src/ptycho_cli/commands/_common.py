@@ -15,7 +15,7 @@ from ptycho_cli.execution import (  # positive_* re-exported for the commands
     positive_int,
 )
 from ptycho_core.backends import BACKEND_NAMES, DEFAULT_BACKEND
-from ptycho_core.config import INFERENCE_GROUPINGS
+from ptycho_core.config import GENERATORS, INFERENCE_GROUPINGS
 
 __all__ = [
     "add_science_arguments",
@@ -121,6 +121,13 @@ def add_science_arguments(parser: argparse.ArgumentParser, *, training: bool = T
             metavar="K",
             help="network width factor (default 2)",
         )
+        g.add_argument(
+            "--generator",
+            choices=GENERATORS,
+            default=None,
+            help="network between patterns and object: fourier (learned-phase inverse FFT, then "
+            "a U-Net; default) or cnn (the original encoder/decoders)",
+        )
     else:
         g.add_argument(
             "--stitch-crop",
@@ -148,6 +155,7 @@ _SCIENCE = {
     "nphotons": "nphotons",
     "seed": "seed",
     "n_filters_scale": "n_filters_scale",
+    "generator": "generator",
     "stitch_crop": "stitch_crop",
     "grouping": "grouping",
 }
