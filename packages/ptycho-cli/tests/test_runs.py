@@ -608,3 +608,18 @@ def test_generator_flag_reaches_the_bundle(slow, scan_file, tmp_path, capsys):
     capsys.readouterr()
     assert _train(scan, tmp_path / "bad", "--epochs", "1", "--generator", "unet") == 2
     assert "invalid choice: 'unet'" in capsys.readouterr().err
+
+
+def test_resuming_a_run_recorded_before_the_generator_field_keeps_the_cnn(
+    slow, scan_file, tmp_path
+):
+    """A run folder written before ``ModelConfig.generator`` trained the CNN generator; its
+    record has no ``generator`` key. ``--resume`` reads it as 'cnn' (the bundle rule of
+    specs/model.md) and continues with it, instead of refusing it or switching generators."""
+    scan, out = scan_file(), tmp_path / "run"
+    assert _train(scan, out, "--epochs", "2", "--generator", "cnn") == 0
+    info = json.loads((out / RUN_INFO).read_text())
+    del info["config"]["model"]["generator"]
+    (out / RUN_INFO).write_text(json.dumps(info))
+    assert _train(scan, out, "--epochs", "3", "--resume") == 0
+    assert _manifest(out)["model_config"]["generator"] == "cnn"

@@ -36,6 +36,7 @@ from typing import Any
 
 from ptycho_cli import interrupts
 from ptycho_cli.runlock import RunLock
+from ptycho_core.engine import legacy_model_config
 from ptycho_core.errors import PtychoError
 from ptycho_core.io import atomic_write
 
@@ -474,8 +475,10 @@ def adopt_run_settings(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Settings of the run being resumed that the command does not give itself: its training
     config (model and training sections, paths excluded) joins ``overrides`` and its shaping
-    execution settings join ``execution`` — each only where the command is silent."""
-    config = dict(info.get("config") or {})
+    execution settings join ``execution`` — each only where the command is silent. A model
+    config recorded before a model field existed reads as what that run trained with
+    (:func:`ptycho_core.engine.legacy_model_config`, e.g. ``generator='cnn'``)."""
+    config = _legacy_run_config(info)
     given = set(overrides)
     adopted: dict[str, Any] = {}
     for key, value in config.items():
@@ -498,6 +501,14 @@ def adopt_run_settings(
     return {**adopted, **overrides}, {**exe_adopted, **execution}
 
 
+def _legacy_run_config(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The training config a run folder recorded, its model section read by the bundle rules."""
+    config = dict(info.get("config") or {})
+    if isinstance(config.get("model"), Mapping):
+        config["model"] = legacy_model_config(dict(config["model"]))
+    return config
+
+
 def check_same_settings(
     info: Mapping[str, Any],
     config: Any,
@@ -512,7 +523,7 @@ def check_same_settings(
     them (``where``: the resumed run)."""
     diffs: list[str] = []
     if info:
-        old_cfg = dict(info.get("config") or {})
+        old_cfg = _legacy_run_config(info)
         new_cfg = _jsonable(config.to_dict())
         old_flat = {**dict(old_cfg.get("model") or {}), **old_cfg}
         new_flat = {**dict(new_cfg.get("model") or {}), **new_cfg}
