@@ -84,7 +84,12 @@ def run_case(backend: Any, gridsize: int, nphotons: float, args: argparse.Namesp
         t0 = time.perf_counter()
         result = backend.train(cfg, execution, train_data=train_half)
         train_s = time.perf_counter() - t0
-        inf = InferenceConfig(model=cfg.model, model_path=result.bundle_path, backend=backend.NAME)
+        inf = InferenceConfig(
+            model=cfg.model,
+            model_path=result.bundle_path,
+            backend=backend.NAME,
+            stitch_crop=args.stitch_crop,
+        )
         flat_rec = None
         for adapt in (0, args.adapt_epochs) if args.adapt_epochs > 0 else (0,):
             t1 = time.perf_counter()
@@ -157,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scheduler", default=None, help="default: ExecutionConfig's")
     ap.add_argument("--filters", type=int, default=None, help="n_filters_scale (ModelConfig's)")
     ap.add_argument("--generator", default=None, help="default: ModelConfig's")
+    ap.add_argument("--stitch-crop", type=int, default=None, help="default: InferenceConfig's")
     ap.add_argument("--no-pad-object", action="store_true", help="full-size object decoder")
     ap.add_argument(
         "--train-on-test",
@@ -198,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         f"loss {args.loss}, batch {args.batch_size}, lr {args.lr:g} ({args.scheduler}), "
         f"generator {args.generator}, n_filters_scale {args.filters}"
         f"{', no pad_object' if args.no_pad_object else ''}"
+        f"{f', stitch crop {args.stitch_crop}' if args.stitch_crop else ''}"
         f"{', TRAINED ON THE TEST HALF' if args.train_on_test else ''}, "
         f"load average at start {load:.1f}, {os.cpu_count()} CPUs"
     )

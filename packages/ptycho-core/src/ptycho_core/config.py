@@ -446,7 +446,7 @@ class ExecutionConfig(_ConfigBase):
     pin_memory: bool = False
     persistent_workers: bool = False
     prefetch_factor: int | None = None
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-4
     scheduler: str = "plateau"
     enable_progress_bar: bool = True
     enable_checkpointing: bool = True
