@@ -615,11 +615,11 @@ class QualityConformance:
 
     The check a flat object cannot pass: a seeded realistic scan (N = 32, 800 positions, 1e9
     photons) is split at the median x; the model trains on the left half and reconstructs the
-    held-out right half, whose amplitude SSIM (after sub-pixel registration, the covered region
-    eroded by :attr:`margin_px`) must beat a flat object's on the same region by
-    :attr:`amp_margin`. It trains with the default loss and batch size (amplitude MAE, batch 4:
-    ``specs/training.md``, "Training recipe"), gridsize 2, 10 epochs, so it guards the defaults.
-    Phase SSIM is printed, not asserted (at this budget it stays near the flat object's).
+    held-out right half, whose amplitude and phase SSIM (after sub-pixel registration, the
+    covered region eroded by :attr:`margin_px`) must beat a flat object's on the same region by
+    :attr:`amp_margin` and :attr:`phase_margin`. It trains with the defaults (the ``'fourier'``
+    generator, amplitude MAE, batch 4, lr 3e-4: ``specs/training.md``, "Training recipe"),
+    gridsize 2, 10 epochs, so it guards the defaults.
     """
 
     backend_name: ClassVar[str] = ""
@@ -629,9 +629,12 @@ class QualityConformance:
     gridsize: ClassVar[int] = 2
     epochs: ClassVar[int] = 10
     margin_px: ClassVar[int] = 4
-    #: Required amplitude-SSIM lead over the flat object (measured with this test's scoring:
-    #: +0.07 PyTorch, +0.05 TensorFlow; specs/training.md).
-    amp_margin: ClassVar[float] = 0.03
+    #: Required SSIM leads over the flat object, about half of those measured with the defaults
+    #: (``bench_quality.py --N 32 --positions 800 --epochs 10``, gridsize 2, 1e9: amplitude
+    #: +0.21 in both backends, phase +0.12 PyTorch, +0.115 TensorFlow; the CNN generator
+    #: reached +0.07 / +0.05 in amplitude and nothing in phase).
+    amp_margin: ClassVar[float] = 0.10
+    phase_margin: ClassVar[float] = 0.05
 
     def execution_config(self) -> ExecutionConfig:
         return ExecutionConfig(
@@ -675,3 +678,4 @@ class QualityConformance:
             f"(flat {flat['ssim_phase']:.3f})"
         )
         assert got["ssim_amp"] >= flat["ssim_amp"] + self.amp_margin
+        assert got["ssim_phase"] >= flat["ssim_phase"] + self.phase_margin
