@@ -190,7 +190,7 @@ def _loss_axes(ax: Any, history: Mapping[str, Sequence[float]]) -> None:
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("Poisson NLL loss")
+    ax.set_ylabel("loss (as configured; default amplitude MAE)")
     ax.set_title("training loss")
     ax.grid(alpha=0.3)
     if plotted:

@@ -47,16 +47,14 @@ class DemoSettings:
     object_size: int | None = None
 
 
-#: The full demo: under two minutes on an idle 2-core CPU with the PyTorch backend (measured
-#: 97 s, held-out amplitude SSIM 0.56 on the old procedural scene; on the realistic scene the
-#: network does not yet beat a flat object: benchmarks/README.md). N=32 on a 192-px object
-#: (dense positions, ~3 px apart) learns more per CPU-second than N=64; the network is
-#: under-trained at a dozen epochs, so the epoch budget matters more than the pattern size
-#: (specs/cli.md).
+#: The full demo: about a minute on an idle 2-core CPU with the PyTorch backend (measured 65 s
+#: in all, held-out SSIM 0.36 / 0.62 on the realistic scene; 60 epochs took three times as long
+#: for 0.35 / 0.62). N=32 on a 192-px object (dense
+#: positions, ~3 px apart) learns more per CPU-second than N=64 (specs/cli.md).
 FULL = DemoSettings(
     N=32,
     n_positions=2400,
-    epochs=60,
+    epochs=20,
     batch_size=8,
     n_filters_scale=1,
     gridsize=1,
