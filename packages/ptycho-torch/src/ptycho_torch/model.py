@@ -228,10 +228,11 @@ class PtychoModel(nn.Module):
 
     def lift(self, x: torch.Tensor) -> torch.Tensor:
         """The ``'fourier'`` generator's lift (``specs/model.md``): ``(B, C, N, N)`` normalised
-        diffraction → ``(B, 2m, N, N)`` real-space features.
+        diffraction → ``(B, 2m·C, N, N)`` real-space features (``m = 4k``,
+        :func:`ptycho_core.architecture.fourier_channels`).
 
         Each pattern of the group goes alone through the same two convolutions, which give
-        ``m/C`` complex diffraction-space channels (real parts, then imaginary parts); each is
+        ``m`` complex diffraction-space channels (real parts, then imaginary parts); each is
         taken to real space by ``N·ifft2(ifftshift(·))`` — the inverse of the forward model's
         ``|fftshift(fft2(ψ))| / N`` with the phases the network chose. Output channels:
         pattern by pattern, real parts then imaginary parts.
