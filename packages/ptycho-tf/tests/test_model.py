@@ -310,11 +310,8 @@ def test_a_bundle_without_merge_weights_reconstructs_as_before(rng, tmp_path):
     """A bundle written before ModelConfig.merge_weights (no key in its manifest) was trained
     with the centre merge: it loads as merge_weights='centre' and gives the same patches as
     the model that wrote it; the same weights under 'probe' would not."""
-    import json
-    import zipfile
-
-    from ptycho_core import bundle as core_bundle
     from ptycho_core.config import TrainingConfig
+    from ptycho_core.testing import bundle_without_model_key
     from ptycho_tf.bundle import TFBundleHooks, load_bundle, save_bundle
 
     old_mc = ModelConfig(N=32, gridsize=2, n_filters_scale=1, merge_weights="centre")
@@ -322,14 +319,7 @@ def test_a_bundle_without_merge_weights_reconstructs_as_before(rng, tmp_path):
     old = build_models(old_mc, probe=_wide_probe(), intensity_scale=2.0)
     cfg = TrainingConfig(model=old_mc, output_dir=tmp_path, backend="tensorflow")
     path = save_bundle(tmp_path / "wts.h5.zip", old, cfg, normalization={"norm_factor": 1.0})
-    with zipfile.ZipFile(path) as zf:
-        files = {name: zf.read(name) for name in zf.namelist()}
-    manifest = json.loads(files.pop(core_bundle.MANIFEST_NAME))
-    del manifest["model_config"]["merge_weights"]
-    del manifest["training_config"]["model"]["merge_weights"]
-    legacy = tmp_path / "legacy" / "wts.h5.zip"
-    legacy.parent.mkdir()
-    core_bundle.write_bundle(legacy, manifest, files)
+    legacy = bundle_without_model_key(path, "merge_weights", tmp_path / "legacy" / "wts.h5.zip")
 
     loaded = load_bundle(legacy)
     assert loaded.model_config.merge_weights == "centre"
@@ -348,11 +338,8 @@ def test_a_bundle_without_generator_loads_the_cnn_generator(tmp_path, rng):
     """A bundle written before ModelConfig.generator (no key in its manifest) holds the CNN
     generator's weights: it loads as generator='cnn' and predicts what the model that wrote it
     predicted (specs/model.md, legacy rule)."""
-    import json
-    import zipfile
-
-    from ptycho_core import bundle as core_bundle
     from ptycho_core.config import TrainingConfig
+    from ptycho_core.testing import bundle_without_model_key
     from ptycho_tf.bundle import load_bundle, save_bundle
 
     old_mc = ModelConfig(N=32, gridsize=2, n_filters_scale=1, generator="cnn")
@@ -360,14 +347,7 @@ def test_a_bundle_without_generator_loads_the_cnn_generator(tmp_path, rng):
     old = build_models(old_mc, probe=_wide_probe(), intensity_scale=2.0)
     cfg = TrainingConfig(model=old_mc, output_dir=tmp_path, backend="tensorflow")
     path = save_bundle(tmp_path / "wts.h5.zip", old, cfg, normalization={"norm_factor": 1.0})
-    with zipfile.ZipFile(path) as zf:
-        files = {name: zf.read(name) for name in zf.namelist()}
-    manifest = json.loads(files.pop(core_bundle.MANIFEST_NAME))
-    del manifest["model_config"]["generator"]
-    del manifest["training_config"]["model"]["generator"]
-    legacy = tmp_path / "legacy" / "wts.h5.zip"
-    legacy.parent.mkdir()
-    core_bundle.write_bundle(legacy, manifest, files)
+    legacy = bundle_without_model_key(path, "generator", tmp_path / "legacy" / "wts.h5.zip")
 
     loaded = load_bundle(legacy)
     assert loaded.model_config.generator == "cnn"

@@ -278,11 +278,8 @@ def test_a_bundle_without_merge_weights_reconstructs_as_before(tmp_path):
     """A bundle written before ModelConfig.merge_weights (no key in its manifest) was trained
     with the centre merge: it loads as merge_weights='centre' and gives the same patches as
     the model that wrote it; read as 'probe' it would not."""
-    import json
-    import zipfile
-
-    from ptycho_core import bundle as core_bundle
     from ptycho_core.config import TrainingConfig
+    from ptycho_core.testing import bundle_without_model_key
     from ptycho_torch.bundle import load_bundle, save_bundle
 
     old_mc = ModelConfig(N=32, gridsize=2, n_filters_scale=1, merge_weights="centre")
@@ -290,14 +287,7 @@ def test_a_bundle_without_merge_weights_reconstructs_as_before(tmp_path):
     old = build_model(old_mc, probe=_wide_probe(), intensity_scale=2.0).eval()
     cfg = TrainingConfig(model=old_mc, output_dir=tmp_path)
     path = save_bundle(tmp_path / "wts.h5.zip", old, cfg, normalization={"norm_factor": 1.0})
-    with zipfile.ZipFile(path) as zf:
-        files = {name: zf.read(name) for name in zf.namelist()}
-    manifest = json.loads(files.pop(core_bundle.MANIFEST_NAME))
-    del manifest["model_config"]["merge_weights"]
-    del manifest["training_config"]["model"]["merge_weights"]
-    legacy = tmp_path / "legacy" / "wts.h5.zip"
-    legacy.parent.mkdir()
-    core_bundle.write_bundle(legacy, manifest, files)
+    legacy = bundle_without_model_key(path, "merge_weights", tmp_path / "legacy" / "wts.h5.zip")
 
     loaded = load_bundle(legacy)
     assert loaded.model_config.merge_weights == "centre" and loaded.model.merge_weights == "centre"
@@ -313,12 +303,9 @@ def test_a_bundle_without_generator_loads_the_cnn_generator(tmp_path):
     """A bundle written before ModelConfig.generator (no key in its manifest) holds the CNN
     generator's weights: it loads as generator='cnn' and gives the same patches as the model
     that wrote it (specs/model.md, legacy rule); read as the new default it would not load."""
-    import json
-    import zipfile
-
-    from ptycho_core import bundle as core_bundle
     from ptycho_core.config import TrainingConfig
     from ptycho_core.errors import BundleError
+    from ptycho_core.testing import bundle_without_model_key
     from ptycho_torch.bundle import load_bundle, save_bundle
 
     old_mc = ModelConfig(N=32, gridsize=2, n_filters_scale=1, generator="cnn")
@@ -326,14 +313,7 @@ def test_a_bundle_without_generator_loads_the_cnn_generator(tmp_path):
     old = build_model(old_mc, probe=_wide_probe(), intensity_scale=2.0).eval()
     cfg = TrainingConfig(model=old_mc, output_dir=tmp_path)
     path = save_bundle(tmp_path / "wts.h5.zip", old, cfg, normalization={"norm_factor": 1.0})
-    with zipfile.ZipFile(path) as zf:
-        files = {name: zf.read(name) for name in zf.namelist()}
-    manifest = json.loads(files.pop(core_bundle.MANIFEST_NAME))
-    del manifest["model_config"]["generator"]
-    del manifest["training_config"]["model"]["generator"]
-    legacy = tmp_path / "legacy" / "wts.h5.zip"
-    legacy.parent.mkdir()
-    core_bundle.write_bundle(legacy, manifest, files)
+    legacy = bundle_without_model_key(path, "generator", tmp_path / "legacy" / "wts.h5.zip")
 
     loaded = load_bundle(legacy)
     assert loaded.model_config.generator == "cnn" and loaded.model.generator == "cnn"

@@ -49,6 +49,7 @@ from ptycho_core.workflow import Reconstruction, prepare_inference
 
 __all__ = [
     "AdaptationConformance",
+    "bundle_without_model_key",
     "BackendConformance",
     "QualityConformance",
     "RefineSolverConformance",
@@ -679,3 +680,21 @@ class QualityConformance:
         )
         assert got["ssim_amp"] >= flat["ssim_amp"] + self.amp_margin
         assert got["ssim_phase"] >= flat["ssim_phase"] + self.phase_margin
+
+
+def bundle_without_model_key(path: str | Path, key: str, dest: str | Path) -> Path:
+    """Write to ``dest`` a copy of the bundle ``path`` whose manifest lacks the model-config
+    ``key`` (in ``model_config`` and in the training config's nested ``model``): a bundle as
+    written before that field existed, for the legacy rules of ``specs/model.md``."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        files = {name: zf.read(name) for name in zf.namelist()}
+    manifest = json.loads(files.pop(_bundle.MANIFEST_NAME))
+    del manifest["model_config"][key]
+    del manifest["training_config"]["model"][key]
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _bundle.write_bundle(dest, manifest, files)
+    return dest
