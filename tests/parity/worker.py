@@ -83,6 +83,9 @@ def make_bundle(backend: str, spec: dict[str, Any]) -> None:
     for name in arrays:  # biases non-zero, so that a dropped or misplaced bias shows
         if name.endswith(".bias"):
             arrays[name] = (0.05 * rng.standard_normal(arrays[name].shape)).astype(np.float32)
+        elif name.endswith("_head.weight") and not arrays[name].any():
+            # the physics stages' heads start at zero; non-zero, their convs take part too
+            arrays[name] = (0.02 * rng.standard_normal(arrays[name].shape)).astype(np.float32)
     model = workflows.HOOKS.build_model(
         mc, probe=probe, intensity_scale=s, probe_trainable=False, intensity_scale_trainable=False
     )

@@ -610,6 +610,20 @@ def test_generator_flag_reaches_the_bundle(slow, scan_file, tmp_path, capsys):
     assert "invalid choice: 'unet'" in capsys.readouterr().err
 
 
+def test_physics_stages_flag_reaches_the_bundle(slow, scan_file, tmp_path, capsys):
+    """``--physics-stages`` sets ``model.physics_stages`` (default 3); negative is a usage
+    error (exit 2)."""
+    scan = scan_file()
+    assert _train(scan, tmp_path / "default", "--epochs", "1", "--gridsize", "2") == 0
+    assert _manifest(tmp_path / "default")["model_config"]["physics_stages"] == 3
+    out = tmp_path / "none"
+    assert _train(scan, out, "--epochs", "1", "--gridsize", "2", "--physics-stages", "0") == 0
+    assert _manifest(out)["model_config"]["physics_stages"] == 0
+    capsys.readouterr()
+    assert _train(scan, tmp_path / "bad", "--epochs", "1", "--physics-stages", "-1") == 2
+    assert "--physics-stages" in capsys.readouterr().err
+
+
 def test_resuming_a_run_recorded_before_the_generator_field_keeps_the_cnn(
     slow, scan_file, tmp_path
 ):

@@ -18,6 +18,7 @@ from ptycho_core.architecture import (
     decoder_levels,
     encoder_levels,
     parameter_count,
+    physics_stages,
     scalar_weights,
 )
 from ptycho_core.config import ModelConfig
@@ -72,6 +73,7 @@ def _cfg(**kw) -> ModelConfig:
         probe_big=True,
         pad_object=True,
         generator="cnn",
+        physics_stages=0,
     )
     return ModelConfig(**(base | kw))
 
@@ -110,6 +112,54 @@ FOURIER_64_G2_K2 = [
 
 def test_fourier_table_n64_gridsize2():
     assert _rows(conv_layers(_cfg(generator="fourier"))) == FOURIER_64_G2_K2
+
+
+# Physics stages (specs/model.md), N=64, gridsize=2 (C=4), k=2: per stage, 4C = 16 channels in
+# (projected object re, im, then the stage's input re, im), w = 16k = 32 wide, 2C = 8 out
+# (correction re, im), all at 64 × 64; appended after every other conv.
+STAGES_64_G2_K2 = [
+    row
+    for s in range(3)
+    for row in (
+        (f"stage{s}_conv1", 16, 32, 64),
+        (f"stage{s}_conv2", 32, 32, 64),
+        (f"stage{s}_head", 32, 8, 64),
+    )
+]
+
+
+def test_physics_stages_table_and_default():
+    assert ModelConfig().physics_stages == 3
+    assert physics_stages(_cfg(physics_stages=3)) == 3
+    rows = _rows(conv_layers(_cfg(generator="fourier", physics_stages=3)))
+    assert rows == FOURIER_64_G2_K2 + STAGES_64_G2_K2
+    assert _rows(conv_layers(_cfg(physics_stages=3))) == FULL_64_G2_K2 + STAGES_64_G2_K2
+    assert _rows(conv_layers(_cfg(generator="fourier", physics_stages=1))) == (
+        FOURIER_64_G2_K2 + STAGES_64_G2_K2[:3]
+    )
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"gridsize": 1},  # one pattern: no overlap to project against
+        {"object_big": False},  # no merge
+        {"model_type": "supervised"},  # no probe, no diffraction loss
+    ],
+)
+def test_physics_stages_only_for_overlap_constrained_pinn_models(kw):
+    cfg = _cfg(generator="fourier", physics_stages=3, **kw)
+    assert physics_stages(cfg) == 0
+    assert not [r for r in conv_layers(cfg) if r.name.startswith("stage")]
+
+
+def test_physics_stages_must_be_a_non_negative_integer():
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ConfigError, match="physics_stages"):
+            ModelConfig(physics_stages=bad)
+    # a table reader given something looser still refuses a negative count
+    with pytest.raises(ValueError, match="physics_stages"):
+        physics_stages(SimpleNamespace(gridsize=2, object_big=True, physics_stages=-1))
 
 
 def test_fourier_is_the_default_and_ignores_pad_object_and_probe_big():

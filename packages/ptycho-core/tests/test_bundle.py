@@ -343,6 +343,24 @@ def test_bundle_without_generator_reads_as_the_cnn_generator(tmp_path):
     assert model == legacy and training is not None and training.model == legacy
 
 
+def test_bundle_without_physics_stages_reads_as_none(tmp_path):
+    """Bundles written before ModelConfig.physics_stages have no stage weights: a model config
+    without the key (top level and nested) reads as physics_stages=0 (specs/model.md)."""
+    from ptycho_core.config import ModelConfig, TrainingConfig
+    from ptycho_core.engine import bundle_configs
+
+    current = TrainingConfig(model=ModelConfig(N=32, gridsize=2), nepochs=7)
+    assert current.model.physics_stages == 3  # the default of new models
+    old_model = {k: v for k, v in current.model.to_dict().items() if k != "physics_stages"}
+    old_training = dict(current.to_dict(), model=old_model)
+    path = tmp_path / BUNDLE_NAME
+    manifest = make_manifest("pytorch", old_model, old_training, 2.0, {}, [])
+    write_bundle(path, manifest, {"probe.npy": npy_bytes(np.ones((32, 32), np.complex64))})
+    model, training = bundle_configs(read_manifest(path), path)
+    legacy = ModelConfig(N=32, gridsize=2, physics_stages=0)
+    assert model == legacy and training is not None and training.model == legacy
+
+
 # ----------------------------------------------------------------------------- reader soundness
 @pytest.mark.parametrize(
     ("key", "value", "fragment"),

@@ -568,3 +568,61 @@ def test_merge_dtypes_and_bad_shapes():
         ph.object_big_merge(z, np.zeros((1, 3, 2)))
     with pytest.raises(ValueError, match="patches"):
         ph.object_big_merge(np.ones((2, 8, 8)), np.zeros((2, 1, 2)))
+
+
+# ----------------------------------------------------------------------------- data projection
+def _projection_case(n: int = 32, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    obj = (0.5 + 0.5 * rng.random((2, n, n))) * np.exp(1j * rng.uniform(-2, 2, (2, n, n)))
+    probe = np.exp(-((np.arange(n) - n / 2) ** 2) / (2 * (n / 5) ** 2))
+    probe = np.outer(probe, probe) * np.exp(0.3j * rng.standard_normal((n, n)))
+    return obj.astype(np.complex64), probe.astype(np.complex64)
+
+
+def test_data_projection_leaves_a_consistent_object_unchanged():
+    """The true object already gives the measured amplitude: a fixed point (specs/model.md)."""
+    obj, probe = _projection_case()
+    amp = ph.forward_model(obj, probe)
+    out = ph.data_projection(obj, amp, ph.illuminate(probe), 0.05)
+    assert out.dtype == np.complex64
+    np.testing.assert_allclose(out, obj, atol=2e-5)
+
+
+def test_data_projection_imposes_the_amplitude_under_a_flat_illumination():
+    """With I = 1 and α → 0 the update is the whole exit-wave change, so the projected
+    object's far field has exactly the measured amplitude and the old far field's phase."""
+    obj, _ = _projection_case()
+    target, _ = _projection_case(seed=1)
+    flat = np.ones(obj.shape[-2:], np.complex64)
+    amp = ph.forward_model(target, flat)
+    out = ph.data_projection(obj, amp, flat, 1e-9)
+    np.testing.assert_allclose(ph.forward_model(out, flat), amp, rtol=1e-3, atol=1e-4)
+    far_in = np.fft.fft2(obj)
+    far_out = np.fft.fft2(out)
+    keep = np.abs(far_in) > 1e-3 * np.abs(far_in).max()
+    dphi = np.angle(far_out[keep] * np.conj(far_in[keep]))
+    assert np.abs(dphi).max() < 1e-3
+
+
+def test_data_projection_moves_the_object_only_where_illuminated():
+    obj, probe = _projection_case()
+    probe = probe * ph.disk_mask(32)  # nothing outside the N/4 disk
+    amp = ph.forward_model(_projection_case(seed=2)[0], probe)
+    out = ph.data_projection(obj, amp, ph.illuminate(probe), 0.05)
+    dark = ph.disk_mask(32) == 0
+    assert np.array_equal(out[:, dark], obj[:, dark])
+    assert np.abs(out - obj)[:, ~dark].max() > 0.1
+
+
+@pytest.mark.parametrize(
+    ("amp_shape", "illum_shape", "alpha", "fragment"),
+    [
+        ((2, 32, 30), (32, 32), 0.05, "do not match"),
+        ((2, 32, 32), (16, 16), 0.05, "do not match"),
+        ((2, 32, 32), (32, 32), 0.0, "regularization"),
+    ],
+)
+def test_data_projection_rejects_bad_arguments(amp_shape, illum_shape, alpha, fragment):
+    obj, _ = _projection_case()
+    with pytest.raises(ValueError, match=fragment):
+        ph.data_projection(obj, np.ones(amp_shape), np.ones(illum_shape), alpha)

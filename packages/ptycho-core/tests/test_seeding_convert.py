@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -29,15 +30,28 @@ MC = ModelConfig(N=32, gridsize=2, n_filters_scale=1)
 def test_initial_weights_follow_the_table_with_glorot_limits_and_zero_biases():
     w = initial_weights(MC, 3, intensity_scale=50.0)
     assert list(w) == list(weight_shapes(MC))
+    heads = [f"stage{s}_head" for s in range(MC.physics_stages)]
+    assert MC.physics_stages == 3 and set(heads) <= {r.name for r in conv_layers(MC)}
     for row in conv_layers(MC):
         k = w[f"{row.name}.weight"]
         assert k.shape == (row.out_channels, row.in_channels, 3, 3) and k.dtype == np.float32
+        assert not w[f"{row.name}.bias"].any()
+        if row.name in heads:  # the physics stages start as plain projections
+            assert not k.any()
+            continue
         limit = math.sqrt(6.0 / (9 * row.in_channels + 9 * row.out_channels))
         assert np.abs(k).max() <= limit and np.abs(k).max() > 0.9 * limit
         assert abs(float(k.std()) - limit / math.sqrt(3)) < 0.2 * limit  # uniform's std
-        assert not w[f"{row.name}.bias"].any()
     assert float(w["log_intensity_scale"]) == pytest.approx(math.log(50.0))
     assert np.array_equal(w["probe_real"], np.ones((32, 32), np.float32))
+
+
+def test_zero_stage_heads_leave_the_other_layers_draws_unchanged():
+    """The stages come last in the table and their heads draw nothing: every layer a model
+    without stages has starts from the same numbers with them."""
+    with_stages, without = initial_weights(MC, 5), initial_weights(replace(MC, physics_stages=0), 5)
+    assert set(without) < set(with_stages)
+    assert all(np.array_equal(without[k], with_stages[k]) for k in without)
 
 
 def test_initial_weights_depend_on_the_seed_only():

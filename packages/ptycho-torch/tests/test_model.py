@@ -217,7 +217,8 @@ def test_object_big_merge_uses_the_configured_weights(
 ):
     """specs/model.md: 'probe' weights the merge by the forward model's illumination intensity
     (peak 1), a supervised model (no illumination) by 1 everywhere, 'centre' by the centre N/2
-    square; the model's merged patches are the oracle's merge of its raw patches."""
+    square; the model's merged patches are the oracle's merge of its raw patches (no physics
+    stages after it: those are PhysicsStagesConformance's)."""
     from ptycho_core import physics as ref
     from ptycho_torch import model as model_mod
 
@@ -226,6 +227,7 @@ def test_object_big_merge_uses_the_configured_weights(
         N=32,
         gridsize=2,
         n_filters_scale=1,
+        physics_stages=0,
         model_type=model_type,
         merge_weights=merge_weights,
         gaussian_smoothing_sigma=sigma,

@@ -23,8 +23,16 @@ __all__ = [
     "decoder_levels",
     "encoder_levels",
     "parameter_count",
+    "physics_stages",
+    "PROJECTION_STEPS",
+    "PROJECTION_REGULARIZATION",
     "scalar_weights",
 ]
+
+#: Data projections per physics stage (``specs/model.md``, "Physics stages").
+PROJECTION_STEPS = 3
+#: ``α`` of a projection's object update ``P̄·Δψ / (|P|² + α·max|P|²)``.
+PROJECTION_REGULARIZATION = 0.05
 
 
 @dataclass(frozen=True)
@@ -119,13 +127,50 @@ def _fourier_layers(model_config: Any) -> list[ConvLayer]:
     return layers
 
 
+def physics_stages(model_config: Any) -> int:
+    """The physics stages the model for ``model_config`` runs after its merge: its
+    ``physics_stages`` (default 0 when absent) for an overlap-constrained model (``gridsize >
+    1``, ``object_big``, ``model_type`` ``'pinn'``, default ``'pinn'``), else 0 — a projection
+    needs the merge's overlap (one pattern alone drifts: ``specs/training.md``) and the probe."""
+    stages = int(getattr(model_config, "physics_stages", 0))
+    if stages < 0:
+        raise ValueError(f"physics_stages={stages} must be >= 0")
+    c = _positive_int(model_config.gridsize, "gridsize") ** 2
+    pinn = getattr(model_config, "model_type", "pinn") == "pinn"
+    return stages if c > 1 and model_config.object_big and pinn else 0
+
+
+def _stage_layers(model_config: Any) -> list[ConvLayer]:
+    """The learned corrections of the physics stages: per stage ``s``, ``stage{s}_conv1``
+    (``4C`` → ``w``: the projected object's real and imaginary parts, then those of the
+    stage's input), ``stage{s}_conv2`` (``w`` → ``w``) and ``stage{s}_head`` (``w`` → ``2C``:
+    real, then imaginary parts of the correction), ``w = 16·k``, all at ``N × N``."""
+    n = int(model_config.N)
+    c = _positive_int(model_config.gridsize, "gridsize") ** 2
+    w = fourier_width(model_config)
+    layers = []
+    for s in range(physics_stages(model_config)):
+        layers += [
+            ConvLayer(f"stage{s}_conv1", 4 * c, w, n),
+            ConvLayer(f"stage{s}_conv2", w, w, n),
+            ConvLayer(f"stage{s}_head", w, 2 * c, n),
+        ]
+    return layers
+
+
 def conv_layers(model_config: Any) -> list[ConvLayer]:
     """Every convolution of the model for ``model_config`` (a :class:`ModelConfig` or anything
     with ``N``, ``gridsize``, ``n_filters_scale``, ``object_big``, ``probe_big``,
-    ``pad_object`` and optionally ``generator``, default ``'cnn'``), in the ADR-002 row order
-    (amplitude before phase)."""
+    ``pad_object`` and optionally ``generator``, default ``'cnn'``, ``physics_stages``,
+    default 0, and ``model_type``, default ``'pinn'``), in the ADR-002 row order (amplitude
+    before phase; the physics stages' corrections last)."""
     if getattr(model_config, "generator", "cnn") == "fourier":
-        return _fourier_layers(model_config)
+        return _fourier_layers(model_config) + _stage_layers(model_config)
+    return _cnn_layers(model_config) + _stage_layers(model_config)
+
+
+def _cnn_layers(model_config: Any) -> list[ConvLayer]:
+    """The ``'cnn'`` generator (ADR-002's original table)."""
     n = int(model_config.N)
     k = _positive_int(model_config.n_filters_scale, "n_filters_scale")
     levels = encoder_levels(n)

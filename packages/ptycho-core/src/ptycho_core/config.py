@@ -263,6 +263,10 @@ class ModelConfig(_ConfigBase):
     ``'centre'`` (the centre ``N/2`` square; what bundles without the key were trained with).
     ``generator``: one of :data:`GENERATORS`; ``pad_object`` and ``probe_big`` shape the
     ``'cnn'`` generator only (``'fourier'`` predicts the whole ``N × N`` patch).
+    ``physics_stages``: the physics stages after the merge of an overlap-constrained model
+    (``gridsize > 1``, ``object_big``, ``'pinn'``) — each three data projections of the group
+    followed by a learned correction; other models have none, whatever the value
+    (:func:`ptycho_core.architecture.physics_stages`).
     """
 
     N: int = 64
@@ -278,6 +282,7 @@ class ModelConfig(_ConfigBase):
     gaussian_smoothing_sigma: float = 0.0
     merge_weights: str = "probe"
     generator: str = "fourier"
+    physics_stages: int = 3
 
     def __post_init__(self) -> None:
         c = _Checker(self)
@@ -293,6 +298,7 @@ class ModelConfig(_ConfigBase):
         c.real("gaussian_smoothing_sigma", 0.0, strict=False)
         c.choice("merge_weights", MERGE_WEIGHTS)
         c.choice("generator", GENERATORS)
+        c.integer("physics_stages", 0)
 
     @property
     def C(self) -> int:

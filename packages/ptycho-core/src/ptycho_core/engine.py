@@ -336,8 +336,9 @@ def bundle_configs(
     naming ``where`` and the key.
 
     Legacy rule (``specs/model.md``): a model config without ``merge_weights`` was trained with
-    the centre-square merge, and one without ``generator`` with the CNN generator, so they read
-    as ``merge_weights='centre'`` and ``generator='cnn'`` (in the training config's nested
+    the centre-square merge, one without ``generator`` with the CNN generator and one without
+    ``physics_stages`` with none, so they read as ``merge_weights='centre'``,
+    ``generator='cnn'`` and ``physics_stages=0`` (in the training config's nested
     ``model`` too) and the bundle reconstructs exactly as before."""
     mc = manifest.get("model_config")
     if not isinstance(mc, dict):
@@ -370,13 +371,20 @@ def bundle_configs(
 LEGACY_MERGE_WEIGHTS = "centre"
 #: The generator of bundles written before ``ModelConfig.generator``.
 LEGACY_GENERATOR = "cnn"
+#: The physics stages of bundles written before ``ModelConfig.physics_stages``: none.
+LEGACY_PHYSICS_STAGES = 0
 
 
 def legacy_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
     """``model_config`` with the keys that older bundles lack set to what those bundles were
     trained with: ``merge_weights`` :data:`LEGACY_MERGE_WEIGHTS`, ``generator``
-    :data:`LEGACY_GENERATOR` (a copy; the manifest is not modified)."""
-    legacy = {"merge_weights": LEGACY_MERGE_WEIGHTS, "generator": LEGACY_GENERATOR}
+    :data:`LEGACY_GENERATOR`, ``physics_stages`` :data:`LEGACY_PHYSICS_STAGES` (a copy; the
+    manifest is not modified)."""
+    legacy = {
+        "merge_weights": LEGACY_MERGE_WEIGHTS,
+        "generator": LEGACY_GENERATOR,
+        "physics_stages": LEGACY_PHYSICS_STAGES,
+    }
     missing = {k: v for k, v in legacy.items() if k not in model_config}
     return dict(model_config, **missing) if missing else model_config
 

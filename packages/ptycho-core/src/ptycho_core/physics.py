@@ -51,6 +51,7 @@ __all__ = [
     "merge_canvas_size",
     "merge_weight",
     "object_big_merge",
+    "data_projection",
 ]
 
 logger = logging.getLogger(__name__)
@@ -547,3 +548,40 @@ def _check_weight(weight: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if not np.all(np.isfinite(w)) or np.any(w < 0):
         raise ValueError("weight must be finite and >= 0")
     return w
+
+
+def data_projection(
+    obj_patches: np.ndarray,
+    amplitude: np.ndarray,
+    illumination: np.ndarray,
+    regularization: float = 0.05,
+) -> np.ndarray:
+    """One data projection of object patches (``specs/model.md``, "Physics stages").
+
+    With ``ψ = I·O`` and ``Ψ = fftshift(fft2(ψ)) / N`` (the forward model), the far field takes
+    the measured ``amplitude`` and keeps its phase, ``Ψ' = A·Ψ / |Ψ|`` (``|Ψ|`` as
+    ``sqrt(|Ψ|² + 1e-12)``), and the object moves by the exit-wave change
+    ``O' = O + Ī·(ψ' − ψ) / (|I|² + α·max|I|²)``. An object whose forward model already gives
+    ``amplitude`` is a fixed point.
+
+    obj_patches: ``(..., N, N)`` complex; amplitude: the same shape, real, normalised units
+    (what :func:`forward_model` returns); illumination: ``(N, N)`` complex,
+    :func:`illuminate` of the probe; regularization: ``α > 0``. Returns ``(..., N, N)``
+    complex64 (computed in complex128).
+    """
+    o = np.asarray(obj_patches, np.complex128)
+    a = np.asarray(amplitude, np.float64)
+    p = np.asarray(illumination, np.complex128)
+    n = o.shape[-1]
+    if a.shape != o.shape or p.shape != (n, n):
+        raise ValueError(
+            f"object {o.shape}, amplitude {a.shape} and illumination {p.shape} do not match"
+        )
+    if not regularization > 0:
+        raise ValueError(f"regularization={regularization!r} must be > 0")
+    psi = p * o
+    far = np.fft.fftshift(np.fft.fft2(psi), axes=(-2, -1)) / n
+    far = far * (a / np.sqrt(far.real**2 + far.imag**2 + 1e-12))
+    psi_new = np.fft.ifft2(np.fft.ifftshift(far, axes=(-2, -1))) * n
+    w = np.abs(p) ** 2
+    return (o + np.conj(p) * (psi_new - psi) / (w + regularization * w.max())).astype(np.complex64)

@@ -42,6 +42,12 @@ def glorot_limit(in_channels: int, out_channels: int, kernel: int = 3) -> float:
     return math.sqrt(6.0 / (area * in_channels + area * out_channels))
 
 
+def _starts_at_zero(name: str) -> bool:
+    """The physics stages' heads start at zero, so an untrained stage is three plain data
+    projections (``specs/model.md``); they draw nothing from the stream."""
+    return name.startswith("stage") and name.endswith("_head")
+
+
 def initial_weights(
     model_config: Any,
     seed: int,
@@ -54,15 +60,19 @@ def initial_weights(
 
     Returns ``{name: float32 array}`` in ADR-002 order: per conv ``<name>.weight``
     ``(out, in, 3, 3)`` drawn from ``U(−l, l)``, ``l`` = :func:`glorot_limit` (layers drawn in the
-    table's row order, each kernel in C order), and ``<name>.bias`` ``(out,)`` zeros; then
+    table's row order, each kernel in C order; the physics stages' heads are zeros and draw
+    nothing), and ``<name>.bias`` ``(out,)`` zeros; then
     ``log_intensity_scale`` ``()`` = ``log(intensity_scale)`` and ``probe_real``/``probe_imag``
     ``(N, N)`` from ``probe`` (the normalised probe; ones when None)."""
     rng = np.random.default_rng([_seed(seed, "seed"), INIT_STREAM])
     out: dict[str, np.ndarray] = {}
     for row in conv_layers(model_config):
-        limit = glorot_limit(row.in_channels, row.out_channels)
         shape = (row.out_channels, row.in_channels, 3, 3)
-        out[f"{row.name}.weight"] = rng.uniform(-limit, limit, size=shape).astype(np.float32)
+        if _starts_at_zero(row.name):
+            out[f"{row.name}.weight"] = np.zeros(shape, np.float32)
+        else:
+            limit = glorot_limit(row.in_channels, row.out_channels)
+            out[f"{row.name}.weight"] = rng.uniform(-limit, limit, size=shape).astype(np.float32)
         out[f"{row.name}.bias"] = np.zeros(row.out_channels, np.float32)
     s = float(intensity_scale)
     if not (math.isfinite(s) and s > 0):

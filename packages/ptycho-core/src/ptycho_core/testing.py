@@ -51,6 +51,7 @@ __all__ = [
     "AdaptationConformance",
     "bundle_without_model_key",
     "BackendConformance",
+    "PhysicsStagesConformance",
     "QualityConformance",
     "RefineSolverConformance",
 ]
@@ -605,6 +606,103 @@ class RefineSolverConformance:
         assert (out / "refine.csv").is_file()
         summary = refinement(tmp_path / "auto", "--iterations", "1")
         assert summary["solver"] == self.auto_solver_name()
+
+
+class PhysicsStagesConformance:
+    """A backend's physics stages (``specs/model.md``) against core's NumPy reference, written
+    once and run by each backend::
+
+        class TestTorchPhysicsStages(PhysicsStagesConformance):
+            backend_name = "pytorch"
+
+            def hooks(self):
+                return HOOKS
+
+    Checks: with the initial weights (stage heads zero) a stage is exactly
+    :data:`~ptycho_core.architecture.PROJECTION_STEPS` data projections, each merged, then one
+    more merge — compared with :func:`ptycho_core.physics.data_projection` and
+    :func:`ptycho_core.physics.object_big_merge` applied to the patches of the same weights
+    without stages; the learned correction changes the output once its head is non-zero, and
+    its first conv then matters too.
+    """
+
+    backend_name: ClassVar[str] = ""
+    stages: ClassVar[int] = 2
+    #: float32 FFTs and merges, six projections deep, against the complex128 reference.
+    rtol: ClassVar[float] = 1e-4
+
+    def hooks(self) -> Any:
+        """The backend's :class:`ptycho_core.engine.BackendHooks`."""
+        raise NotImplementedError
+
+    def _case(self) -> tuple[ModelConfig, np.ndarray, float, dict[str, np.ndarray], Any]:
+        from ptycho_core.grouping import GroupedData
+        from ptycho_core.seeding import initial_weights
+
+        n, s = 32, 3.0
+        mc = ModelConfig(N=n, gridsize=2, n_filters_scale=1, physics_stages=self.stages)
+        rng = np.random.default_rng(17)
+        yy, xx = np.mgrid[:n, :n] - n / 2
+        r2 = (xx**2 + yy**2) / (n / 5) ** 2
+        probe = (np.exp(-r2) * np.exp(0.7j * r2)).astype(np.complex64)
+        arrays = initial_weights(mc, 4, probe=probe, intensity_scale=s)
+        offsets = rng.uniform(-3.0, 3.0, (3, 4, 2))
+        offsets -= offsets.mean(axis=1, keepdims=True)
+        batch = GroupedData(
+            indices=np.arange(12).reshape(3, 4),
+            positions=offsets + 40.0,
+            centers=np.full((3, 2), 40.0),
+            offsets=offsets,
+            source_diffraction=rng.uniform(0.2, 2.0, (12, n, n)).astype(np.float32),
+            scale=s,
+        )
+        return mc, probe, s, arrays, batch
+
+    def _predict(self, mc, probe, s, arrays, batch) -> np.ndarray:
+        hooks = self.hooks()
+        model = hooks.build_model(
+            mc,
+            probe=probe,
+            intensity_scale=s,
+            probe_trainable=False,
+            intensity_scale_trainable=False,
+        )
+        model.load_weight_arrays(arrays, "physics-stages test")
+        out = hooks.make_predict(model, ExecutionConfig(accelerator="cpu"))(batch)
+        return np.asarray(out, np.complex128)
+
+    def test_untrained_stages_are_merged_data_projections(self):
+        from ptycho_core import physics
+        from ptycho_core.architecture import PROJECTION_REGULARIZATION, PROJECTION_STEPS
+
+        mc, probe, s, arrays, batch = self._case()
+        got = self._predict(mc, probe, s, arrays, batch)
+        plain = {k: v for k, v in arrays.items() if not k.startswith("stage")}
+        start = self._predict(dataclasses.replace(mc, physics_stages=0), probe, s, plain, batch)
+        amplitude = batch.diffraction / s  # what the forward model matches (normalised units)
+        illum, weight = physics.illuminate(probe), physics.merge_weight(probe)
+        want = start
+        for _ in range(self.stages):
+            for _ in range(PROJECTION_STEPS):
+                want = physics.data_projection(want, amplitude, illum, PROJECTION_REGULARIZATION)
+                want = physics.object_big_merge(want, batch.offsets, weight)
+            want = physics.object_big_merge(want, batch.offsets, weight)
+        assert got.shape == want.shape == (3, 4, 32, 32)
+        size = np.linalg.norm(want)
+        assert np.linalg.norm(want - start) > 0.05 * size  # the projections did move the object
+        assert np.linalg.norm(got - want) <= self.rtol * size
+
+    def test_the_learned_correction_acts(self):
+        mc, probe, s, arrays, batch = self._case()
+        base = self._predict(mc, probe, s, arrays, batch)
+        rng = np.random.default_rng(5)
+        head = arrays["stage0_head.weight"]
+        arrays["stage0_head.weight"] = (0.05 * rng.standard_normal(head.shape)).astype(np.float32)
+        corrected = self._predict(mc, probe, s, arrays, batch)
+        assert np.linalg.norm(corrected - base) > 1e-3 * np.linalg.norm(base)
+        arrays["stage0_conv1.weight"] = -arrays["stage0_conv1.weight"]
+        other = self._predict(mc, probe, s, arrays, batch)
+        assert np.linalg.norm(other - corrected) > 1e-3 * np.linalg.norm(base)
 
 
 class QualityConformance:

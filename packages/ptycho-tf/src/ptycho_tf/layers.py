@@ -23,6 +23,9 @@ __all__ = [
     "PatternsToBatch",
     "ComplexFromPolar",
     "ObjectMerge",
+    "DataProjection",
+    "StageFeatures",
+    "StageCorrection",
     "ChannelTranslate",
     "ForwardModel",
     "Modulus",
@@ -184,6 +187,56 @@ class ObjectMerge(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
+class DataProjection(keras.layers.Layer):
+    """One data projection of a physics stage (:func:`physics.data_projection_cl`,
+    ``specs/model.md``). Inputs: patches ``(B, N, N, C)`` complex64, the measured amplitude
+    ``(B, N, N, C)`` float32 in normalised units (``x / s``), the illumination ``(N, N)``
+    complex64 (:meth:`ForwardModel.call` with ``illumination=True``). Output like the patches."""
+
+    def __init__(self, regularization: float, **kwargs):
+        super().__init__(**kwargs)
+        self.regularization = float(regularization)
+
+    def call(self, patches, amplitude, illumination):
+        return physics.data_projection_cl(patches, amplitude, illumination, self.regularization)
+
+    def compute_output_spec(self, patches, amplitude, illumination):
+        return keras.KerasTensor(patches.shape, dtype="complex64")
+
+    def get_config(self):
+        return {**super().get_config(), "regularization": self.regularization}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class StageFeatures(keras.layers.Layer):
+    """The input of a physics stage's correction: projected and incoming patches
+    ``(B, N, N, C)`` complex64 → ``(B, N, N, 4C)`` float32 (projected real, imaginary parts,
+    then incoming real, imaginary parts; torch's channel order)."""
+
+    def call(self, projected, before):
+        parts = [tf.math.real(projected), tf.math.imag(projected)]
+        return tf.concat(parts + [tf.math.real(before), tf.math.imag(before)], axis=-1)
+
+    def compute_output_spec(self, projected, before):
+        b, n, m, c = projected.shape
+        return keras.KerasTensor((b, n, m, 4 * c), dtype="float32")
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class StageCorrection(keras.layers.Layer):
+    """``O + (d[..., :C] + i·d[..., C:])``: a physics stage's learned correction ``d``
+    ``(B, N, N, 2C)`` (cast to float32) added to the patches ``(B, N, N, C)`` complex64."""
+
+    def call(self, patches, d):
+        c = int(patches.shape[-1])
+        d = tf.cast(d, tf.float32)
+        return patches + tf.complex(d[..., :c], d[..., c:])
+
+    def compute_output_spec(self, patches, d):
+        return keras.KerasTensor(patches.shape, dtype="complex64")
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
 class ChannelTranslate(keras.layers.Layer):
     """``object_big=False`` with ``C > 1``: the single predicted patch ``(B, N, N, 1)`` moved to
     each channel by ``−offset_c`` (content of the group frame seen from channel ``c``).
@@ -208,7 +261,9 @@ class ForwardModel(keras.layers.Layer):
     Called with ``merge_weight=True`` it returns instead the ``object_big`` merge weight of
     ``merge_weights='probe'`` (``specs/model.md``): :func:`physics.merge_weight` of the current
     probe, ``(N, N)`` float32, with its gradient stopped (the probe is learned through the
-    forward model only). The input then only places the call in the functional graph.
+    forward model only); with ``illumination=True`` the illumination of the physics stages'
+    projections (:func:`physics.illuminate`, ``(N, N)`` complex64, gradient stopped too). The
+    input then only places the call in the functional graph.
     """
 
     def __init__(
@@ -254,17 +309,22 @@ class ForwardModel(keras.layers.Layer):
             tf.convert_to_tensor(self.probe_real), tf.convert_to_tensor(self.probe_imag)
         )
 
-    def call(self, obj, merge_weight: bool = False):
+    def call(self, obj, merge_weight: bool = False, illumination: bool = False):
         if merge_weight:
             probe = tf.stop_gradient(self.probe())
             return physics.merge_weight(probe, self.gaussian_smoothing_sigma, self.probe_mask)
+        if illumination:
+            probe = tf.stop_gradient(self.probe())
+            return physics.illuminate(probe, self.gaussian_smoothing_sigma, self.probe_mask)
         return physics.forward_model_cl(
             obj, self.probe(), self.gaussian_smoothing_sigma, self.probe_mask
         )
 
-    def compute_output_spec(self, obj, merge_weight: bool = False):
+    def compute_output_spec(self, obj, merge_weight: bool = False, illumination: bool = False):
         if merge_weight:
             return keras.KerasTensor((self.N, self.N), dtype="float32")
+        if illumination:
+            return keras.KerasTensor((self.N, self.N), dtype="complex64")
         return keras.KerasTensor(obj.shape, dtype="float32")
 
     def get_config(self):

@@ -29,11 +29,18 @@ from typing import Any
 import keras
 import numpy as np
 
-from ptycho_core.architecture import conv_layers, encoder_levels
+from ptycho_core.architecture import (
+    PROJECTION_REGULARIZATION,
+    PROJECTION_STEPS,
+    conv_layers,
+    encoder_levels,
+    physics_stages,
+)
 from ptycho_tf.layers import (
     BorderCombine,
     ChannelTranslate,
     ComplexFromPolar,
+    DataProjection,
     ForwardModel,
     FourierLift,
     IntensityScale,
@@ -42,6 +49,8 @@ from ptycho_tf.layers import (
     PatternsToBatch,
     PiTanh,
     Square,
+    StageCorrection,
+    StageFeatures,
 )
 
 __all__ = ["PtychoModels", "build_models", "weight_mapping"]
@@ -116,12 +125,12 @@ def _make_convs(mc: Any) -> dict[str, keras.layers.Conv2D]:
     """One ``Conv2D`` per row of :func:`ptycho_core.architecture.conv_layers`, in table order:
     3×3, stride 1, "same", bias, ``out_channels`` filters. Activation ReLU, except the heads:
     ``amp_head`` ``mc.amp_activation``, ``amp_border_head`` swish, phase heads linear (the
-    ``π·tanh`` follows as its own layer), and the linear ``fourier_conv2``."""
+    ``π·tanh`` follows as its own layer), and the linear ``fourier_conv2`` and stage heads."""
     convs = {}
     for row in conv_layers(mc):
         act: str | None = "relu"
         if row.name == "fourier_conv2" or (
-            row.name.startswith("phase") and row.name.endswith("head")
+            row.name.startswith(("phase", "stage")) and row.name.endswith("head")
         ):
             act = None
         elif row.name == "amp_head":
@@ -183,16 +192,38 @@ def _fourier_generator(h, mc: Any, convs: dict[str, keras.layers.Conv2D]):
     return out[0], out[1]
 
 
-def _merge(obj, offsets, mc: Any, forward: ForwardModel | None):
+def _merge(obj, offsets, mc: Any, forward: ForwardModel | None, weight=None, name="object_merge"):
     """The ``object_big`` merge with the weights of ``mc.merge_weights`` (``specs/model.md``):
-    the forward layer's probe intensity for a ``pinn`` model, every pixel 1 for a supervised
-    one (no illumination), or the centre square for ``'centre'``."""
+    the forward layer's probe intensity for a ``pinn`` model (``weight``, or computed here),
+    every pixel 1 for a supervised one (no illumination), or the centre square for
+    ``'centre'``."""
     if mc.merge_weights == "centre":
-        return ObjectMerge("centre", name="object_merge")(obj, offsets)
+        return ObjectMerge("centre", name=name)(obj, offsets)
     if forward is None:
-        return ObjectMerge("uniform", name="object_merge")(obj, offsets)
-    weight = forward(obj, merge_weight=True)
-    return ObjectMerge("probe", name="object_merge")(obj, offsets, weight)
+        return ObjectMerge("uniform", name=name)(obj, offsets)
+    if weight is None:
+        weight = forward(obj, merge_weight=True)
+    return ObjectMerge("probe", name=name)(obj, offsets, weight)
+
+
+def _physics_stages(obj, x_norm, offsets, mc: Any, forward: ForwardModel, convs):
+    """The physics stages after the merge (``specs/model.md``): per stage,
+    :data:`PROJECTION_STEPS` data projections against ``x_norm`` (``x / s``), each merged,
+    then the learned correction from the projected and the incoming patches, merged."""
+    weight = None if mc.merge_weights == "centre" else forward(obj, merge_weight=True)
+    illum = forward(obj, illumination=True)
+    for s in range(physics_stages(mc)):
+        before = obj
+        for k in range(PROJECTION_STEPS):
+            project = DataProjection(PROJECTION_REGULARIZATION, name=f"stage{s}_projection{k}")
+            obj = _merge(
+                project(obj, x_norm, illum), offsets, mc, forward, weight, name=f"stage{s}_merge{k}"
+            )
+        h = StageFeatures(name=f"stage{s}_features")(obj, before)
+        d = convs[f"stage{s}_head"](convs[f"stage{s}_conv2"](convs[f"stage{s}_conv1"](h)))
+        obj = StageCorrection(name=f"stage{s}_correction")(obj, d)
+        obj = _merge(obj, offsets, mc, forward, weight, name=f"stage{s}_merge")
+    return obj
 
 
 def build_models(
@@ -217,7 +248,7 @@ def build_models(
     off_in = keras.Input((c, 2), name="offsets", dtype="float32")
     scale = IntensityScale(intensity_scale, intensity_scale_trainable, name="intensity_scale")
 
-    h = scale(x_in, inverse=True)
+    h = x_norm = scale(x_in, inverse=True)
     if mc.generator == "fourier":
         amp, phase = _fourier_generator(h, mc, convs)
     else:
@@ -239,6 +270,8 @@ def build_models(
     if c > 1:
         if mc.object_big:
             obj = _merge(obj, off_in, mc, forward)
+            if forward is not None and physics_stages(mc):
+                obj = _physics_stages(obj, x_norm, off_in, mc, forward, convs)
         else:
             obj = ChannelTranslate(name="channel_translate")(obj, off_in)
 

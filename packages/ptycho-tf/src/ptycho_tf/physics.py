@@ -270,6 +270,46 @@ def forward_model_cl(
     return tf.transpose(amp, (0, 2, 3, 1))
 
 
+def data_projection(
+    obj_patches: tf.Tensor,
+    amplitude: tf.Tensor,
+    illumination: tf.Tensor,
+    regularization: float,
+) -> tf.Tensor:
+    """One data projection (``specs/model.md``, "Physics stages";
+    :func:`ptycho_core.physics.data_projection`): the far field of ``illumination · O`` takes
+    the measured ``amplitude`` (normalised units) and keeps its phase; the object moves by
+    ``Ī·(ψ' − ψ) / (|I|² + α·max|I|²)``. ``(..., N, N)`` complex64 → the same; differentiable."""
+    n = int(obj_patches.shape[-1])
+    cn = tf.complex(float(n), 0.0)
+    psi = illumination * obj_patches
+    far = tf.signal.fftshift(tf.signal.fft2d(psi), axes=(-2, -1)) / cn
+    re, im = tf.math.real(far), tf.math.imag(far)
+    ratio = tf.cast(amplitude, tf.float32) / tf.sqrt(re * re + im * im + 1e-12)
+    far = far * tf.complex(ratio, tf.zeros_like(ratio))
+    psi_new = tf.signal.ifft2d(tf.signal.ifftshift(far, axes=(-2, -1))) * cn
+    ir, ii = tf.math.real(illumination), tf.math.imag(illumination)
+    w = ir * ir + ii * ii
+    den = w + regularization * tf.reduce_max(w)
+    return obj_patches + tf.math.conj(illumination) * (psi_new - psi) / tf.complex(
+        den, tf.zeros_like(den)
+    )
+
+
+def data_projection_cl(
+    obj: tf.Tensor, amplitude: tf.Tensor, illumination: tf.Tensor, regularization: float
+) -> tf.Tensor:
+    """:func:`data_projection` in TF layout: object and amplitude ``(B, N, N, C)``,
+    illumination ``(N, N)`` → ``(B, N, N, C)`` complex64."""
+    out = data_projection(
+        tf.transpose(obj, (0, 3, 1, 2)),
+        tf.transpose(amplitude, (0, 3, 1, 2)),
+        illumination,
+        regularization,
+    )
+    return tf.transpose(out, (0, 2, 3, 1))
+
+
 def poisson_nll(
     pred_intensity: tf.Tensor, observed_counts: tf.Tensor, eps: float = 1e-12
 ) -> tf.Tensor:

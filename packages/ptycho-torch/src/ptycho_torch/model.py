@@ -25,11 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptycho_core.architecture import (
+    PROJECTION_REGULARIZATION,
+    PROJECTION_STEPS,
     conv_flops_per_group,
     conv_layers,
     encoder_levels,
     scalar_weights,
 )
+from ptycho_core.architecture import physics_stages as stage_count
 from ptycho_core.config import GENERATORS, MERGE_WEIGHTS, SUPPORTED_N
 from ptycho_torch import physics
 from ptycho_torch._ptychodus_module import PtychoPINN_Lightning  # Ptychodus 1.7 imports it here
@@ -73,7 +76,7 @@ class PtychoModel(nn.Module):
     Parameters
     ----------
     N, gridsize, n_filters_scale, model_type, amp_activation, object_big, probe_big, pad_object,
-    probe_mask, gaussian_smoothing_sigma, merge_weights, generator:
+    probe_mask, gaussian_smoothing_sigma, merge_weights, generator, physics_stages:
         As :class:`ptycho_core.config.ModelConfig`.
     probe:
         ``(N, N)`` complex, the *normalised* probe ``P̃`` (``specs/physics.md``).
@@ -101,6 +104,7 @@ class PtychoModel(nn.Module):
         gaussian_smoothing_sigma: float = 0.0,
         merge_weights: str = "probe",
         generator: str = "fourier",
+        physics_stages: int = 3,
         probe: np.ndarray | torch.Tensor | None = None,
         intensity_scale: float = 1.0,
         probe_trainable: bool = False,
@@ -132,6 +136,8 @@ class PtychoModel(nn.Module):
         )
         self.n_filters_scale = n_filters_scale
         self.levels = encoder_levels(self.N)
+        self.physics_stages = int(physics_stages)
+        self.n_stages = stage_count(self)  # 0 unless overlap-constrained (specs/model.md)
         # The convs of ptycho_core.architecture's table, registered in its order (specs/model.md).
         self.layers = conv_layers(self)
         for layer in self.layers:
@@ -323,7 +329,8 @@ class PtychoModel(nn.Module):
             raise ValueError(
                 f"expected input (B, {self.C}, {self.N}, {self.N}), got {tuple(x_scaled.shape)}"
             )
-        z = self.encode(x_scaled / self.intensity_scale)
+        x = x_scaled / self.intensity_scale
+        z = self.encode(x)
         # float32 from here on: under bf16 autocast the heads give bfloat16, which neither
         # torch.complex nor the FFTs of the merge and the forward model take
         amp = self._decode("amp", z).float()
@@ -337,9 +344,40 @@ class PtychoModel(nn.Module):
         if offsets is None:
             raise ValueError("offsets (B, C, 2) are required when gridsize > 1")
         offsets = offsets.to(device=obj.device, dtype=amp.dtype)
-        if self.object_big:
-            return physics.object_big_merge(obj, offsets, self.merge_weight())
-        return physics.translate(obj.expand(-1, self.C, -1, -1), -offsets)
+        if not self.object_big:
+            return physics.translate(obj.expand(-1, self.C, -1, -1), -offsets)
+        weight = self.merge_weight()
+        obj = physics.object_big_merge(obj, offsets, weight)
+        for s in range(self.n_stages):
+            obj = self._physics_stage(s, obj, x.float(), offsets, weight)
+        return obj
+
+    def _physics_stage(
+        self,
+        s: int,
+        obj: torch.Tensor,
+        amplitude: torch.Tensor,
+        offsets: torch.Tensor,
+        weight: torch.Tensor,
+    ) -> torch.Tensor:
+        """Physics stage ``s`` (``specs/model.md``): :data:`PROJECTION_STEPS` data projections
+        of the merged group, each merged again, then the learned correction from the projected
+        and the incoming object, merged. ``(B, C, N, N)`` complex → the same."""
+        illum = physics.illuminate(
+            self.probe.detach(), self.gaussian_smoothing_sigma, self.probe_mask
+        )
+        before = obj
+        for _ in range(PROJECTION_STEPS):
+            obj = physics.data_projection(obj, amplitude, illum, PROJECTION_REGULARIZATION)
+            obj = physics.object_big_merge(obj, offsets, weight)
+        h = torch.cat([obj.real, obj.imag, before.real, before.imag], 1)
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
+        h = self._conv_relu(f"stage{s}_conv2", self._conv_relu(f"stage{s}_conv1", h))
+        d = self.get_submodule(f"stage{s}_head")(h).float()
+        c = self.C
+        correction = torch.complex(d[:, :c].contiguous(), d[:, c:].contiguous())
+        return physics.object_big_merge(obj + correction, offsets, weight)
 
     def forward(self, x_scaled: torch.Tensor, offsets: torch.Tensor | None = None) -> ModelOutput:
         """The training model: object patches, predicted amplitude ``s·A`` and intensity ``(s·A)²``.
@@ -385,6 +423,7 @@ def build_model(
         gaussian_smoothing_sigma=mc.gaussian_smoothing_sigma,
         merge_weights=mc.merge_weights,
         generator=mc.generator,
+        physics_stages=mc.physics_stages,
         probe=probe,
         intensity_scale=intensity_scale,
         probe_trainable=probe_trainable,

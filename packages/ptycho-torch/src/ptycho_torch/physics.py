@@ -237,6 +237,26 @@ def forward_model(
     return far.abs() / n
 
 
+def data_projection(
+    obj_patches: torch.Tensor,
+    amplitude: torch.Tensor,
+    illumination: torch.Tensor,
+    regularization: float,
+) -> torch.Tensor:
+    """One data projection (``specs/model.md``, "Physics stages";
+    :func:`ptycho_core.physics.data_projection`): the far field of ``illumination · O`` takes
+    the measured ``amplitude`` (normalised units) and keeps its phase; the object moves by
+    ``Ī·(ψ' − ψ) / (|I|² + α·max|I|²)``. ``(..., N, N)`` complex → the same; differentiable."""
+    n = obj_patches.shape[-1]
+    psi = illumination * obj_patches
+    far = torch.fft.fftshift(torch.fft.fft2(psi), dim=(-2, -1)) / n
+    modulus = torch.sqrt(far.real * far.real + far.imag * far.imag + 1e-12)
+    far = far * (amplitude / modulus)
+    psi_new = torch.fft.ifft2(torch.fft.ifftshift(far, dim=(-2, -1))) * n
+    w = illumination.real * illumination.real + illumination.imag * illumination.imag
+    return obj_patches + illumination.conj() * (psi_new - psi) / (w + regularization * w.max())
+
+
 def poisson_nll(
     pred_intensity: torch.Tensor, observed_counts: torch.Tensor, eps: float = 1e-12
 ) -> torch.Tensor:

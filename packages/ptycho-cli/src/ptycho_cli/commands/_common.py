@@ -128,6 +128,14 @@ def add_science_arguments(parser: argparse.ArgumentParser, *, training: bool = T
             help="network between patterns and object: fourier (learned-phase inverse FFT, then "
             "a U-Net; default) or cnn (the original encoder/decoders)",
         )
+        g.add_argument(
+            "--physics-stages",
+            type=non_negative_int,
+            default=None,
+            metavar="S",
+            help="gridsize > 1: stages of data projections of each group, each followed by a "
+            "learned correction, after the network (default 3; 0 = none; ignored at gridsize 1)",
+        )
     else:
         g.add_argument(
             "--stitch-crop",
@@ -156,6 +164,7 @@ _SCIENCE = {
     "seed": "seed",
     "n_filters_scale": "n_filters_scale",
     "generator": "generator",
+    "physics_stages": "physics_stages",
     "stitch_crop": "stitch_crop",
     "grouping": "grouping",
 }
