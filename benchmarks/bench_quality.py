@@ -72,6 +72,7 @@ def run_case(backend: Any, gridsize: int, nphotons: float, args: argparse.Namesp
                 n_filters_scale=args.filters,
                 pad_object=not args.no_pad_object,
                 generator=args.generator,
+                physics_stages=args.physics_stages,
             ),
             nepochs=args.epochs,
             batch_size=args.batch_size,
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scheduler", default=None, help="default: ExecutionConfig's")
     ap.add_argument("--filters", type=int, default=None, help="n_filters_scale (ModelConfig's)")
     ap.add_argument("--generator", default=None, help="default: ModelConfig's")
+    ap.add_argument("--physics-stages", type=int, default=None, help="default: ModelConfig's (3)")
     ap.add_argument("--stitch-crop", type=int, default=None, help="default: InferenceConfig's")
     ap.add_argument("--no-pad-object", action="store_true", help="full-size object decoder")
     ap.add_argument(
@@ -195,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     args.scheduler = args.scheduler or exe_defaults.scheduler
     args.filters = args.filters or ModelConfig().n_filters_scale
     args.generator = args.generator or ModelConfig().generator
+    if args.physics_stages is None:
+        args.physics_stages = ModelConfig().physics_stages
     args.batch_size = args.batch_size or defaults.batch_size
     args.loss = args.loss or ("nll" if defaults.nll_weight > 0 else "mae")
     backend = load_backend(args.backend)
@@ -202,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# {args.backend}, realistic scene, N={args.N}, {args.positions} positions (half trains), "
         f"loss {args.loss}, batch {args.batch_size}, lr {args.lr:g} ({args.scheduler}), "
-        f"generator {args.generator}, n_filters_scale {args.filters}"
+        f"generator {args.generator}, n_filters_scale {args.filters}, "
+        f"physics stages {args.physics_stages} (gridsize > 1)"
         f"{', no pad_object' if args.no_pad_object else ''}"
         f"{f', stitch crop {args.stitch_crop}' if args.stitch_crop else ''}"
         f"{', TRAINED ON THE TEST HALF' if args.train_on_test else ''}, "

@@ -325,40 +325,33 @@ def test_bundle_without_merge_weights_reads_as_the_centre_merge(tmp_path):
     assert model == current.model and training == current
 
 
-def test_bundle_without_generator_reads_as_the_cnn_generator(tmp_path):
-    """Bundles written before ModelConfig.generator hold CNN weights: a model config without
-    the key (top level and nested) reads as generator='cnn' (specs/model.md)."""
+@pytest.mark.parametrize(
+    ("key", "default", "legacy", "backend"),
+    [
+        # bundles from before ModelConfig.generator hold CNN weights
+        ("generator", "fourier", "cnn", "tensorflow"),
+        # bundles from before ModelConfig.physics_stages have no stage weights
+        ("physics_stages", 3, 0, "pytorch"),
+    ],
+)
+def test_bundle_without_a_later_model_key_reads_as_what_it_was_trained_with(
+    tmp_path, key, default, legacy, backend
+):
+    """A model config without ``key`` (top level and nested) reads as the value the bundles
+    written before the field were trained with (specs/model.md), not the new default."""
     from ptycho_core.config import ModelConfig, TrainingConfig
     from ptycho_core.engine import bundle_configs
 
     current = TrainingConfig(model=ModelConfig(N=32, gridsize=2), nepochs=7)
-    assert current.model.generator == "fourier"  # the default of new models
-    old_model = {k: v for k, v in current.model.to_dict().items() if k != "generator"}
+    assert getattr(current.model, key) == default  # the default of new models
+    old_model = {k: v for k, v in current.model.to_dict().items() if k != key}
     old_training = dict(current.to_dict(), model=old_model)
     path = tmp_path / BUNDLE_NAME
-    manifest = make_manifest("tensorflow", old_model, old_training, 2.0, {}, [])
+    manifest = make_manifest(backend, old_model, old_training, 2.0, {}, [])
     write_bundle(path, manifest, {"probe.npy": npy_bytes(np.ones((32, 32), np.complex64))})
     model, training = bundle_configs(read_manifest(path), path)
-    legacy = ModelConfig(N=32, gridsize=2, generator="cnn")
-    assert model == legacy and training is not None and training.model == legacy
-
-
-def test_bundle_without_physics_stages_reads_as_none(tmp_path):
-    """Bundles written before ModelConfig.physics_stages have no stage weights: a model config
-    without the key (top level and nested) reads as physics_stages=0 (specs/model.md)."""
-    from ptycho_core.config import ModelConfig, TrainingConfig
-    from ptycho_core.engine import bundle_configs
-
-    current = TrainingConfig(model=ModelConfig(N=32, gridsize=2), nepochs=7)
-    assert current.model.physics_stages == 3  # the default of new models
-    old_model = {k: v for k, v in current.model.to_dict().items() if k != "physics_stages"}
-    old_training = dict(current.to_dict(), model=old_model)
-    path = tmp_path / BUNDLE_NAME
-    manifest = make_manifest("pytorch", old_model, old_training, 2.0, {}, [])
-    write_bundle(path, manifest, {"probe.npy": npy_bytes(np.ones((32, 32), np.complex64))})
-    model, training = bundle_configs(read_manifest(path), path)
-    legacy = ModelConfig(N=32, gridsize=2, physics_stages=0)
-    assert model == legacy and training is not None and training.model == legacy
+    expected = ModelConfig(N=32, gridsize=2, **{key: legacy})
+    assert model == expected and training is not None and training.model == expected
 
 
 # ----------------------------------------------------------------------------- reader soundness

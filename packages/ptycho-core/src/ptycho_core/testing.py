@@ -618,7 +618,11 @@ class PhysicsStagesConformance:
             def hooks(self):
                 return HOOKS
 
-    Checks: with the initial weights (stage heads zero) a stage is exactly
+            def data_projection(self, obj, amplitude, illumination, alpha):
+                ...  # the backend's physics.data_projection, NumPy in and out
+
+    Checks: the backend's data projection is core's; with the initial weights (stage heads
+    zero) a stage is exactly
     :data:`~ptycho_core.architecture.PROJECTION_STEPS` data projections, each merged, then one
     more merge — compared with :func:`ptycho_core.physics.data_projection` and
     :func:`ptycho_core.physics.object_big_merge` applied to the patches of the same weights
@@ -634,6 +638,24 @@ class PhysicsStagesConformance:
     def hooks(self) -> Any:
         """The backend's :class:`ptycho_core.engine.BackendHooks`."""
         raise NotImplementedError
+
+    def data_projection(
+        self, obj: np.ndarray, amplitude: np.ndarray, illumination: np.ndarray, alpha: float
+    ) -> np.ndarray:
+        """The backend's own data projection (``(..., N, N)`` NumPy in, NumPy out)."""
+        raise NotImplementedError
+
+    def test_data_projection_matches_core(self):
+        from ptycho_core import physics
+
+        rng = np.random.default_rng(3)
+        shape = (2, 3, 16, 16)
+        obj = (rng.random(shape) * np.exp(1j * rng.uniform(-3, 3, shape))).astype(np.complex64)
+        amp = rng.uniform(0.1, 3.0, shape).astype(np.float32)
+        illum = (rng.random((16, 16)) * np.exp(1j * rng.random((16, 16)))).astype(np.complex64)
+        want = physics.data_projection(obj, amp, illum, 0.05)
+        got = np.asarray(self.data_projection(obj, amp, illum, 0.05))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
     def _case(self) -> tuple[ModelConfig, np.ndarray, float, dict[str, np.ndarray], Any]:
         from ptycho_core.grouping import GroupedData
@@ -717,8 +739,8 @@ class QualityConformance:
     held-out right half, whose amplitude and phase SSIM (after sub-pixel registration, the
     covered region eroded by :attr:`margin_px`) must beat a flat object's on the same region by
     :attr:`amp_margin` and :attr:`phase_margin`. It trains with the defaults (the ``'fourier'``
-    generator, amplitude MAE, batch 4, lr 3e-4: ``specs/training.md``, "Training recipe"),
-    gridsize 2, 10 epochs, so it guards the defaults.
+    generator with three physics stages, amplitude MAE, batch 4, lr 3e-4: ``specs/model.md``,
+    ``specs/training.md``), gridsize 2, 5 epochs, so it guards the defaults.
     """
 
     backend_name: ClassVar[str] = ""
@@ -726,14 +748,14 @@ class QualityConformance:
     n_positions: ClassVar[int] = 800
     nphotons: ClassVar[float] = 1e9
     gridsize: ClassVar[int] = 2
-    epochs: ClassVar[int] = 10
+    epochs: ClassVar[int] = 5
     margin_px: ClassVar[int] = 4
-    #: Required SSIM leads over the flat object, about half of those measured with the defaults
-    #: (``bench_quality.py --N 32 --positions 800 --epochs 10``, gridsize 2, 1e9: amplitude
-    #: +0.21 in both backends, phase +0.12 PyTorch, +0.115 TensorFlow; the CNN generator
-    #: reached +0.07 / +0.05 in amplitude and nothing in phase).
-    amp_margin: ClassVar[float] = 0.10
-    phase_margin: ClassVar[float] = 0.05
+    #: Required SSIM leads over the flat object, about 60 % of those measured with the defaults
+    #: (``bench_quality.py --N 32 --positions 800 --epochs 5 --gridsize 2``, 1e9, PyTorch:
+    #: amplitude +0.42, phase +0.43; 10 epochs, both backends: +0.44 to +0.46 / +0.44). Without
+    #: the physics stages the same generator led by +0.21 / +0.12, so this fails if they break.
+    amp_margin: ClassVar[float] = 0.25
+    phase_margin: ClassVar[float] = 0.25
 
     def execution_config(self) -> ExecutionConfig:
         return ExecutionConfig(
