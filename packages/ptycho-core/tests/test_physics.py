@@ -589,19 +589,41 @@ def test_data_projection_leaves_a_consistent_object_unchanged():
 
 
 def test_data_projection_imposes_the_amplitude_under_a_flat_illumination():
-    """With I = 1 and α → 0 the update is the whole exit-wave change, so the projected
-    object's far field has exactly the measured amplitude and the old far field's phase."""
+    """With I = 1, α → 0 and no softening the update is the whole exit-wave change, so the
+    projected object's far field has exactly the measured amplitude and the old far field's
+    phase."""
     obj, _ = _projection_case()
     target, _ = _projection_case(seed=1)
     flat = np.ones(obj.shape[-2:], np.complex64)
     amp = ph.forward_model(target, flat)
-    out = ph.data_projection(obj, amp, flat, 1e-9)
+    out = ph.data_projection(obj, amp, flat, 1e-9, softening=0.0)
     np.testing.assert_allclose(ph.forward_model(out, flat), amp, rtol=1e-3, atol=1e-4)
     far_in = np.fft.fft2(obj)
     far_out = np.fft.fft2(out)
     keep = np.abs(far_in) > 1e-3 * np.abs(far_in).max()
     dphi = np.angle(far_out[keep] * np.conj(far_in[keep]))
     assert np.abs(dphi).max() < 1e-3
+
+
+def test_data_projection_softening_moves_the_modulus_toward_the_data():
+    """With softening ε the new far-field modulus lies between the old one and the data, off
+    the data by ``|Ψ| − A`` times ``ε/(|Ψ| + ε)``: exact where the far field is strong, a
+    bounded step where it is nearly zero (specs/model.md)."""
+    obj, _ = _projection_case()
+    obj[0, :, :] = 1e-4  # one far field that is almost zero but at DC
+    target, _ = _projection_case(seed=1)
+    flat = np.ones(obj.shape[-2:], np.complex64)
+    amp = ph.forward_model(target, flat).astype(np.float64)
+    eps = 0.05
+    before = ph.forward_model(obj, flat).astype(np.float64)
+    after = ph.forward_model(ph.data_projection(obj, amp, flat, 1e-9, eps), flat)
+    lo, hi = np.minimum(before, amp), np.maximum(before, amp)
+    assert np.all(after >= lo - 1e-4) and np.all(after <= hi + 1e-4)
+    np.testing.assert_allclose(
+        np.abs(after - amp), np.abs(before - amp) * eps / (before + eps), atol=1e-4
+    )
+    strong = before > 20 * eps
+    assert strong.any() and np.abs(after - amp)[strong].max() < 0.05 * amp.max()
 
 
 def test_data_projection_moves_the_object_only_where_illuminated():
@@ -615,14 +637,15 @@ def test_data_projection_moves_the_object_only_where_illuminated():
 
 
 @pytest.mark.parametrize(
-    ("amp_shape", "illum_shape", "alpha", "fragment"),
+    ("amp_shape", "illum_shape", "alpha", "eps", "fragment"),
     [
-        ((2, 32, 30), (32, 32), 0.05, "do not match"),
-        ((2, 32, 32), (16, 16), 0.05, "do not match"),
-        ((2, 32, 32), (32, 32), 0.0, "regularization"),
+        ((2, 32, 30), (32, 32), 0.05, 0.01, "do not match"),
+        ((2, 32, 32), (16, 16), 0.05, 0.01, "do not match"),
+        ((2, 32, 32), (32, 32), 0.0, 0.01, "regularization"),
+        ((2, 32, 32), (32, 32), 0.05, -0.01, "softening"),
     ],
 )
-def test_data_projection_rejects_bad_arguments(amp_shape, illum_shape, alpha, fragment):
+def test_data_projection_rejects_bad_arguments(amp_shape, illum_shape, alpha, eps, fragment):
     obj, _ = _projection_case()
     with pytest.raises(ValueError, match=fragment):
-        ph.data_projection(obj, np.ones(amp_shape), np.ones(illum_shape), alpha)
+        ph.data_projection(obj, np.ones(amp_shape), np.ones(illum_shape), alpha, eps)

@@ -18,9 +18,10 @@ class TestTfPhysicsStages(PhysicsStagesConformance):
     def hooks(self):
         return HOOKS
 
-    def data_projection(self, obj, amplitude, illumination, alpha):
+    def data_projection(self, obj, amplitude, illumination, alpha, softening):
         c = tf.constant
-        return physics.data_projection(c(obj), c(amplitude), c(illumination), alpha).numpy()
+        out = physics.data_projection(c(obj), c(amplitude), c(illumination), alpha, softening)
+        return out.numpy()
 
 
 def test_channels_last_projection_is_the_generic_one_transposed():
@@ -30,11 +31,14 @@ def test_channels_last_projection_is_the_generic_one_transposed():
     )
     amp = rng.uniform(0.1, 3.0, obj.shape).astype(np.float32)
     illum = (rng.random((16, 16)) + 0.1j).astype(np.complex64)
-    cl = physics.data_projection_cl(tf.constant(obj), tf.constant(amp), tf.constant(illum), 0.05)
+    cl = physics.data_projection_cl(
+        tf.constant(obj), tf.constant(amp), tf.constant(illum), 0.05, 0.01
+    )
     generic = physics.data_projection(
         tf.constant(obj.transpose(0, 3, 1, 2)),
         tf.constant(amp.transpose(0, 3, 1, 2)),
         tf.constant(illum),
         0.05,
+        0.01,
     )
     np.testing.assert_allclose(cl.numpy(), generic.numpy().transpose(0, 2, 3, 1), atol=1e-6)

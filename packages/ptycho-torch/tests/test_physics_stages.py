@@ -16,6 +16,7 @@ class TestTorchPhysicsStages(PhysicsStagesConformance):
     def hooks(self):
         return HOOKS
 
-    def data_projection(self, obj, amplitude, illumination, alpha):
+    def data_projection(self, obj, amplitude, illumination, alpha, softening):
         t = torch.from_numpy
-        return physics.data_projection(t(obj), t(amplitude), t(illumination), alpha).numpy()
+        out = physics.data_projection(t(obj), t(amplitude), t(illumination), alpha, softening)
+        return out.numpy()

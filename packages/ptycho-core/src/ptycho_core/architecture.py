@@ -26,6 +26,7 @@ __all__ = [
     "physics_stages",
     "PROJECTION_STEPS",
     "PROJECTION_REGULARIZATION",
+    "PROJECTION_SOFTENING",
     "scalar_weights",
 ]
 
@@ -33,6 +34,10 @@ __all__ = [
 PROJECTION_STEPS = 3
 #: ``α`` of a projection's object update ``P̄·Δψ / (|P|² + α·max|P|²)``.
 PROJECTION_REGULARIZATION = 0.05
+#: ``ε`` of a projection's far-field update ``Ψ' = Ψ·(A + ε)/(|Ψ| + ε)``, in normalised
+#: amplitude units (a pattern's rms amplitude is 1/2): where the far field is nearly zero its
+#: phase is unknown, and the update stays bounded there.
+PROJECTION_SOFTENING = 0.01
 
 
 @dataclass(frozen=True)

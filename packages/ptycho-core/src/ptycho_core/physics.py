@@ -555,19 +555,22 @@ def data_projection(
     amplitude: np.ndarray,
     illumination: np.ndarray,
     regularization: float = 0.05,
+    softening: float = 0.01,
 ) -> np.ndarray:
     """One data projection of object patches (``specs/model.md``, "Physics stages").
 
-    With ``ψ = I·O`` and ``Ψ = fftshift(fft2(ψ)) / N`` (the forward model), the far field takes
-    the measured ``amplitude`` and keeps its phase, ``Ψ' = A·Ψ / |Ψ|`` (``|Ψ|`` as
-    ``sqrt(|Ψ|² + 1e-12)``), and the object moves by the exit-wave change
-    ``O' = O + Ī·(ψ' − ψ) / (|I|² + α·max|I|²)``. An object whose forward model already gives
-    ``amplitude`` is a fixed point.
+    With ``ψ = I·O`` and ``Ψ = fftshift(fft2(ψ)) / N`` (the forward model), the far field moves
+    to the measured ``amplitude`` ``A`` keeping its phase, ``Ψ' = Ψ·(A + ε)/(|Ψ| + ε)``
+    (``|Ψ|`` as ``sqrt(|Ψ|² + 1e-12)``): exactly ``A`` where ``|Ψ| ≫ ε``, between ``|Ψ|`` and
+    ``A`` always, and bounded where ``|Ψ| → 0`` (its phase is unknown there; ``Ψ/|Ψ|`` alone
+    made gradients and the two backends' rounding blow up). The object moves by the exit-wave
+    change ``O' = O + Ī·(ψ' − ψ) / (|I|² + α·max|I|²)``. An object whose forward model already
+    gives ``amplitude`` is a fixed point.
 
     obj_patches: ``(..., N, N)`` complex; amplitude: the same shape, real, normalised units
     (what :func:`forward_model` returns); illumination: ``(N, N)`` complex,
-    :func:`illuminate` of the probe; regularization: ``α > 0``. Returns ``(..., N, N)``
-    complex64 (computed in complex128).
+    :func:`illuminate` of the probe; regularization: ``α > 0``; softening: ``ε ≥ 0``. Returns
+    ``(..., N, N)`` complex64 (computed in complex128).
     """
     o = np.asarray(obj_patches, np.complex128)
     a = np.asarray(amplitude, np.float64)
@@ -581,7 +584,9 @@ def data_projection(
         raise ValueError(f"regularization={regularization!r} must be > 0")
     psi = p * o
     far = np.fft.fftshift(np.fft.fft2(psi), axes=(-2, -1)) / n
-    far = far * (a / np.sqrt(far.real**2 + far.imag**2 + 1e-12))
+    if not softening >= 0:
+        raise ValueError(f"softening={softening!r} must be >= 0")
+    far = far * ((a + softening) / (np.sqrt(far.real**2 + far.imag**2 + 1e-12) + softening))
     psi_new = np.fft.ifft2(np.fft.ifftshift(far, axes=(-2, -1))) * n
     w = np.abs(p) ** 2
     return (o + np.conj(p) * (psi_new - psi) / (w + regularization * w.max())).astype(np.complex64)

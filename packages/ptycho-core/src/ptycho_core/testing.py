@@ -618,7 +618,7 @@ class PhysicsStagesConformance:
             def hooks(self):
                 return HOOKS
 
-            def data_projection(self, obj, amplitude, illumination, alpha):
+            def data_projection(self, obj, amplitude, illumination, alpha, softening):
                 ...  # the backend's physics.data_projection, NumPy in and out
 
     Checks: the backend's data projection is core's; with the initial weights (stage heads
@@ -640,7 +640,12 @@ class PhysicsStagesConformance:
         raise NotImplementedError
 
     def data_projection(
-        self, obj: np.ndarray, amplitude: np.ndarray, illumination: np.ndarray, alpha: float
+        self,
+        obj: np.ndarray,
+        amplitude: np.ndarray,
+        illumination: np.ndarray,
+        alpha: float,
+        softening: float,
     ) -> np.ndarray:
         """The backend's own data projection (``(..., N, N)`` NumPy in, NumPy out)."""
         raise NotImplementedError
@@ -653,8 +658,8 @@ class PhysicsStagesConformance:
         obj = (rng.random(shape) * np.exp(1j * rng.uniform(-3, 3, shape))).astype(np.complex64)
         amp = rng.uniform(0.1, 3.0, shape).astype(np.float32)
         illum = (rng.random((16, 16)) * np.exp(1j * rng.random((16, 16)))).astype(np.complex64)
-        want = physics.data_projection(obj, amp, illum, 0.05)
-        got = np.asarray(self.data_projection(obj, amp, illum, 0.05))
+        want = physics.data_projection(obj, amp, illum, 0.05, 0.01)
+        got = np.asarray(self.data_projection(obj, amp, illum, 0.05, 0.01))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
     def _case(self) -> tuple[ModelConfig, np.ndarray, float, dict[str, np.ndarray], Any]:
@@ -695,7 +700,11 @@ class PhysicsStagesConformance:
 
     def test_untrained_stages_are_merged_data_projections(self):
         from ptycho_core import physics
-        from ptycho_core.architecture import PROJECTION_REGULARIZATION, PROJECTION_STEPS
+        from ptycho_core.architecture import (
+            PROJECTION_REGULARIZATION,
+            PROJECTION_SOFTENING,
+            PROJECTION_STEPS,
+        )
 
         mc, probe, s, arrays, batch = self._case()
         got = self._predict(mc, probe, s, arrays, batch)
@@ -706,7 +715,9 @@ class PhysicsStagesConformance:
         want = start
         for _ in range(self.stages):
             for _ in range(PROJECTION_STEPS):
-                want = physics.data_projection(want, amplitude, illum, PROJECTION_REGULARIZATION)
+                want = physics.data_projection(
+                    want, amplitude, illum, PROJECTION_REGULARIZATION, PROJECTION_SOFTENING
+                )
                 want = physics.object_big_merge(want, batch.offsets, weight)
             want = physics.object_big_merge(want, batch.offsets, weight)
         assert got.shape == want.shape == (3, 4, 32, 32)

@@ -193,18 +193,25 @@ class DataProjection(keras.layers.Layer):
     ``(B, N, N, C)`` float32 in normalised units (``x / s``), the illumination ``(N, N)``
     complex64 (:meth:`ForwardModel.call` with ``illumination=True``). Output like the patches."""
 
-    def __init__(self, regularization: float, **kwargs):
+    def __init__(self, regularization: float, softening: float, **kwargs):
         super().__init__(**kwargs)
         self.regularization = float(regularization)
+        self.softening = float(softening)
 
     def call(self, patches, amplitude, illumination):
-        return physics.data_projection_cl(patches, amplitude, illumination, self.regularization)
+        return physics.data_projection_cl(
+            patches, amplitude, illumination, self.regularization, self.softening
+        )
 
     def compute_output_spec(self, patches, amplitude, illumination):
         return keras.KerasTensor(patches.shape, dtype="complex64")
 
     def get_config(self):
-        return {**super().get_config(), "regularization": self.regularization}
+        return {
+            **super().get_config(),
+            "regularization": self.regularization,
+            "softening": self.softening,
+        }
 
 
 @keras.saving.register_keras_serializable(package=_PKG)

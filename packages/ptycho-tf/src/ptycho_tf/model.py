@@ -31,6 +31,7 @@ import numpy as np
 
 from ptycho_core.architecture import (
     PROJECTION_REGULARIZATION,
+    PROJECTION_SOFTENING,
     PROJECTION_STEPS,
     conv_layers,
     encoder_levels,
@@ -215,7 +216,9 @@ def _physics_stages(obj, x_norm, offsets, mc: Any, forward: ForwardModel, convs)
     for s in range(physics_stages(mc)):
         before = obj
         for k in range(PROJECTION_STEPS):
-            project = DataProjection(PROJECTION_REGULARIZATION, name=f"stage{s}_projection{k}")
+            project = DataProjection(
+                PROJECTION_REGULARIZATION, PROJECTION_SOFTENING, name=f"stage{s}_projection{k}"
+            )
             obj = _merge(
                 project(obj, x_norm, illum), offsets, mc, forward, weight, name=f"stage{s}_merge{k}"
             )

@@ -275,17 +275,21 @@ def data_projection(
     amplitude: tf.Tensor,
     illumination: tf.Tensor,
     regularization: float,
+    softening: float,
 ) -> tf.Tensor:
     """One data projection (``specs/model.md``, "Physics stages";
-    :func:`ptycho_core.physics.data_projection`): the far field of ``illumination · O`` takes
-    the measured ``amplitude`` (normalised units) and keeps its phase; the object moves by
-    ``Ī·(ψ' − ψ) / (|I|² + α·max|I|²)``. ``(..., N, N)`` complex64 → the same; differentiable."""
+    :func:`ptycho_core.physics.data_projection`): the far field of ``illumination · O`` moves
+    to the measured ``amplitude`` ``A`` (normalised units), ``Ψ·(A + ε)/(|Ψ| + ε)``, keeping
+    its phase; the object moves by ``Ī·(ψ' − ψ) / (|I|² + α·max|I|²)``. ``(..., N, N)``
+    complex64 → the same; differentiable."""
     n = int(obj_patches.shape[-1])
     cn = tf.complex(float(n), 0.0)
     psi = illumination * obj_patches
     far = tf.signal.fftshift(tf.signal.fft2d(psi), axes=(-2, -1)) / cn
     re, im = tf.math.real(far), tf.math.imag(far)
-    ratio = tf.cast(amplitude, tf.float32) / tf.sqrt(re * re + im * im + 1e-12)
+    ratio = (tf.cast(amplitude, tf.float32) + softening) / (
+        tf.sqrt(re * re + im * im + 1e-12) + softening
+    )
     far = far * tf.complex(ratio, tf.zeros_like(ratio))
     psi_new = tf.signal.ifft2d(tf.signal.ifftshift(far, axes=(-2, -1))) * cn
     ir, ii = tf.math.real(illumination), tf.math.imag(illumination)
@@ -297,7 +301,11 @@ def data_projection(
 
 
 def data_projection_cl(
-    obj: tf.Tensor, amplitude: tf.Tensor, illumination: tf.Tensor, regularization: float
+    obj: tf.Tensor,
+    amplitude: tf.Tensor,
+    illumination: tf.Tensor,
+    regularization: float,
+    softening: float,
 ) -> tf.Tensor:
     """:func:`data_projection` in TF layout: object and amplitude ``(B, N, N, C)``,
     illumination ``(N, N)`` → ``(B, N, N, C)`` complex64."""
@@ -306,6 +314,7 @@ def data_projection_cl(
         tf.transpose(amplitude, (0, 3, 1, 2)),
         illumination,
         regularization,
+        softening,
     )
     return tf.transpose(out, (0, 2, 3, 1))
 

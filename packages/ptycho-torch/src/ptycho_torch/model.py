@@ -26,6 +26,7 @@ from torch import nn
 
 from ptycho_core.architecture import (
     PROJECTION_REGULARIZATION,
+    PROJECTION_SOFTENING,
     PROJECTION_STEPS,
     conv_flops_per_group,
     conv_layers,
@@ -368,7 +369,9 @@ class PtychoModel(nn.Module):
         )
         before = obj
         for _ in range(PROJECTION_STEPS):
-            obj = physics.data_projection(obj, amplitude, illum, PROJECTION_REGULARIZATION)
+            obj = physics.data_projection(
+                obj, amplitude, illum, PROJECTION_REGULARIZATION, PROJECTION_SOFTENING
+            )
             obj = physics.object_big_merge(obj, offsets, weight)
         h = torch.cat([obj.real, obj.imag, before.real, before.imag], 1)
         if self.channels_last:

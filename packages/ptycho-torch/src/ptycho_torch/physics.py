@@ -242,16 +242,18 @@ def data_projection(
     amplitude: torch.Tensor,
     illumination: torch.Tensor,
     regularization: float,
+    softening: float,
 ) -> torch.Tensor:
     """One data projection (``specs/model.md``, "Physics stages";
-    :func:`ptycho_core.physics.data_projection`): the far field of ``illumination · O`` takes
-    the measured ``amplitude`` (normalised units) and keeps its phase; the object moves by
-    ``Ī·(ψ' − ψ) / (|I|² + α·max|I|²)``. ``(..., N, N)`` complex → the same; differentiable."""
+    :func:`ptycho_core.physics.data_projection`): the far field of ``illumination · O`` moves
+    to the measured ``amplitude`` ``A`` (normalised units), ``Ψ·(A + ε)/(|Ψ| + ε)``, keeping
+    its phase; the object moves by ``Ī·(ψ' − ψ) / (|I|² + α·max|I|²)``. ``(..., N, N)``
+    complex → the same; differentiable."""
     n = obj_patches.shape[-1]
     psi = illumination * obj_patches
     far = torch.fft.fftshift(torch.fft.fft2(psi), dim=(-2, -1)) / n
     modulus = torch.sqrt(far.real * far.real + far.imag * far.imag + 1e-12)
-    far = far * (amplitude / modulus)
+    far = far * ((amplitude + softening) / (modulus + softening))
     psi_new = torch.fft.ifft2(torch.fft.ifftshift(far, dim=(-2, -1))) * n
     w = illumination.real * illumination.real + illumination.imag * illumination.imag
     return obj_patches + illumination.conj() * (psi_new - psi) / (w + regularization * w.max())
