@@ -47,17 +47,17 @@ class DemoSettings:
     object_size: int | None = None
 
 
-#: The full demo: about a minute on an idle 2-core CPU with the PyTorch backend (measured 65 s
-#: in all, held-out SSIM 0.36 / 0.62 on the realistic scene; 60 epochs took three times as long
-#: for 0.35 / 0.62). N=32 on a 192-px object (dense
+#: The full demo: about two minutes on an idle 2-core CPU with the PyTorch backend (measured
+#: 120 s in all, held-out SSIM 0.74 / 0.91 on the realistic scene with gridsize 2 and its
+#: physics stages; gridsize 1, 20 epochs: 65 s for 0.36 / 0.62). N=32 on a 192-px object (dense
 #: positions, ~3 px apart) learns more per CPU-second than N=64 (specs/cli.md).
 FULL = DemoSettings(
     N=32,
     n_positions=2400,
-    epochs=20,
+    epochs=10,
     batch_size=8,
     n_filters_scale=1,
-    gridsize=1,
+    gridsize=2,
     nphotons=1e9,
     object_size=192,
 )
