@@ -582,10 +582,10 @@ def data_projection(
         )
     if not regularization > 0:
         raise ValueError(f"regularization={regularization!r} must be > 0")
-    psi = p * o
-    far = np.fft.fftshift(np.fft.fft2(psi), axes=(-2, -1)) / n
     if not softening >= 0:
         raise ValueError(f"softening={softening!r} must be >= 0")
+    psi = p * o
+    far = np.fft.fftshift(np.fft.fft2(psi), axes=(-2, -1)) / n
     far = far * ((a + softening) / (np.sqrt(far.real**2 + far.imag**2 + 1e-12) + softening))
     psi_new = np.fft.ifft2(np.fft.ifftshift(far, axes=(-2, -1))) * n
     w = np.abs(p) ** 2

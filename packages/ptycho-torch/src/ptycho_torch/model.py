@@ -349,8 +349,14 @@ class PtychoModel(nn.Module):
             return physics.translate(obj.expand(-1, self.C, -1, -1), -offsets)
         weight = self.merge_weight()
         obj = physics.object_big_merge(obj, offsets, weight)
-        for s in range(self.n_stages):
-            obj = self._physics_stage(s, obj, x.float(), offsets, weight)
+        if self.n_stages:
+            # the probe is learned through the forward model only, as for the merge weight
+            illum = physics.illuminate(
+                self.probe.detach(), self.gaussian_smoothing_sigma, self.probe_mask
+            )
+            amplitude = x.float()
+            for s in range(self.n_stages):
+                obj = self._physics_stage(s, obj, amplitude, illum, offsets, weight)
         return obj
 
     def _physics_stage(
@@ -358,15 +364,14 @@ class PtychoModel(nn.Module):
         s: int,
         obj: torch.Tensor,
         amplitude: torch.Tensor,
+        illum: torch.Tensor,
         offsets: torch.Tensor,
         weight: torch.Tensor,
     ) -> torch.Tensor:
         """Physics stage ``s`` (``specs/model.md``): :data:`PROJECTION_STEPS` data projections
-        of the merged group, each merged again, then the learned correction from the projected
-        and the incoming object, merged. ``(B, C, N, N)`` complex → the same."""
-        illum = physics.illuminate(
-            self.probe.detach(), self.gaussian_smoothing_sigma, self.probe_mask
-        )
+        of the merged group against ``amplitude`` under ``illum``, each merged again, then the
+        learned correction from the projected and the incoming object, merged. ``(B, C, N, N)``
+        complex → the same."""
         before = obj
         for _ in range(PROJECTION_STEPS):
             obj = physics.data_projection(
