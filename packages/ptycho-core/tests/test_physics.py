@@ -583,7 +583,7 @@ def test_data_projection_leaves_a_consistent_object_unchanged():
     """The true object already gives the measured amplitude: a fixed point (specs/model.md)."""
     obj, probe = _projection_case()
     amp = ph.forward_model(obj, probe)
-    out = ph.data_projection(obj, amp, ph.illuminate(probe), 0.05)
+    out = ph.data_projection(obj, amp, ph.illuminate(probe), 0.05, 0.01)
     assert out.dtype == np.complex64
     np.testing.assert_allclose(out, obj, atol=2e-5)
 
@@ -630,7 +630,7 @@ def test_data_projection_moves_the_object_only_where_illuminated():
     obj, probe = _projection_case()
     probe = probe * ph.disk_mask(32)  # nothing outside the N/4 disk
     amp = ph.forward_model(_projection_case(seed=2)[0], probe)
-    out = ph.data_projection(obj, amp, ph.illuminate(probe), 0.05)
+    out = ph.data_projection(obj, amp, ph.illuminate(probe), 0.05, 0.01)
     dark = ph.disk_mask(32) == 0
     assert np.array_equal(out[:, dark], obj[:, dark])
     assert np.abs(out - obj)[:, ~dark].max() > 0.1

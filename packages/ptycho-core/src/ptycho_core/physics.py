@@ -554,8 +554,8 @@ def data_projection(
     obj_patches: np.ndarray,
     amplitude: np.ndarray,
     illumination: np.ndarray,
-    regularization: float = 0.05,
-    softening: float = 0.01,
+    regularization: float,
+    softening: float,
 ) -> np.ndarray:
     """One data projection of object patches (``specs/model.md``, "Physics stages").
 
@@ -569,7 +569,8 @@ def data_projection(
 
     obj_patches: ``(..., N, N)`` complex; amplitude: the same shape, real, normalised units
     (what :func:`forward_model` returns); illumination: ``(N, N)`` complex,
-    :func:`illuminate` of the probe; regularization: ``α > 0``; softening: ``ε ≥ 0``. Returns
+    :func:`illuminate` of the probe; regularization: ``α > 0``; softening: ``ε ≥ 0`` (the models
+    use ``ptycho_core.architecture.PROJECTION_REGULARIZATION`` / ``PROJECTION_SOFTENING``). Returns
     ``(..., N, N)`` complex64 (computed in complex128).
     """
     o = np.asarray(obj_patches, np.complex128)
