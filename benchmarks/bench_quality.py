@@ -55,6 +55,7 @@ def _score(rec: Any, truth: np.ndarray, margin: int) -> dict[str, float]:
 def run_case(backend: Any, gridsize: int, nphotons: float, args: argparse.Namespace) -> list[dict]:
     from ptycho_core.config import ExecutionConfig, InferenceConfig, ModelConfig, TrainingConfig
     from ptycho_core.simulation import held_out_halves, simulate_scan
+    from ptycho_core.workflow import read_history_csv
 
     scan = simulate_scan(N=args.N, n_positions=args.positions, nphotons=nphotons, seed=args.seed)
     train_half, test_half = held_out_halves(scan)
@@ -112,7 +113,7 @@ def run_case(backend: Any, gridsize: int, nphotons: float, args: argparse.Namesp
             )
             infer_s = time.perf_counter() - t1
             if adapted_dir is not None:
-                curve = _curve(_read_history(adapted_dir / "history.csv"))
+                curve = _curve(read_history_csv(adapted_dir / "history.csv"))
                 print(f"# loss per epoch, adaptation: {curve}", flush=True)
             last[half] = rec
             row = {
@@ -144,14 +145,6 @@ def run_case(backend: Any, gridsize: int, nphotons: float, args: argparse.Namesp
             )
             print(_fmt(rows[-1]), flush=True)
     return rows
-
-
-def _read_history(path: Path) -> dict[str, list[float]]:
-    import csv
-
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in rows[0]}
 
 
 def _curve(history: dict[str, list[float]]) -> str:
