@@ -34,8 +34,9 @@ from ptycho_core.workflow import prepare_inference, run_inference
 
 path, n = sys.argv[1], int(sys.argv[2])
 base = peak_rss_bytes()
-manifest = {"model_config": {"N": n}, "intensity_scale": 1.0}
-prepared = prepare_inference(InferenceConfig(model=ModelConfig(N=n), test_data_file=path), manifest)
+manifest = {"model_config": {"N": n, "gridsize": 1}, "intensity_scale": 1.0}
+model = ModelConfig(N=n, gridsize=1)
+prepared = prepare_inference(InferenceConfig(model=model, test_data_file=path), manifest)
 ones = lambda b: np.ones((len(b), 1, n, n), np.complex64)
 result = run_inference(prepared, ones, batch_size=256, backend="pytorch")
 print(base / 2**20, peak_rss_bytes() / 2**20, result.object.shape)

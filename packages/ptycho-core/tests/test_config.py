@@ -114,7 +114,7 @@ def test_invalid_value_names_field_value_and_allowed(cls, kwargs, name, allowed)
 
 def test_defaults_follow_the_contract():
     m = ModelConfig()
-    assert (m.N, m.gridsize, m.n_filters_scale, m.C) == (64, 1, 2, 1)
+    assert (m.N, m.gridsize, m.n_filters_scale, m.C) == (64, 2, 2, 4)
     assert ModelConfig(gridsize=3).C == 9
     t = TrainingConfig()
     assert (t.batch_size, t.nepochs, t.backend, t.seed, t.output_dir) == (

@@ -37,7 +37,8 @@ def _cfg(**kw) -> TrainingConfig:
 
 
 def test_normalisation_facts(scan):
-    p = prepare_training(_cfg(validation_fraction=0.1), scan)
+    # gridsize 1: each pattern once in the grouped stack, so its mean energy is the scan's
+    p = prepare_training(_cfg(validation_fraction=0.1, model=ModelConfig(N=N, gridsize=1)), scan)
     energy = np.mean(np.sum(scan.diffraction.astype(np.float64) ** 2, axis=(1, 2)))
     assert p.norm_factor == pytest.approx(math.sqrt((N / 2) ** 2 / energy), rel=1e-5)
     assert p.nphotons == pytest.approx(energy, rel=1e-5) and p.nphotons_source == "estimated"

@@ -35,7 +35,7 @@ def bundle(tmp_path_factory):
     tf.config.threading.set_intra_op_parallelism_threads(2)
     from ptycho_tf.workflows import HOOKS
 
-    mc = CoreModelConfig(N=N, n_filters_scale=1)
+    mc = CoreModelConfig(N=N, gridsize=1, n_filters_scale=1)
     tc = CoreTrainingConfig(model=mc, backend="tensorflow")
     probe = simulate_scan(N=N, n_positions=4, seed=1).probe
     model = HOOKS.build_model(

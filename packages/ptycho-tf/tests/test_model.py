@@ -140,7 +140,9 @@ def test_object_big_false_translates_single_patch(rng):
 
 
 def test_two_configs_coexist(rng):
-    a = build_models(ModelConfig(N=32, n_filters_scale=1), probe=_probe(32), intensity_scale=2.0)
+    a = build_models(
+        ModelConfig(N=32, gridsize=1, n_filters_scale=1), probe=_probe(32), intensity_scale=2.0
+    )
     b = build_models(
         ModelConfig(N=64, gridsize=2, n_filters_scale=1), probe=_probe(64), intensity_scale=9.0
     )
@@ -176,7 +178,8 @@ def test_serialises_without_pickles_and_weights_round_trip(rng, tmp_path):
 
 @pytest.mark.parametrize("act", ["sigmoid", "swish", "softplus", "relu"])
 def test_amp_activations(rng, act):
-    mc = ModelConfig(N=32, n_filters_scale=1, amp_activation=act, probe_big=False)
+    # gridsize 1: no physics stages, so the amplitude is the activation's own output
+    mc = ModelConfig(N=32, gridsize=1, n_filters_scale=1, amp_activation=act, probe_big=False)
     obj = build_models(mc, probe=_probe(32)).diffraction_to_obj(_inputs(rng, 1, mc)).numpy()
     amp = np.abs(obj[0, 8:24, 8:24, 0])
     if act == "sigmoid":

@@ -192,7 +192,10 @@ def test_channels_last_is_only_a_memory_layout():
     b = PtychoModel(N=32, gridsize=2, n_filters_scale=1, channels_last=False)
     b.load_state_dict(a.state_dict())
     x, off = torch.rand(2, 4, 32, 32) * 3, torch.randn(2, 4, 2)
-    torch.testing.assert_close(a(x, off).amplitude, b(x, off).amplitude, rtol=1e-4, atol=1e-4)
+    # Only the summation order of the convs differs. The physics stages' projections divide by
+    # |Ψ| + ε and amplify that float32 rounding: worst element 3.1e-4 of ~0.5 measured on an
+    # AMD EPYC dev box (1 of 8,192), so 1e-3; a layout bug (a wrong permute) moves values by O(1).
+    torch.testing.assert_close(a(x, off).amplitude, b(x, off).amplitude, rtol=1e-3, atol=1e-3)
 
 
 # ----------------------------------------------------------------------------- merge weights

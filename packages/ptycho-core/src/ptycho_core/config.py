@@ -253,6 +253,33 @@ class _ConfigBase:
         return cls(**kwargs)
 
 
+# ----------------------------------------------------------------------------- legacy manifests
+#: The ``object_big`` merge weight of bundles written before ``ModelConfig.merge_weights``.
+LEGACY_MERGE_WEIGHTS = "centre"
+#: The generator of bundles written before ``ModelConfig.generator``.
+LEGACY_GENERATOR = "cnn"
+#: The physics stages of bundles written before ``ModelConfig.physics_stages``: none.
+LEGACY_PHYSICS_STAGES = 0
+#: The gridsize a manifest without the key means: 1, ``ModelConfig``'s default until it became 2
+#: (this project's writers always record it; hand-written manifests may not).
+LEGACY_GRIDSIZE = 1
+
+
+def legacy_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
+    """``model_config`` with the keys that older bundles lack set to what those bundles were
+    trained with: ``merge_weights`` :data:`LEGACY_MERGE_WEIGHTS`, ``generator``
+    :data:`LEGACY_GENERATOR`, ``physics_stages`` :data:`LEGACY_PHYSICS_STAGES`, ``gridsize``
+    :data:`LEGACY_GRIDSIZE` (a copy; the manifest is not modified)."""
+    legacy = {
+        "gridsize": LEGACY_GRIDSIZE,
+        "merge_weights": LEGACY_MERGE_WEIGHTS,
+        "generator": LEGACY_GENERATOR,
+        "physics_stages": LEGACY_PHYSICS_STAGES,
+    }
+    missing = {k: v for k, v in legacy.items() if k not in model_config}
+    return dict(model_config, **missing) if missing else model_config
+
+
 # ----------------------------------------------------------------------------- science configs
 @dataclass(frozen=True)
 class ModelConfig(_ConfigBase):
@@ -270,7 +297,7 @@ class ModelConfig(_ConfigBase):
     """
 
     N: int = 64
-    gridsize: int = 1
+    gridsize: int = 2
     n_filters_scale: int = 2
     model_type: str = "pinn"
     amp_activation: str = "sigmoid"

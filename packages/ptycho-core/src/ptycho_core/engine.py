@@ -42,6 +42,7 @@ from ptycho_core.config import (
     InferenceConfig,
     ModelConfig,
     TrainingConfig,
+    legacy_model_config,
 )
 from ptycho_core.errors import BundleError, ConfigError
 from ptycho_core.grouping import GroupedData
@@ -365,28 +366,6 @@ def bundle_configs(
     except (ConfigError, TypeError, ValueError) as exc:
         raise BundleError(f"{where}: manifest key 'training_config': {exc}") from exc
     return model, training
-
-
-#: The ``object_big`` merge weight of bundles written before ``ModelConfig.merge_weights``.
-LEGACY_MERGE_WEIGHTS = "centre"
-#: The generator of bundles written before ``ModelConfig.generator``.
-LEGACY_GENERATOR = "cnn"
-#: The physics stages of bundles written before ``ModelConfig.physics_stages``: none.
-LEGACY_PHYSICS_STAGES = 0
-
-
-def legacy_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
-    """``model_config`` with the keys that older bundles lack set to what those bundles were
-    trained with: ``merge_weights`` :data:`LEGACY_MERGE_WEIGHTS`, ``generator``
-    :data:`LEGACY_GENERATOR`, ``physics_stages`` :data:`LEGACY_PHYSICS_STAGES` (a copy; the
-    manifest is not modified)."""
-    legacy = {
-        "merge_weights": LEGACY_MERGE_WEIGHTS,
-        "generator": LEGACY_GENERATOR,
-        "physics_stages": LEGACY_PHYSICS_STAGES,
-    }
-    missing = {k: v for k, v in legacy.items() if k not in model_config}
-    return dict(model_config, **missing) if missing else model_config
 
 
 def bundle_intensity_scale(manifest: dict[str, Any], where: object) -> float:

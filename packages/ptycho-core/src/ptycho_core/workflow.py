@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ptycho_core import physics
-from ptycho_core.config import InferenceConfig, ModelConfig, TrainingConfig
+from ptycho_core.config import InferenceConfig, ModelConfig, TrainingConfig, legacy_model_config
 from ptycho_core.errors import ConfigError, DataContractError
 from ptycho_core.grouping import GroupedData, group_scan, make_rng
 from ptycho_core.io import ScanData, atomic_write, load_scan
@@ -270,12 +270,17 @@ def prepare_inference(
     """Group all positions of a scan for a trained bundle (``manifest`` = its manifest dict).
 
     α comes from the data, ``s`` from ``manifest['intensity_scale']``; gridsize and N from
-    ``manifest['model_config']``. ``config.n_groups`` limits the groups (None: every position).
+    ``manifest['model_config']``, keys it lacks as
+    :func:`ptycho_core.config.legacy_model_config` sets them (no ``gridsize``: gridsize 1).
+    ``config.n_groups`` limits the groups (None: every position).
     """
     t0 = time.perf_counter()
     owner = "InferenceConfig"
     try:
-        model = ModelConfig.from_dict(manifest["model_config"])
+        mc = manifest["model_config"]
+        model = ModelConfig.from_dict(
+            legacy_model_config(dict(mc)) if isinstance(mc, Mapping) else mc
+        )
         s = float(manifest["intensity_scale"])
     except (KeyError, TypeError) as exc:
         raise ConfigError(

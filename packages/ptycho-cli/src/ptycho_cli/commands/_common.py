@@ -90,7 +90,8 @@ def add_science_arguments(parser: argparse.ArgumentParser, *, training: bool = T
         "--gridsize",
         type=positive_int,
         default=None,
-        help="patterns per group side (C = gridsize²; default 1)",
+        help="patterns per group side (C = gridsize²; default 2, the overlap constraint; "
+        "1: single patterns)",
     )
     g.add_argument(
         "--n-groups",
