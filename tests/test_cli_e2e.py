@@ -475,7 +475,20 @@ def _interrupt_after_epochs(proc: subprocess.Popen, run: Path, epochs: int, sig:
 
 
 #: Runs long enough to be interrupted mid-epoch: 128 positions, epochs of about a second.
-RUN = ["--n-filters-scale", "1", "--batch-size", "8", "--logger", "none", "--accelerator", "cpu"]
+#: Gridsize 1: these runs test interruption and locking over several epochs, not the model;
+#: the default gridsize 2 (its physics stages) would triple their time in CI.
+RUN = [
+    "--gridsize",
+    "1",
+    "--n-filters-scale",
+    "1",
+    "--batch-size",
+    "8",
+    "--logger",
+    "none",
+    "--accelerator",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
