@@ -95,6 +95,25 @@ def _l2_rel(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return float(np.sqrt(num / max(den, 1e-300)))
 
 
+#: The per-tensor gradient check's floor, as a fraction of the whole gradient's norm: a tensor
+#: whose gradient is tiny (at initialisation the deepest phase-decoder layers of an N = 128,
+#: gridsize 1 model carry 1e-4 of the norm) is compared at that scale, not at its own, where
+#: float32 rounding of cancelling sums reads as 4 % (measured). A sign error in any tensor
+#: above 1e-5 of the norm still exceeds the 2 % tolerance.
+TENSOR_FLOOR = 1e-3
+
+
+def _worst_tensor_rel(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """``max_k ‖a_k − b_k‖ / max(‖b_k‖, TENSOR_FLOOR·‖b‖)`` (L2; ``‖b‖`` over all tensors)."""
+    total = float(np.sqrt(sum(float(np.sum(np.asarray(y, float) ** 2)) for y in b)))
+    worst = 0.0
+    for x, y in zip(a, b, strict=True):
+        y = np.asarray(y, float)
+        diff = float(np.linalg.norm(np.asarray(x, float) - y))
+        worst = max(worst, diff / max(float(np.linalg.norm(y)), TENSOR_FLOOR * total, 1e-300))
+    return worst
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
@@ -176,7 +195,7 @@ def inference_cases(
             },
             "grad_names": sorted(grads) == sorted(k for k in tf if k.startswith("grad:")),
             "grad_rel": _l2_rel([tf[k] for k in grads], [pt[k] for k in grads]),
-            "grad_tensor_rel": max(_l2_rel([tf[k]], [pt[k]]) for k in grads),
+            "grad_tensor_rel": _worst_tensor_rel([tf[k] for k in grads], [pt[k] for k in grads]),
         }
         if stitch:
             r["object_rel"] = relative_difference(tf["object"], pt["object"])

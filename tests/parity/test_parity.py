@@ -25,9 +25,11 @@ sys.modules[_spec.name] = harness
 _spec.loader.exec_module(harness)
 
 #: Gradient tolerances (L2, relative): all conv weights together, and the worst tensor (a
-#: one-element head bias sums cancelling terms). Each backend's float32 gradient is itself up to
-#: ~5e-4 from the float64 one (N = 32, gridsize 1: the NLL sums cancelling terms); the
-#: torch.polar sign error this test found was ~5e-2 overall and O(1) per tensor.
+#: one-element head bias sums cancelling terms), each tensor at its own scale or at 1e-3 of the
+#: whole gradient's, whichever is larger (``harness.TENSOR_FLOOR``). Each backend's float32
+#: gradient is itself up to ~5e-4 from the float64 one (N = 32, gridsize 1: the NLL sums
+#: cancelling terms); the torch.polar sign error this test found was ~5e-2 overall and O(1)
+#: per tensor.
 GRAD_RTOL = 2e-3
 GRAD_TENSOR_RTOL = 0.02
 #: Loss curves: the largest per-step difference as a fraction of the curve's total decrease, per
