@@ -30,7 +30,9 @@ _spec.loader.exec_module(harness)
 #: gradient is itself up to ~5e-4 from the float64 one (N = 32, gridsize 1: the NLL sums
 #: cancelling terms); the torch.polar sign error this test found was ~5e-2 overall and O(1)
 #: per tensor.
-GRAD_RTOL = 2e-3
+#: 5e-3 overall: on an AMD EPYC box N = 128, gridsize 2 measured 2.27e-3 (the stages' softened
+#: projections amplify float32 rounding; 8.4e-4 where it was set); the torch.polar bug: 10x that.
+GRAD_RTOL = 5e-3
 GRAD_TENSOR_RTOL = 0.02
 #: Loss curves: the largest per-step difference as a fraction of the curve's total decrease, per
 #: generator. Adam's first steps move every weight by about ±lr whatever the gradient's size, so
