@@ -30,7 +30,7 @@ def scan():
 
 def _cfg(tmp_path, **kw):
     base = dict(
-        model=ModelConfig(N=32, n_filters_scale=1),
+        model=ModelConfig(N=32, gridsize=1, n_filters_scale=1),
         nepochs=3,
         batch_size=8,
         output_dir=tmp_path,
@@ -103,7 +103,9 @@ def test_compile_on_and_off_give_the_same_results(tmp_path, scan):
         _cfg(tmp_path / "b", nepochs=2), ExecutionConfig(**ex, compile=True), train_data=scan
     )
     np.testing.assert_allclose(xla.history["train_loss"], plain.history["train_loss"], rtol=1e-4)
-    icfg = InferenceConfig(model=ModelConfig(N=32, n_filters_scale=1), model_path=plain.bundle_path)
+    icfg = InferenceConfig(
+        model=ModelConfig(N=32, gridsize=1, n_filters_scale=1), model_path=plain.bundle_path
+    )
     ref = reconstruct(icfg, ExecutionConfig(**ex), data=scan)
     got = reconstruct(icfg, ExecutionConfig(**ex, compile=True), data=scan)
     np.testing.assert_allclose(got.object, ref.object, rtol=1e-5, atol=1e-5)

@@ -45,7 +45,7 @@ def _config(out, **kw):
     return TrainingConfig(
         # the network this test's plateau schedule was set up with (EXEC: the rate drop after
         # the resume point needs its validation curve); the resume mechanics do not depend on it
-        model=ModelConfig(N=32, n_filters_scale=1, generator="cnn"),
+        model=ModelConfig(N=32, gridsize=1, n_filters_scale=1, generator="cnn"),
         nepochs=kw.pop("nepochs", NEPOCHS),
         batch_size=8,
         output_dir=out,
@@ -203,6 +203,8 @@ def test_a_bad_state_file_is_a_config_error_naming_it(scan, tmp_path, content):
 @pytest.mark.slow
 def test_a_state_of_another_architecture_is_refused(scan, straight, tmp_path):
     state = straight.bundle_path.parent / "checkpoints" / STATE_NAME
-    wider = dataclasses.replace(_config(tmp_path), model=ModelConfig(N=32, n_filters_scale=2))
+    wider = dataclasses.replace(
+        _config(tmp_path), model=ModelConfig(N=32, gridsize=1, n_filters_scale=2)
+    )
     with pytest.raises(ConfigError, match="shape|arrays"):
         workflows.train(wider, EXEC, train_data=scan, resume_from=state)

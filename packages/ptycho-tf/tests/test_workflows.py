@@ -191,7 +191,7 @@ def test_training_reconstructs_held_out_positions(tmp_path):
     train_scan = scan.subset(np.sort(perm[: scan.M // 2]))
     test_scan = scan.subset(np.sort(perm[scan.M // 2 :]))
     cfg = TrainingConfig(
-        model=ModelConfig(N=32, n_filters_scale=1),
+        model=ModelConfig(N=32, gridsize=1, n_filters_scale=1),  # the network it was sized for
         nepochs=10,
         batch_size=16,
         output_dir=tmp_path,
