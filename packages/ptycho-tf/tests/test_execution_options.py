@@ -28,9 +28,13 @@ def scan():
     return simulate_scan(N=32, n_positions=48, nphotons=1e6, seed=2)
 
 
+#: single patterns: these tests check execution options, not the default network
+MODEL = ModelConfig(N=32, gridsize=1, n_filters_scale=1)
+
+
 def _cfg(tmp_path, **kw):
     base = dict(
-        model=ModelConfig(N=32, gridsize=1, n_filters_scale=1),
+        model=MODEL,
         nepochs=3,
         batch_size=8,
         output_dir=tmp_path,
@@ -103,9 +107,7 @@ def test_compile_on_and_off_give_the_same_results(tmp_path, scan):
         _cfg(tmp_path / "b", nepochs=2), ExecutionConfig(**ex, compile=True), train_data=scan
     )
     np.testing.assert_allclose(xla.history["train_loss"], plain.history["train_loss"], rtol=1e-4)
-    icfg = InferenceConfig(
-        model=ModelConfig(N=32, gridsize=1, n_filters_scale=1), model_path=plain.bundle_path
-    )
+    icfg = InferenceConfig(model=MODEL, model_path=plain.bundle_path)
     ref = reconstruct(icfg, ExecutionConfig(**ex), data=scan)
     got = reconstruct(icfg, ExecutionConfig(**ex, compile=True), data=scan)
     np.testing.assert_allclose(got.object, ref.object, rtol=1e-5, atol=1e-5)
