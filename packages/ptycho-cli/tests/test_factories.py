@@ -30,7 +30,7 @@ def test_defaults_and_n_from_data(scan_file, tmp_path):
     assert p.provenance["model.N"] == f"data {data}"
     assert p.config.nepochs == 50 and p.provenance["training.nepochs"] == "default"
     assert p.config.model.gridsize == 2 and p.provenance["model.gridsize"] == "default"
-    assert p.execution.learning_rate == 3e-4
+    assert p.execution.learning_rate == 1e-3
     assert p.config.train_data_file == data and p.config.output_dir == tmp_path / "out"
     assert p.train_data.M == 12 and p.test_data is None
 

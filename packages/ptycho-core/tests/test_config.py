@@ -127,13 +127,14 @@ def test_defaults_follow_the_contract():
     # the loss recipe measured best on the realistic scene (specs/training.md)
     assert (t.nll_weight, t.mae_weight, t.realspace_weight) == (0.0, 1.0, 0.0)
     e = PyTorchExecutionConfig()
-    # lr 3e-4: measured best with the fourier generator (specs/training.md)
+    # lr 1e-3 with a cosine decay: measured best within the budget (specs/training.md)
     assert (e.accelerator, e.logger_backend, e.learning_rate, e.accum_steps) == (
         "auto",
         "csv",
-        3e-4,
+        1e-3,
         1,
     )
+    assert e.scheduler == "cosine"
 
 
 def test_valid_edge_values_are_accepted():

@@ -28,6 +28,7 @@ EXEC = ExecutionConfig(
     enable_progress_bar=False,
     enable_checkpointing=True,
     learning_rate=0.02,
+    scheduler="plateau",
     early_stop_patience=50,
 )
 NEPOCHS = 4

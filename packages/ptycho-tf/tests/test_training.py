@@ -170,7 +170,10 @@ def _find(cbs, kind):
 
 def test_callbacks_follow_execution_config(scan, tmp_path):
     ex = ExecutionConfig(
-        early_stop_patience=3, learning_rate=5e-4, checkpoint_monitor_metric="train_loss"
+        early_stop_patience=3,
+        learning_rate=5e-4,
+        scheduler="plateau",
+        checkpoint_monitor_metric="train_loss",
     )
     cbs = _callbacks(scan, tmp_path, ex)
     assert isinstance(cbs[0], HistoryCallback)  # first: lr is the rate used in the epoch

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ptycho_core import bundle as core_bundle
-from ptycho_core.config import ModelConfig, TrainingConfig
+from ptycho_core.config import ExecutionConfig, ModelConfig, TrainingConfig
 from ptycho_core.errors import BundleError, ConfigError, DataContractError
 from ptycho_core.io import save_npz
 from ptycho_core.simulation import simulate_scan
@@ -172,7 +172,7 @@ def test_ptychodus_defaults_map_with_a_line_per_change(tmp_path, caplog):
     assert (execution.accelerator, execution.devices, execution.strategy) == ("cpu", 1, "auto")
     assert (execution.num_workers, execution.scheduler, execution.inference_batch_size) == (
         4,
-        "plateau",
+        ExecutionConfig().scheduler,
         1000,
     )
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -196,7 +196,7 @@ def test_settings_variants(tmp_path, caplog):
     assert config.model.gridsize == 1
     _, execution = _map(tmp_path, cuda=True, n_devices=2, scheduler="Exponential")
     assert (execution.accelerator, execution.devices, execution.strategy) == ("gpu", 2, "ddp_spawn")
-    assert execution.scheduler == "plateau"
+    assert execution.scheduler == ExecutionConfig().scheduler == "cosine"
     assert "scheduler = 'Exponential'" in caplog.text
     with pytest.raises(ConfigError, match="num_channels"):
         _map(tmp_path, C=3)

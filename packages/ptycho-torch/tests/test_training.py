@@ -263,7 +263,11 @@ def test_train_writes_history_and_bundle(tmp_path, scan):
 
 
 def test_resume_from_checkpoint(tmp_path, scan):
-    ex = PyTorchExecutionConfig(accelerator="cpu", enable_progress_bar=False, logger_backend="none")
+    # cosine: the interrupted run (1 epoch) stepped its rate to the floor; the resumed run (2
+    # epochs) must use the rate of epoch 1 of a 2-epoch schedule, as the straight run does
+    ex = PyTorchExecutionConfig(
+        accelerator="cpu", enable_progress_bar=False, logger_backend="none", scheduler="cosine"
+    )
     first = train(cfg(tmp_path, nepochs=1), ex, train_data=scan)
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     assert ckpt.exists()

@@ -182,7 +182,7 @@ def add_execution_arguments(parser: argparse.ArgumentParser, *, training: bool =
             "--scheduler",
             choices=SCHEDULERS,
             default=None,
-            help="learning-rate schedule (default plateau: halve on a 2-epoch plateau)",
+            help="learning-rate schedule (default cosine: decay to 1e-4 over the epochs)",
         )
         g.add_argument(
             "--accumulate-grad-batches",

@@ -479,8 +479,8 @@ class ExecutionConfig(_ConfigBase):
     pin_memory: bool = False
     persistent_workers: bool = False
     prefetch_factor: int | None = None
-    learning_rate: float = 3e-4
-    scheduler: str = "plateau"
+    learning_rate: float = 1e-3
+    scheduler: str = "cosine"
     enable_progress_bar: bool = True
     enable_checkpointing: bool = True
     checkpoint_save_top_k: int = 1

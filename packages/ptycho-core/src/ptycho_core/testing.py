@@ -750,8 +750,9 @@ class QualityConformance:
     held-out right half, whose amplitude and phase SSIM (after sub-pixel registration, the
     covered region eroded by :attr:`margin_px`) must beat a flat object's on the same region by
     :attr:`amp_margin` and :attr:`phase_margin`. It trains with the defaults (the ``'fourier'``
-    generator with three physics stages, amplitude MAE, batch 4, lr 3e-4: ``specs/model.md``,
-    ``specs/training.md``), gridsize 2, 5 epochs, so it guards the defaults.
+    generator with three physics stages, amplitude MAE, batch 4, lr 1e-3 with a cosine decay:
+    ``specs/model.md``, ``specs/training.md``), gridsize 2, 5 epochs, so it guards the
+    defaults.
     """
 
     backend_name: ClassVar[str] = ""

@@ -52,8 +52,11 @@ class PtychoLightningModule(pl.LightningModule):
     The rate starts at ``execution.learning_rate``; ``execution.scheduler``: ``plateau`` →
     ``ReduceLROnPlateau`` on ``monitor`` with the core constants; ``cosine`` / ``step`` →
     ``LambdaLR`` following :func:`ptycho_core.training.scheduled_lr` over ``max_epochs``, epoch
-    by epoch; ``none`` → a constant rate. ``execution.compile``: the model is compiled in place
-    (``torch.compile``; its state-dict keys are unchanged).
+    by epoch; ``none`` → a constant rate. A run resumed from a checkpoint starts its first epoch
+    at the formula's rate for that epoch and this run's ``max_epochs`` (as the TensorFlow
+    backend does), not at the rate the interrupted run, with its own horizon, had set.
+    ``execution.compile``: the model is compiled in place (``torch.compile``; its state-dict
+    keys are unchanged).
     """
 
     def __init__(
@@ -85,6 +88,20 @@ class PtychoLightningModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
+
+    def on_train_start(self) -> None:
+        # Runs after a checkpoint's optimizer state is restored and before the first epoch: an
+        # epoch-wise rate is a pure function of the epoch and this run's horizon, so set it
+        # here rather than keep the value the interrupted run stepped to.
+        name = self.execution.scheduler
+        if name in ("plateau", "none"):
+            return
+        lr = scheduled_lr(
+            name, float(self.execution.learning_rate), self.current_epoch, self.max_epochs
+        )
+        for opt in self.trainer.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]

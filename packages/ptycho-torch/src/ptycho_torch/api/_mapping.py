@@ -166,8 +166,11 @@ _RESTATED = {
     "ModelConfig": ("C_model", "C_forward", "decoder_last_amp_channels"),
     "TrainingConfig": ("framework", "orchestrator"),
 }
+#: The project's default schedule (``specs/training.md``): Ptychodus's ``Default`` and every
+#: schedule without an equivalent map to it.
+_DEFAULT_SCHEDULER: str = ExecutionConfig.scheduler
 _SCHEDULERS = {
-    "default": "plateau",
+    "default": _DEFAULT_SCHEDULER,
     "plateau": "plateau",
     "cosine": "cosine",
     "step": "step",
@@ -276,8 +279,8 @@ def _execution(t: _Settings, i: _Settings, cuda_available: bool) -> ExecutionCon
     scheduler = str(t.get("scheduler", "Default"))
     sched = _SCHEDULERS.get(scheduler.casefold())
     if sched is None:
-        t.changed("scheduler", "no equivalent; using 'plateau' (reduce on plateau)")
-        sched = "plateau"
+        t.changed("scheduler", f"no equivalent; using the default {_DEFAULT_SCHEDULER!r}")
+        sched = _DEFAULT_SCHEDULER
     clip = t.get("gradient_clip_val")
     return ExecutionConfig(
         accelerator=acc,
