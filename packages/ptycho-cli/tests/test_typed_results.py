@@ -192,6 +192,11 @@ def test_demo_quick_runs_on_typed_results(fake_backends, tmp_path, capsys):
         assert (out / name).is_file(), name
     record = json.loads((out / "metrics.json").read_text())
     assert record["demo"]["backend"] == "tensorflow"
+    # the flat-object floor, scored on the same region as the reconstruction
+    flat = record["demo"]["flat_object"]
+    assert set(flat) == {"ssim_amp", "ssim_phase"}
+    assert all(-1.0 <= v <= 1.0 for v in flat.values())
+    assert flat != {k: record["metrics"][k] for k in flat}
     assert fake_backends.loaded == ["tensorflow", "tensorflow"]
 
 
