@@ -101,7 +101,9 @@ def test_what_tensorflow_cannot_honour_is_a_clear_error(tmp_path, scan):
 @pytest.mark.slow
 def test_compile_on_and_off_give_the_same_results(tmp_path, scan):
     """XLA training and prediction (``jit_compile``; ≈ 20 s here)."""
-    ex = dict(QUIET, deterministic=False)
+    # The rate and schedule the rtol below was set with: it bounds XLA's rounding against
+    # eager after two epochs, which a larger step (the default 1e-3) amplifies to ~2e-4.
+    ex = dict(QUIET, deterministic=False, learning_rate=3e-4, scheduler="plateau")
     plain = train(_cfg(tmp_path / "a", nepochs=2), ExecutionConfig(**ex), train_data=scan)
     xla = train(
         _cfg(tmp_path / "b", nepochs=2), ExecutionConfig(**ex, compile=True), train_data=scan
