@@ -50,8 +50,8 @@ class DemoSettings:
 #: The full demo: about two minutes on an idle 2-core CPU with the PyTorch backend (measured
 #: 120 s in all, held-out SSIM 0.74 / 0.91 on the realistic scene with gridsize 2 and its
 #: physics stages, 0.76 / 0.92 with the cosine schedule; gridsize 1, 20 epochs: 65 s for
-#: 0.36 / 0.62). N=32 on a 192-px object (dense
-#: positions, ~3 px apart) learns more per CPU-second than N=64 (specs/cli.md).
+#: 0.36 / 0.62). N=32 on a 192-px object (dense positions, ~3 px apart) learns more per
+#: CPU-second than N=64 (specs/cli.md).
 FULL = DemoSettings(
     N=32,
     n_positions=2400,
