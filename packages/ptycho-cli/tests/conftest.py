@@ -218,3 +218,24 @@ def fake_backends(monkeypatch):
         dispatch, "resolve_accelerator", lambda accel, backend: "cpu" if accel == "auto" else accel
     )
     return ns
+
+
+@pytest.fixture
+def record_reconstructions(fake_backends):
+    """``record(name) -> list``: make that fake backend's ``reconstruct`` run the real skeleton
+    (:func:`ptycho_core.engine.reconstruct` with the fake hooks) and record each call's
+    ``(config, reconstruction)`` in the returned list."""
+
+    def record(name: str) -> list[tuple[Any, Any]]:
+        module = fake_backends.modules[name]
+        seen: list[tuple[Any, Any]] = []
+
+        def reconstruct(config, execution=None, *, data=None, **kw):
+            rec = engine.reconstruct(module.hooks, config, execution, data=data, **kw)
+            seen.append((config, rec))
+            return rec
+
+        module.reconstruct = reconstruct
+        return seen
+
+    return record

@@ -7,22 +7,13 @@ import numpy as np
 import pytest
 
 from ptycho_cli.main import main
-from ptycho_core import engine
 
 BACKEND = "pytorch"
 
 
 @pytest.fixture
-def trained(fake_backends, scan_file, tmp_path):
-    module = fake_backends.modules[BACKEND]
-    seen: list = []
-
-    def reconstruct(config, execution=None, *, data=None, **kw):
-        rec = engine.reconstruct(module.hooks, config, execution, data=data, **kw)
-        seen.append((config, rec))
-        return rec
-
-    module.reconstruct = reconstruct
+def trained(record_reconstructions, scan_file, tmp_path):
+    seen = record_reconstructions(BACKEND)
     data = scan_file(m=16)
     args = ["train", str(data), "-o", str(tmp_path / "run"), "--backend", BACKEND]
     assert main([*args, "--epochs", "1", "--gridsize", "2", "--quiet"]) == 0

@@ -361,3 +361,29 @@ def test_a_bundle_without_generator_loads_the_cnn_generator(tmp_path, rng):
     inp = _inputs(rng, 3, old_mc, spread=3.0)
     want = old.diffraction_to_obj(inp).numpy()
     np.testing.assert_array_equal(loaded.model.diffraction_to_obj(inp).numpy(), want)
+
+
+def test_training_and_inference_run_their_own_projection_counts(rng):
+    """specs/model.md: the training model (``autoencoder``) runs PROJECTION_STEPS data
+    projections per stage, the inference model ``inference_projection_steps``, through the same
+    convs (a model whose inference count is PROJECTION_STEPS infers what training saw)."""
+    from ptycho_core.architecture import PROJECTION_STEPS
+    from ptycho_tf.layers import DataProjection
+
+    mc = ModelConfig(N=32, n_filters_scale=1, physics_stages=2, inference_projection_steps=5)
+    keras.utils.set_random_seed(9)
+    models = build_models(mc, probe=_wide_probe(), intensity_scale=2.0)
+
+    def projections(model):
+        return sum(isinstance(layer, DataProjection) for layer in model.layers)
+
+    assert projections(models.autoencoder) == 2 * PROJECTION_STEPS
+    assert projections(models.diffraction_to_obj) == 2 * 5
+    assert models.autoencoder.count_params() == models.diffraction_to_obj.count_params()
+    same_mc = ModelConfig(N=32, n_filters_scale=1, physics_stages=2, inference_projection_steps=3)
+    same = build_models(same_mc, probe=_wide_probe(), intensity_scale=2.0)
+    same.load_weight_arrays(models.weight_arrays(), "test")
+    inp = _inputs(rng, 2, mc, spread=3.0)
+    trained = models.autoencoder(inp)[0].numpy()
+    np.testing.assert_allclose(same.diffraction_to_obj(inp).numpy(), trained, atol=1e-5)
+    assert np.abs(models.diffraction_to_obj(inp).numpy() - trained).max() > 1e-3

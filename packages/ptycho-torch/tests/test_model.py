@@ -331,3 +331,31 @@ def test_a_bundle_without_generator_loads_the_cnn_generator(tmp_path):
     )
     with pytest.raises(BundleError, match="fourier_conv1"):
         fourier.load_weight_arrays(old.weight_arrays(), legacy)
+
+
+def test_training_and_inference_run_their_own_projection_counts(monkeypatch):
+    """specs/model.md: the training model (``forward``) runs PROJECTION_STEPS data projections
+    per stage, the inference model ``inference_projection_steps`` (through the same convs)."""
+    from ptycho_core.architecture import PROJECTION_STEPS
+    from ptycho_torch import model as model_mod
+
+    mc = ModelConfig(N=32, n_filters_scale=1, physics_stages=2, inference_projection_steps=5)
+    torch.manual_seed(7)
+    m = build_model(mc, probe=_wide_probe(), intensity_scale=2.0)
+    calls = []
+    real = model_mod.physics.data_projection
+
+    def spy(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(model_mod.physics, "data_projection", spy)
+    x, off = torch.rand(2, 4, 32, 32) * 3, torch.randn(2, 4, 2) * 3
+    with torch.no_grad():
+        trained = m(x, off).obj
+        assert len(calls) == 2 * PROJECTION_STEPS
+        inferred = m.diffraction_to_obj(x, off)
+        assert len(calls) == 2 * PROJECTION_STEPS + 2 * 5
+        same = m.diffraction_to_obj(x, off, PROJECTION_STEPS)
+    torch.testing.assert_close(same, trained)
+    assert float((inferred - trained).abs().max()) > 1e-3

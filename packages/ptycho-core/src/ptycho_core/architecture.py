@@ -12,7 +12,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from ptycho_core.config import SUPPORTED_N
+from ptycho_core.config import SUPPORTED_N, ModelConfig
 
 __all__ = [
     "ConvLayer",
@@ -25,13 +25,19 @@ __all__ = [
     "parameter_count",
     "physics_stages",
     "PROJECTION_STEPS",
+    "INFERENCE_PROJECTION_STEPS",
+    "inference_projection_steps",
     "PROJECTION_REGULARIZATION",
     "PROJECTION_SOFTENING",
     "scalar_weights",
 ]
 
-#: Data projections per physics stage (``specs/model.md``, "Physics stages").
+#: Data projections per physics stage in training (``specs/model.md``, "Physics stages").
 PROJECTION_STEPS = 3
+#: Data projections per physics stage at inference, ``ModelConfig.inference_projection_steps``'s
+#: default: the trained corrections keep helping when the projections between them run longer,
+#: at no training cost (measured: ``specs/training.md``, "Inference projections").
+INFERENCE_PROJECTION_STEPS: int = ModelConfig.inference_projection_steps
 #: ``α`` of a projection's object update ``P̄·Δψ / (|P|² + α·max|P|²)``.
 PROJECTION_REGULARIZATION = 0.05
 #: ``ε`` of a projection's far-field update ``Ψ' = Ψ·(A + ε)/(|Ψ| + ε)``, in normalised
@@ -143,6 +149,16 @@ def physics_stages(model_config: Any) -> int:
     c = _positive_int(model_config.gridsize, "gridsize") ** 2
     pinn = getattr(model_config, "model_type", "pinn") == "pinn"
     return stages if c > 1 and model_config.object_big and pinn else 0
+
+
+def inference_projection_steps(model_config: Any) -> int:
+    """Data projections per physics stage in the *inference* model for ``model_config``: its
+    ``inference_projection_steps`` (:data:`PROJECTION_STEPS` when absent: the count the stages
+    trained with). Training always runs :data:`PROJECTION_STEPS`."""
+    steps = int(getattr(model_config, "inference_projection_steps", PROJECTION_STEPS))
+    if steps < 1:
+        raise ValueError(f"inference_projection_steps={steps} must be >= 1")
+    return steps
 
 
 def _stage_layers(model_config: Any) -> list[ConvLayer]:

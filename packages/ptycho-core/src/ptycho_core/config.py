@@ -260,6 +260,9 @@ LEGACY_MERGE_WEIGHTS = "centre"
 LEGACY_GENERATOR = "cnn"
 #: The physics stages of bundles written before ``ModelConfig.physics_stages``: none.
 LEGACY_PHYSICS_STAGES = 0
+#: The inference projections per stage of bundles written before
+#: ``ModelConfig.inference_projection_steps``: the three they trained with.
+LEGACY_INFERENCE_PROJECTION_STEPS = 3
 #: The gridsize a manifest without the key means: 1, ``ModelConfig``'s default until it became 2
 #: (this project's writers always record it; hand-written manifests may not).
 LEGACY_GRIDSIZE = 1
@@ -268,13 +271,15 @@ LEGACY_GRIDSIZE = 1
 def legacy_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
     """``model_config`` with the keys that older bundles lack set to what those bundles were
     trained with: ``merge_weights`` :data:`LEGACY_MERGE_WEIGHTS`, ``generator``
-    :data:`LEGACY_GENERATOR`, ``physics_stages`` :data:`LEGACY_PHYSICS_STAGES`, ``gridsize``
+    :data:`LEGACY_GENERATOR`, ``physics_stages`` :data:`LEGACY_PHYSICS_STAGES`,
+    ``inference_projection_steps`` :data:`LEGACY_INFERENCE_PROJECTION_STEPS`, ``gridsize``
     :data:`LEGACY_GRIDSIZE` (a copy; the manifest is not modified)."""
     legacy = {
         "gridsize": LEGACY_GRIDSIZE,
         "merge_weights": LEGACY_MERGE_WEIGHTS,
         "generator": LEGACY_GENERATOR,
         "physics_stages": LEGACY_PHYSICS_STAGES,
+        "inference_projection_steps": LEGACY_INFERENCE_PROJECTION_STEPS,
     }
     missing = {k: v for k, v in legacy.items() if k not in model_config}
     return dict(model_config, **missing) if missing else model_config
@@ -293,7 +298,9 @@ class ModelConfig(_ConfigBase):
     ``physics_stages``: the physics stages after the merge of an overlap-constrained model
     (``gridsize > 1``, ``object_big``, ``'pinn'``) — each three data projections of the group
     followed by a learned correction; other models have none, whatever the value
-    (:func:`ptycho_core.architecture.physics_stages`).
+    (:func:`ptycho_core.architecture.physics_stages`). ``inference_projection_steps``: the
+    data projections per stage when the model reconstructs (training runs three; more at
+    inference is better at no training cost, ``specs/model.md``).
     """
 
     N: int = 64
@@ -310,6 +317,7 @@ class ModelConfig(_ConfigBase):
     merge_weights: str = "probe"
     generator: str = "fourier"
     physics_stages: int = 3
+    inference_projection_steps: int = 20
 
     def __post_init__(self) -> None:
         c = _Checker(self)
@@ -326,6 +334,7 @@ class ModelConfig(_ConfigBase):
         c.choice("merge_weights", MERGE_WEIGHTS)
         c.choice("generator", GENERATORS)
         c.integer("physics_stages", 0)
+        c.integer("inference_projection_steps", 1)
 
     @property
     def C(self) -> int:
@@ -421,7 +430,9 @@ class InferenceConfig(_ConfigBase):
     ``stitch_crop`` in pixels (even). ``grouping`` (one of :data:`INFERENCE_GROUPINGS`):
     ``"every"`` makes every position the seed of one group; ``"cover"`` makes the fewest
     groups that contain every position (:func:`ptycho_core.grouping.cover_indices`), about
-    ``C`` times fewer network evaluations at gridsize > 1.
+    ``C`` times fewer network evaluations at gridsize > 1. ``projection_steps``: data
+    projections per physics stage for this reconstruction (None: the bundle's
+    ``ModelConfig.inference_projection_steps``; ``specs/model.md``).
     """
 
     _aliases: ClassVar[tuple[str, ...]] = ("n_images",)
@@ -435,6 +446,7 @@ class InferenceConfig(_ConfigBase):
     backend: str | None = None
     stitch_crop: int | None = None
     grouping: str = "every"
+    projection_steps: int | None = None
     n_images: InitVar[int | None] = None
 
     def __post_init__(self, n_images: int | None) -> None:
@@ -448,6 +460,7 @@ class InferenceConfig(_ConfigBase):
         _check_neighbors(c, self.model)
         c.choice("backend", BACKEND_NAMES, optional=True)
         c.choice("grouping", INFERENCE_GROUPINGS)
+        c.integer("projection_steps", 1, optional=True)
         if self.stitch_crop is not None:
             n = self.model.N
             sc = self.stitch_crop

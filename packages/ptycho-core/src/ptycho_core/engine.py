@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ptycho_core import bundle as core_bundle
+from ptycho_core.architecture import inference_projection_steps, physics_stages
 from ptycho_core.config import (
     ExecutionConfig,
     InferenceConfig,
@@ -540,6 +541,30 @@ def train(
     return result
 
 
+def with_projection_steps(
+    hooks: BackendHooks, bundle: LoadedBundle, steps: int | None
+) -> LoadedBundle:
+    """``bundle`` with an inference model that runs ``steps`` data projections per physics stage
+    (``ModelConfig.inference_projection_steps``, ``specs/model.md``): the model is rebuilt with
+    that count and the same weights, ``bundle`` itself is not modified. The bundle as it is when
+    ``steps`` is None, equals its own count, or the model has no stages."""
+    mc = bundle.model_config
+    if steps is None or not physics_stages(mc) or steps == inference_projection_steps(mc):
+        return bundle
+    mc = dataclasses.replace(mc, inference_projection_steps=int(steps))
+    tc = bundle.training_config
+    model = hooks.build_model(
+        mc,
+        probe=hooks.model_probe(bundle.model),
+        intensity_scale=bundle.intensity_scale,
+        probe_trainable=bool(tc.probe_trainable) if tc else False,
+        intensity_scale_trainable=bool(tc.intensity_scale_trainable) if tc else False,
+    )
+    where = f"{bundle.path or 'bundle'} (rebuilt for projection_steps = {steps})"
+    hooks.weights_from_bytes(model, hooks.weights_to_bytes(bundle.model), where)
+    return dataclasses.replace(bundle, model=model, model_config=mc)
+
+
 def reconstruct(
     hooks: BackendHooks,
     config: InferenceConfig,
@@ -561,8 +586,10 @@ def reconstruct(
     Groups every position, predicts in chunks of ``execution.inference_batch_size`` and
     stitches each chunk as it arrives (bounded memory). N and gridsize come from the bundle.
 
-    ``adapt_epochs`` > 0 first fine-tunes a copy of the model on this scan (:func:`adapt`; the
-    bundle is not modified) and reconstructs with the adapted copy; ``save_adapted`` (a folder,
+    ``config.projection_steps`` (when set) reconstructs with that many data projections per
+    physics stage (:func:`with_projection_steps`). ``adapt_epochs`` > 0 first fine-tunes a copy
+    of the model on this scan (:func:`adapt`; the bundle is not modified) and reconstructs
+    with the adapted copy; ``save_adapted`` (a folder,
     only with ``adapt_epochs`` > 0) keeps it as ``wts.h5.zip`` + ``history.csv``. Timings then
     include ``adapt_s``. ``adapt_epochs = 0`` is exactly the plain reconstruction.
     """
@@ -597,6 +624,7 @@ def reconstruct(
             hooks, bundle, data, epochs=epochs, execution=execution, output_dir=save_adapted
         )
         bundle, adapt_s = adapted.bundle, adapted.timings["adapt_s"]
+    bundle = with_projection_steps(hooks, bundle, config.projection_steps)
     shard = _inference_shard(hooks, execution) if distributed else None
     prepared = prepare_inference(config, bundle.manifest, data)
     predict = hooks.make_predict(bundle.model, execution)

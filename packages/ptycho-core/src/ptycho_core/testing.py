@@ -38,6 +38,7 @@ import pytest
 
 from ptycho_core import bundle as _bundle
 from ptycho_core import engine as _engine
+from ptycho_core.architecture import PROJECTION_STEPS
 from ptycho_core.backends import BACKEND_NAMES, load_backend
 from ptycho_core.config import ExecutionConfig, InferenceConfig, ModelConfig, TrainingConfig
 from ptycho_core.engine import HISTORY_NAME, TrainResult
@@ -404,6 +405,26 @@ class AdaptationConformance:
         assert (tmp_path / "kept" / _bundle.BUNDLE_NAME).is_file()
         assert _sha(setup["path"]) == setup["sha0"]
 
+    def test_projection_steps_of_one_reconstruction(self, setup):
+        """``InferenceConfig.projection_steps`` (``specs/model.md``): the bundle records its
+        inference count; asking for that count is the plain reconstruction, another count
+        changes it, and the loaded bundle keeps its own."""
+        hooks, source = setup["hooks"], setup["source"]
+        inf, new, ex = setup["inference"], setup["new"], self.execution_config()
+        own = ModelConfig().inference_projection_steps
+        assert source.manifest["model_config"]["inference_projection_steps"] == own
+        assert own != PROJECTION_STEPS
+
+        def run(steps: int | None) -> np.ndarray:
+            cfg = dataclasses.replace(inf, projection_steps=steps)
+            return _engine.reconstruct(hooks, cfg, ex, data=new, bundle=source).object
+
+        plain = run(None)
+        np.testing.assert_array_equal(run(own), plain)
+        fewer = run(PROJECTION_STEPS)
+        assert float(np.max(np.abs(fewer - plain))) > 1e-4
+        np.testing.assert_array_equal(run(None), plain)  # the source model was not rebuilt
+
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -622,9 +643,10 @@ class PhysicsStagesConformance:
                 ...  # the backend's physics.data_projection, NumPy in and out
 
     Checks: the backend's data projection is core's; with the initial weights (stage heads
-    zero) a stage is exactly
-    :data:`~ptycho_core.architecture.PROJECTION_STEPS` data projections, each merged, then one
-    more merge — compared with :func:`ptycho_core.physics.data_projection` and
+    zero) a stage of the inference model is exactly ``ModelConfig.inference_projection_steps``
+    data projections, each merged, then one more merge (for the
+    :data:`~ptycho_core.architecture.PROJECTION_STEPS` of training and for another count) —
+    compared with :func:`ptycho_core.physics.data_projection` and
     :func:`ptycho_core.physics.object_big_merge` applied to the patches of the same weights
     without stages; the learned correction changes the output once its head is non-zero, and
     its first conv then matters too.
@@ -662,12 +684,20 @@ class PhysicsStagesConformance:
         got = np.asarray(self.data_projection(obj, amp, illum, 0.05, 0.01))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
-    def _case(self) -> tuple[ModelConfig, np.ndarray, float, dict[str, np.ndarray], Any]:
+    def _case(
+        self, steps: int = 4
+    ) -> tuple[ModelConfig, np.ndarray, float, dict[str, np.ndarray], Any]:
         from ptycho_core.grouping import GroupedData
         from ptycho_core.seeding import initial_weights
 
         n, s = 32, 3.0
-        mc = ModelConfig(N=n, gridsize=2, n_filters_scale=1, physics_stages=self.stages)
+        mc = ModelConfig(
+            N=n,
+            gridsize=2,
+            n_filters_scale=1,
+            physics_stages=self.stages,
+            inference_projection_steps=steps,
+        )
         rng = np.random.default_rng(17)
         yy, xx = np.mgrid[:n, :n] - n / 2
         r2 = (xx**2 + yy**2) / (n / 5) ** 2
@@ -698,15 +728,12 @@ class PhysicsStagesConformance:
         out = hooks.make_predict(model, ExecutionConfig(accelerator="cpu"))(batch)
         return np.asarray(out, np.complex128)
 
-    def test_untrained_stages_are_merged_data_projections(self):
+    @pytest.mark.parametrize("steps", [PROJECTION_STEPS, 4])
+    def test_untrained_stages_are_merged_data_projections(self, steps):
         from ptycho_core import physics
-        from ptycho_core.architecture import (
-            PROJECTION_REGULARIZATION,
-            PROJECTION_SOFTENING,
-            PROJECTION_STEPS,
-        )
+        from ptycho_core.architecture import PROJECTION_REGULARIZATION, PROJECTION_SOFTENING
 
-        mc, probe, s, arrays, batch = self._case()
+        mc, probe, s, arrays, batch = self._case(steps)
         got = self._predict(mc, probe, s, arrays, batch)
         plain = {k: v for k, v in arrays.items() if not k.startswith("stage")}
         start = self._predict(dataclasses.replace(mc, physics_stages=0), probe, s, plain, batch)
@@ -714,7 +741,7 @@ class PhysicsStagesConformance:
         illum, weight = physics.illuminate(probe), physics.merge_weight(probe)
         want = start
         for _ in range(self.stages):
-            for _ in range(PROJECTION_STEPS):
+            for _ in range(steps):
                 want = physics.data_projection(
                     want, amplitude, illum, PROJECTION_REGULARIZATION, PROJECTION_SOFTENING
                 )

@@ -6,6 +6,8 @@
   "offsets": (B, C, 2) float32 pixels}``; outputs ``[obj (B, N, N, C) complex64,
   amplitude (B, N, N, C) float32 s·A (photon amplitude), intensity (B, N, N, C) float32 (s·A)²]``.
 * ``diffraction_to_obj`` — the *inference* model: same inputs, output the complex object patches.
+  With physics stages it runs ``ModelConfig.inference_projection_steps`` projections per stage
+  (training: :data:`~ptycho_core.architecture.PROJECTION_STEPS`), through the same convs.
 
 The convolutions are built by iterating core's layer table
 (:func:`ptycho_core.architecture.conv_layers`) and carry exactly its ADR-002 names
@@ -35,6 +37,7 @@ from ptycho_core.architecture import (
     PROJECTION_STEPS,
     conv_layers,
     encoder_levels,
+    inference_projection_steps,
     physics_stages,
 )
 from ptycho_tf.layers import (
@@ -207,25 +210,35 @@ def _merge(obj, offsets, mc: Any, forward: ForwardModel | None, weight=None, nam
     return ObjectMerge("probe", name=name)(obj, offsets, weight)
 
 
-def _physics_stages(obj, x_norm, offsets, mc: Any, forward: ForwardModel, convs):
-    """The physics stages after the merge (``specs/model.md``): per stage,
-    :data:`PROJECTION_STEPS` data projections against ``x_norm`` (``x / s``), each merged,
-    then the learned correction from the projected and the incoming patches, merged."""
+def _physics_stages(
+    obj, x_norm, offsets, mc: Any, forward: ForwardModel, convs, steps: int, prefix: str = ""
+):
+    """The physics stages after the merge (``specs/model.md``): per stage, ``steps`` data
+    projections against ``x_norm`` (``x / s``), each merged, then the learned correction from
+    the projected and the incoming patches, merged. The corrections' convs are ``convs`` (shared
+    by every chain built); ``prefix`` names the weightless layers of a second chain."""
     weight = None if mc.merge_weights == "centre" else forward(obj, merge_weight=True)
     illum = forward(obj, illumination=True)
     for s in range(physics_stages(mc)):
         before = obj
-        for k in range(PROJECTION_STEPS):
+        for k in range(steps):
             project = DataProjection(
-                PROJECTION_REGULARIZATION, PROJECTION_SOFTENING, name=f"stage{s}_projection{k}"
+                PROJECTION_REGULARIZATION,
+                PROJECTION_SOFTENING,
+                name=f"{prefix}stage{s}_projection{k}",
             )
             obj = _merge(
-                project(obj, x_norm, illum), offsets, mc, forward, weight, name=f"stage{s}_merge{k}"
+                project(obj, x_norm, illum),
+                offsets,
+                mc,
+                forward,
+                weight,
+                name=f"{prefix}stage{s}_merge{k}",
             )
-        h = StageFeatures(name=f"stage{s}_features")(obj, before)
+        h = StageFeatures(name=f"{prefix}stage{s}_features")(obj, before)
         d = convs[f"stage{s}_head"](convs[f"stage{s}_conv2"](convs[f"stage{s}_conv1"](h)))
-        obj = StageCorrection(name=f"stage{s}_correction")(obj, d)
-        obj = _merge(obj, offsets, mc, forward, weight, name=f"stage{s}_merge")
+        obj = StageCorrection(name=f"{prefix}stage{s}_correction")(obj, d)
+        obj = _merge(obj, offsets, mc, forward, weight, name=f"{prefix}stage{s}_merge")
     return obj
 
 
@@ -270,11 +283,18 @@ def build_models(
             n, mc.gaussian_smoothing_sigma, mc.probe_mask, probe_trainable, name="forward_model"
         )
         forward.set_probe(probe)
+    inferred = None  # the inference model's output, where it differs from training's
     if c > 1:
         if mc.object_big:
             obj = _merge(obj, off_in, mc, forward)
             if forward is not None and physics_stages(mc):
-                obj = _physics_stages(obj, x_norm, off_in, mc, forward, convs)
+                merged = obj
+                obj = _physics_stages(merged, x_norm, off_in, mc, forward, convs, PROJECTION_STEPS)
+                steps = inference_projection_steps(mc)
+                if steps != PROJECTION_STEPS:  # the same convs, longer projections between them
+                    inferred = _physics_stages(
+                        merged, x_norm, off_in, mc, forward, convs, steps, prefix="inference_"
+                    )
         else:
             obj = ChannelTranslate(name="channel_translate")(obj, off_in)
 
@@ -285,7 +305,7 @@ def build_models(
     pred_int = Square(name="intensity")(pred_amp)
     inputs = {"x": x_in, "offsets": off_in}
     auto = keras.Model(inputs, [obj, pred_amp, pred_int], name="autoencoder")
-    d2o = keras.Model(inputs, obj, name="diffraction_to_obj")
+    d2o = keras.Model(inputs, obj if inferred is None else inferred, name="diffraction_to_obj")
     log.debug("built %s model N=%d C=%d: %d parameters", mc.model_type, n, c, auto.count_params())
     return PtychoModels(auto, d2o, scale, forward, mc)
 

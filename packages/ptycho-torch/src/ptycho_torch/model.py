@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptycho_core.architecture import (
+    INFERENCE_PROJECTION_STEPS,
     PROJECTION_REGULARIZATION,
     PROJECTION_SOFTENING,
     PROJECTION_STEPS,
@@ -33,6 +34,7 @@ from ptycho_core.architecture import (
     encoder_levels,
     scalar_weights,
 )
+from ptycho_core.architecture import inference_projection_steps as inference_steps
 from ptycho_core.architecture import physics_stages as stage_count
 from ptycho_core.config import GENERATORS, MERGE_WEIGHTS, SUPPORTED_N
 from ptycho_torch import physics
@@ -106,6 +108,7 @@ class PtychoModel(nn.Module):
         merge_weights: str = "probe",
         generator: str = "fourier",
         physics_stages: int = 3,
+        inference_projection_steps: int = INFERENCE_PROJECTION_STEPS,
         probe: np.ndarray | torch.Tensor | None = None,
         intensity_scale: float = 1.0,
         probe_trainable: bool = False,
@@ -139,6 +142,8 @@ class PtychoModel(nn.Module):
         self.levels = encoder_levels(self.N)
         self.physics_stages = int(physics_stages)
         self.n_stages = stage_count(self)  # 0 unless overlap-constrained (specs/model.md)
+        self.inference_projection_steps = int(inference_projection_steps)
+        inference_steps(self)  # validated: >= 1
         # The convs of ptycho_core.architecture's table, registered in its order (specs/model.md).
         self.layers = conv_layers(self)
         for layer in self.layers:
@@ -312,10 +317,17 @@ class PtychoModel(nn.Module):
         return out.contiguous()
 
     def diffraction_to_obj(
-        self, x_scaled: torch.Tensor, offsets: torch.Tensor | None = None
+        self,
+        x_scaled: torch.Tensor,
+        offsets: torch.Tensor | None = None,
+        projection_steps: int | None = None,
     ) -> torch.Tensor:
         """The inference model: ``s·X (B, C, N, N)`` float32 → complex64 object patches
         ``(B, C, N, N)``.
+
+        projection_steps: data projections per physics stage (default
+        ``inference_projection_steps``; :meth:`forward`, the training model, passes
+        :data:`PROJECTION_STEPS`).
 
         offsets: ``(B, C, 2)`` ``(dx, dy)`` pixels of each channel from the group centre (needed
         when ``C > 1``). With ``object_big`` the ``C`` predicted patches are merged per sample
@@ -355,8 +367,11 @@ class PtychoModel(nn.Module):
                 self.probe.detach(), self.gaussian_smoothing_sigma, self.probe_mask
             )
             amplitude = x.float()
+            steps = (
+                self.inference_projection_steps if projection_steps is None else projection_steps
+            )
             for s in range(self.n_stages):
-                obj = self._physics_stage(s, obj, amplitude, illum, offsets, weight)
+                obj = self._physics_stage(s, obj, amplitude, illum, offsets, weight, steps)
         return obj
 
     def _physics_stage(
@@ -367,13 +382,14 @@ class PtychoModel(nn.Module):
         illum: torch.Tensor,
         offsets: torch.Tensor,
         weight: torch.Tensor,
+        steps: int,
     ) -> torch.Tensor:
-        """Physics stage ``s`` (``specs/model.md``): :data:`PROJECTION_STEPS` data projections
-        of the merged group against ``amplitude`` under ``illum``, each merged again, then the
+        """Physics stage ``s`` (``specs/model.md``): ``steps`` data projections of the merged
+        group against ``amplitude`` under ``illum``, each merged again, then the
         learned correction from the projected and the incoming object, merged. ``(B, C, N, N)``
         complex → the same."""
         before = obj
-        for _ in range(PROJECTION_STEPS):
+        for _ in range(steps):
             obj = physics.data_projection(
                 obj, amplitude, illum, PROJECTION_REGULARIZATION, PROJECTION_SOFTENING
             )
@@ -393,7 +409,7 @@ class PtychoModel(nn.Module):
         For ``model_type='supervised'`` amplitude and intensity are those of the object patch
         itself (no forward model); the loss compares the patch with ground truth.
         """
-        obj = self.diffraction_to_obj(x_scaled, offsets)
+        obj = self.diffraction_to_obj(x_scaled, offsets, PROJECTION_STEPS)
         if self.model_type == "supervised":
             amp = obj.abs()
             return ModelOutput(obj, amp, amp * amp)
@@ -432,6 +448,7 @@ def build_model(
         merge_weights=mc.merge_weights,
         generator=mc.generator,
         physics_stages=mc.physics_stages,
+        inference_projection_steps=inference_steps(mc),
         probe=probe,
         intensity_scale=intensity_scale,
         probe_trainable=probe_trainable,

@@ -137,6 +137,14 @@ def add_science_arguments(parser: argparse.ArgumentParser, *, training: bool = T
             help="gridsize > 1: stages of data projections of each group, each followed by a "
             "learned correction, after the network (default 3; 0 = none; ignored at gridsize 1)",
         )
+        g.add_argument(
+            "--inference-projection-steps",
+            type=positive_int,
+            default=None,
+            metavar="K",
+            help="data projections per physics stage when the trained model reconstructs "
+            "(training runs 3; default 20)",
+        )
     else:
         g.add_argument(
             "--stitch-crop",
@@ -152,6 +160,14 @@ def add_science_arguments(parser: argparse.ArgumentParser, *, training: bool = T
             help="every: each position seeds a group (default); cover: the fewest groups that "
             "hold every position (about gridsize² times fewer network evaluations)",
         )
+        g.add_argument(
+            "--projection-steps",
+            type=positive_int,
+            default=None,
+            metavar="K",
+            help="data projections per physics stage for this reconstruction (default: the "
+            "bundle's own count, 20 unless set at training; 3 for bundles older than the option)",
+        )
 
 
 #: argparse dest → config key
@@ -166,6 +182,8 @@ _SCIENCE = {
     "n_filters_scale": "n_filters_scale",
     "generator": "generator",
     "physics_stages": "physics_stages",
+    "inference_projection_steps": "inference_projection_steps",
+    "projection_steps": "projection_steps",
     "stitch_crop": "stitch_crop",
     "grouping": "grouping",
 }
