@@ -96,6 +96,8 @@ def run_case(backend: Any, gridsize: int, nphotons: float, args: argparse.Namesp
             model_path=result.bundle_path,
             backend=backend.NAME,
             stitch_crop=args.stitch_crop,
+            projection_steps=args.projection_steps,
+            grouping=args.grouping,
         )
         print(f"# loss per epoch, training: {_curve(result.history)}", flush=True)
         last: dict[str, Any] = {}  # the last reconstruction of each half: its flat floor
@@ -188,6 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generator", default=None, help="default: ModelConfig's")
     ap.add_argument("--physics-stages", type=int, default=None, help="default: ModelConfig's (3)")
     ap.add_argument("--stitch-crop", type=int, default=None, help="default: InferenceConfig's")
+    ap.add_argument(
+        "--projection-steps",
+        type=int,
+        default=None,
+        help="data projections per physics stage at inference (default: the model's)",
+    )
+    ap.add_argument("--grouping", default="every", help="inference grouping (every, cover)")
     ap.add_argument("--no-pad-object", action="store_true", help="full-size object decoder")
     ap.add_argument(
         "--train-on-test",
