@@ -368,14 +368,15 @@ def test_training_and_inference_run_their_own_projection_counts(rng):
     projections per stage, the inference model ``inference_projection_steps``, through the same
     convs (a model whose inference count is PROJECTION_STEPS infers what training saw)."""
     from ptycho_core.architecture import PROJECTION_STEPS
-    from ptycho_tf.layers import DataProjection
+    from ptycho_tf.layers import DataProjection, ProjectionRun
 
     mc = ModelConfig(N=32, n_filters_scale=1, physics_stages=2, inference_projection_steps=5)
     keras.utils.set_random_seed(9)
     models = build_models(mc, probe=_wide_probe(), intensity_scale=2.0)
 
     def projections(model):
-        return sum(isinstance(layer, DataProjection) for layer in model.layers)
+        runs = [layer.steps for layer in model.layers if isinstance(layer, ProjectionRun)]
+        return sum(isinstance(layer, DataProjection) for layer in model.layers) + sum(runs)
 
     assert projections(models.autoencoder) == 2 * PROJECTION_STEPS
     assert projections(models.diffraction_to_obj) == 2 * 5

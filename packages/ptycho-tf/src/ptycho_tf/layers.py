@@ -215,6 +215,66 @@ class DataProjection(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PKG)
+class ProjectionRun(keras.layers.Layer):
+    """``steps`` data projections of a physics stage, each followed by the ``object_big``
+    merge (what :class:`DataProjection` then :class:`ObjectMerge` do), as one graph loop
+    (``tf.while_loop``): the inference model's longer runs (``specs/model.md``) trace and
+    optimise in the time of one step, where unrolled layers grew the graph with the count.
+    Inputs: patches, the measured amplitude and the illumination as for
+    :class:`DataProjection`, the offsets and (``weights='probe'``) the weight map as for
+    :class:`ObjectMerge`."""
+
+    def __init__(
+        self,
+        steps: int,
+        regularization: float,
+        softening: float,
+        weights: str = "centre",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(steps) < 1:
+            raise ValueError(f"steps={steps!r} must be >= 1")
+        if weights not in ObjectMerge.WEIGHTS:
+            raise ValueError(f"weights={weights!r} is not one of {ObjectMerge.WEIGHTS}")
+        self.steps = int(steps)
+        self.regularization = float(regularization)
+        self.softening = float(softening)
+        self.weights_mode = weights
+
+    def call(self, patches, amplitude, illumination, offsets, weight=None):
+        if self.weights_mode == "probe":
+            if weight is None:
+                raise ValueError("ProjectionRun(weights='probe') needs the (N, N) weight map")
+            w = weight
+        elif self.weights_mode == "uniform":
+            w = tf.ones(patches.shape[1:3], tf.float32)
+        else:
+            w = None
+
+        def step(i, obj):
+            obj = physics.data_projection_cl(
+                obj, amplitude, illumination, self.regularization, self.softening
+            )
+            return i + 1, physics.object_big_merge_cl(obj, offsets, w)
+
+        _, out = tf.while_loop(lambda i, _: i < self.steps, step, (tf.constant(0), patches))
+        return out
+
+    def compute_output_spec(self, patches, amplitude, illumination, offsets, weight=None):
+        return keras.KerasTensor(patches.shape, dtype="complex64")
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "steps": self.steps,
+            "regularization": self.regularization,
+            "softening": self.softening,
+            "weights": self.weights_mode,
+        }
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
 class StageFeatures(keras.layers.Layer):
     """The input of a physics stage's correction: projected and incoming patches
     ``(B, N, N, C)`` complex64 → ``(B, N, N, 4C)`` float32 (projected real, imaginary parts,

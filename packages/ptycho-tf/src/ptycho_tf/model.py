@@ -52,6 +52,7 @@ from ptycho_tf.layers import (
     ObjectMerge,
     PatternsToBatch,
     PiTanh,
+    ProjectionRun,
     Square,
     StageCorrection,
     StageFeatures,
@@ -216,12 +217,23 @@ def _physics_stages(
     """The physics stages after the merge (``specs/model.md``): per stage, ``steps`` data
     projections against ``x_norm`` (``x / s``), each merged, then the learned correction from
     the projected and the incoming patches, merged. The corrections' convs are ``convs`` (shared
-    by every chain built); ``prefix`` names the weightless layers of a second chain."""
+    by every chain built); ``prefix`` names the weightless layers of a second chain, whose
+    projections run as one :class:`ProjectionRun` loop per stage."""
     weight = None if mc.merge_weights == "centre" else forward(obj, merge_weight=True)
     illum = forward(obj, illumination=True)
     for s in range(physics_stages(mc)):
         before = obj
-        for k in range(steps):
+        if prefix:  # the inference chain: one graph loop, whatever the count
+            mode = "centre" if mc.merge_weights == "centre" else "probe"
+            run = ProjectionRun(
+                steps,
+                PROJECTION_REGULARIZATION,
+                PROJECTION_SOFTENING,
+                weights=mode,
+                name=f"{prefix}stage{s}_projections",
+            )
+            obj = run(obj, x_norm, illum, offsets, weight)
+        for k in range(0 if prefix else steps):
             project = DataProjection(
                 PROJECTION_REGULARIZATION,
                 PROJECTION_SOFTENING,
