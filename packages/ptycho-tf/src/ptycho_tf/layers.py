@@ -149,6 +149,19 @@ class ComplexFromPolar(keras.layers.Layer):
         return keras.KerasTensor(amp.shape, dtype="complex64")
 
 
+def _merge_weight_map(mode: str, patches, weight, layer: str):
+    """The weight map :func:`physics.object_big_merge_cl` takes for a merge ``mode``
+    (:attr:`ObjectMerge.WEIGHTS`): the given map (``'probe'``), ones (``'uniform'``) or None
+    (``'centre'``, the centre square)."""
+    if mode == "probe":
+        if weight is None:
+            raise ValueError(f"{layer}(weights='probe') needs the (N, N) weight map")
+        return weight
+    if mode == "uniform":
+        return tf.ones(patches.shape[1:3], tf.float32)
+    return None
+
+
 @keras.saving.register_keras_serializable(package=_PKG)
 class ObjectMerge(keras.layers.Layer):
     """``object_big`` per-sample merge and re-extraction (:func:`physics.object_big_merge_cl`).
@@ -169,14 +182,7 @@ class ObjectMerge(keras.layers.Layer):
         self.weights_mode = weights
 
     def call(self, patches, offsets, weight=None):
-        if self.weights_mode == "probe":
-            if weight is None:
-                raise ValueError("ObjectMerge(weights='probe') needs the (N, N) weight map")
-            w = weight
-        elif self.weights_mode == "uniform":
-            w = tf.ones(patches.shape[1:3], tf.float32)
-        else:
-            w = None
+        w = _merge_weight_map(self.weights_mode, patches, weight, "ObjectMerge")
         return physics.object_big_merge_cl(patches, offsets, w)
 
     def compute_output_spec(self, patches, offsets, weight=None):
@@ -243,14 +249,7 @@ class ProjectionRun(keras.layers.Layer):
         self.weights_mode = weights
 
     def call(self, patches, amplitude, illumination, offsets, weight=None):
-        if self.weights_mode == "probe":
-            if weight is None:
-                raise ValueError("ProjectionRun(weights='probe') needs the (N, N) weight map")
-            w = weight
-        elif self.weights_mode == "uniform":
-            w = tf.ones(patches.shape[1:3], tf.float32)
-        else:
-            w = None
+        w = _merge_weight_map(self.weights_mode, patches, weight, "ProjectionRun")
 
         def step(i, obj):
             obj = physics.data_projection_cl(
