@@ -588,10 +588,10 @@ def reconstruct(
 
     ``config.projection_steps`` (when set) reconstructs with that many data projections per
     physics stage (:func:`with_projection_steps`). ``adapt_epochs`` > 0 first fine-tunes a copy
-    of the model on this scan (:func:`adapt`; the bundle is not modified) and reconstructs
-    with the adapted copy; ``save_adapted`` (a folder,
-    only with ``adapt_epochs`` > 0) keeps it as ``wts.h5.zip`` + ``history.csv``. Timings then
-    include ``adapt_s``. ``adapt_epochs = 0`` is exactly the plain reconstruction.
+    of the model on this scan (:func:`adapt`; the bundle is not modified) and reconstructs with
+    the adapted copy; ``save_adapted`` (a folder, only with ``adapt_epochs`` > 0) keeps it as
+    ``wts.h5.zip`` + ``history.csv``. Timings then include ``adapt_s``. ``adapt_epochs = 0`` is
+    exactly the plain reconstruction.
     """
     execution = execution or ExecutionConfig()
     epochs = _check_epochs(adapt_epochs, "adapt_epochs", minimum=0)
