@@ -162,14 +162,16 @@ def test_chunked_inference_is_independent_of_chunk_size(small_run, tmp_path):
     a = backend.reconstruct(icfg, dataclasses.replace(QUIET, inference_batch_size=3), data=scan)
     b = backend.reconstruct(icfg, dataclasses.replace(QUIET, inference_batch_size=64), data=scan)
     assert isinstance(a, Reconstruction) and a.backend == "tensorflow"
-    np.testing.assert_allclose(a.object, b.object, atol=1e-5)
+    # float32 kernels round differently per batch size; the 20 data projections per physics
+    # stage of inference (specs/model.md) carry that to ~2e-5 (measured 2.1e-5), hence 1e-4
+    np.testing.assert_allclose(a.object, b.object, atol=1e-4)
     assert a.amplitude.shape == scan.object.shape
     # an already loaded bundle gives the same result without a model_path
     loaded = load_bundle(res.bundle_path)
     c = backend.reconstruct(
         dataclasses.replace(icfg, model_path=None), QUIET, data=scan, bundle=loaded
     )
-    np.testing.assert_allclose(c.object, b.object, atol=1e-5)
+    np.testing.assert_allclose(c.object, b.object, atol=1e-4)
     assert c.intensity_scale == pytest.approx(res.intensity_scale, rel=1e-6)
 
 
