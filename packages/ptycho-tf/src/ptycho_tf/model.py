@@ -233,20 +233,19 @@ def _physics_stages(
                 name=f"{prefix}stage{s}_projections",
             )
             obj = run(obj, x_norm, illum, offsets, weight)
-        for k in range(0 if prefix else steps):
-            project = DataProjection(
-                PROJECTION_REGULARIZATION,
-                PROJECTION_SOFTENING,
-                name=f"{prefix}stage{s}_projection{k}",
-            )
-            obj = _merge(
-                project(obj, x_norm, illum),
-                offsets,
-                mc,
-                forward,
-                weight,
-                name=f"{prefix}stage{s}_merge{k}",
-            )
+        else:  # the training chain: one named layer per projection, as bundles have had
+            for k in range(steps):
+                project = DataProjection(
+                    PROJECTION_REGULARIZATION, PROJECTION_SOFTENING, name=f"stage{s}_projection{k}"
+                )
+                obj = _merge(
+                    project(obj, x_norm, illum),
+                    offsets,
+                    mc,
+                    forward,
+                    weight,
+                    name=f"stage{s}_merge{k}",
+                )
         h = StageFeatures(name=f"{prefix}stage{s}_features")(obj, before)
         d = convs[f"stage{s}_head"](convs[f"stage{s}_conv2"](convs[f"stage{s}_conv1"](h)))
         obj = StageCorrection(name=f"{prefix}stage{s}_correction")(obj, d)
